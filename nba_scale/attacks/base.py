@@ -1,0 +1,80 @@
+"""The attack contract: clean uint8 tensors in, poisoned training set and poisoned test set out."""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+
+from ..config import build, require
+
+
+@dataclasses.dataclass
+class AttackParams:
+    target: int = 0  # all-to-one target label
+    rate: float = 0.1  # fraction of the training set poisoned
+
+    def validate(self) -> None:
+        require(0 < self.rate <= 1, f"attack.rate={self.rate} must be in (0, 1]")
+        require(self.target >= 0, f"attack.target={self.target} must be a class index >= 0")
+
+
+@dataclasses.dataclass
+class PoisonedData:
+    x_train: torch.Tensor  # (N,3,H,W) uint8, clean images with the poisoned ones replaced
+    y_train: torch.Tensor  # labels after poisoning
+    poison_index: torch.Tensor  # indices of the poisoned training images
+    x_test: torch.Tensor  # every non-target test image, triggered
+    y_test_target: torch.Tensor  # the attack's target label (ASR)
+    y_test_true: torch.Tensor  # the true label (RA: robust accuracy)
+
+
+class Attack(abc.ABC):
+    """Subclasses set `Params` (a dataclass, defaults from the attack's paper), `clean_label`, and
+    implement `apply_trigger`; `poison` and the poisoned test set come from here.
+
+    Poison-label attacks pick `rate * N` training images among the non-target classes and relabel
+    them to the target; clean-label attacks pick among target-class images and keep the labels.
+    """
+
+    name: ClassVar[str]
+    Params: ClassVar[type[AttackParams]] = AttackParams
+    clean_label: ClassVar[bool] = False
+
+    def __init__(self, params: dict[str, Any] | None, num_classes: int, seed: int = 0):
+        self.params = build(self.Params, params, "attack")
+        require(self.params.target < num_classes,
+                f"attack.target={self.params.target} is not a class of this dataset (0..{num_classes - 1})")
+        self.num_classes, self.seed = num_classes, seed
+
+    @abc.abstractmethod
+    def apply_trigger(self, x: torch.Tensor) -> torch.Tensor:
+        """Triggered copies of a uint8 (N,3,H,W) batch; works on any device."""
+
+    def prepare(self, x_train: torch.Tensor, y_train: torch.Tensor) -> None:
+        """Hook for attacks that learn something from the data first (e.g. an optimised trigger)."""
+
+    def select(self, y: torch.Tensor) -> torch.Tensor:
+        p = self.params
+        pool = torch.nonzero((y == p.target) if self.clean_label else (y != p.target)).flatten()
+        base = len(pool) if self.clean_label else len(y)
+        k = min(len(pool), int(round(p.rate * base)))
+        g = torch.Generator().manual_seed(1_000_003 + self.seed)
+        return torch.sort(pool[torch.randperm(len(pool), generator=g)[:k]]).values
+
+    def poison(self, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
+               y_test: torch.Tensor) -> PoisonedData:
+        self.prepare(x_train, y_train)
+        idx = self.select(y_train)
+        x_p, y_p = x_train.clone(), y_train.clone()
+        if len(idx):
+            x_p[idx] = self.apply_trigger(x_train[idx])
+        if not self.clean_label:
+            y_p[idx] = self.params.target
+        keep = y_test != self.params.target  # ASR is measured on non-target images only
+        xt = self.apply_trigger(x_test[keep])
+        return PoisonedData(x_p, y_p, idx, xt, torch.full_like(y_test[keep], self.params.target), y_test[keep])
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "clean_label": self.clean_label, **dataclasses.asdict(self.params)}

@@ -1,0 +1,300 @@
+"""Datasets as uint8 tensors, the defender's clean subset, and a device-side batch loader.
+
+Every image set is held as uint8 (N, 3, 32, 32) tensors, loaded once per process (and kept across
+Ray trials by `load_dataset`'s cache). Augmentation (4-pixel-pad random crop, optional horizontal
+flip) runs batched on the training device, as airbench's CifarLoader does: no per-image PIL in any
+training loop.
+
+Dataset names: `synthetic`, `cifar10`, `gtsrb`, `npz:PATH`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+from .config import ConfigError, require
+
+# Per-channel statistics for the model's input normalisation (the model normalises internally so
+# that PGD budgets and triggers live in [0, 1] pixel space).
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+GTSRB_MEAN, GTSRB_STD = (0.3403, 0.3121, 0.3214), (0.2724, 0.2608, 0.2669)
+
+
+@dataclasses.dataclass
+class DataConfig:
+    data_dir: Optional[str] = None  # default: $NBA_DATA_DIR or ~/.cache/nba_scale/data
+    train_subset: Optional[int] = None  # stratified, seeded subset of the training set (CPU budgets)
+    test_subset: Optional[int] = None  # stratified, seeded subset of the test set
+    synthetic_train: int = 4000  # synthetic dataset sizes
+    synthetic_test: int = 1000
+    flip: Optional[bool] = None  # None: the dataset's default (no flip for traffic signs)
+
+    def validate(self) -> None:
+        for name in ("train_subset", "test_subset"):
+            v = getattr(self, name)
+            require(v is None or v > 0, f"data.{name}={v} must be a positive image count")
+        require(self.synthetic_train >= 10 and self.synthetic_test >= 10,
+                "data.synthetic_train and data.synthetic_test need at least 10 images (one per class)")
+
+
+@dataclasses.dataclass
+class Dataset:
+    name: str
+    x_train: torch.Tensor  # (N, 3, 32, 32) uint8
+    y_train: torch.Tensor  # (N,) int64
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    mean: tuple
+    std: tuple
+    flip: bool  # horizontal flip is a valid augmentation (not for traffic signs)
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("NBA_DATA_DIR") or Path.home() / ".cache" / "nba_scale" / "data")
+
+
+def _from_hwc(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# synthetic
+
+
+def make_synthetic(n_train: int, n_test: int, seed: int = 0, num_classes: int = 10):
+    """Gabor "objects" on clutter: class = (orientation, spatial frequency), 5 x 2 = 10 classes.
+
+    Each image holds one Gabor patch (an oriented grating under a Gaussian envelope) at a random
+    position, with its own phase, size, contrast and colour, on a background of smooth random
+    clutter plus pixel noise. The class is a local, oriented, frequency-specific structure to be
+    found anywhere in the image, as objects are in natural images: a network must learn
+    oriented filters and some translation invariance; no pixel or colour identifies the class.
+    (A first version with image-wide gratings was so uniformly separable that a 3x3 BadNets patch
+    was never learned: global evidence drowned the local trigger, which natural images don't do.)
+    Flipping changes orientation (class), so the dataset's default is no horizontal flip.
+    Deterministic per seed; train and test are disjoint draws from one stream.
+    """
+    assert num_classes == 10, "the synthetic family has exactly 10 classes"
+    g = torch.Generator().manual_seed(10_007 + seed)
+    n = n_train + n_test
+    y = torch.arange(n) % num_classes
+    y = y[torch.randperm(n, generator=g)]
+    u = lambda *s: torch.rand(*s, generator=g)  # noqa: E731
+    theta = (y % 5).float() * (math.pi / 5) + (u(n) - 0.5) * (math.pi / 18)
+    wavelength = torch.where(y < 5, 8.0, 4.0) * (1 + (u(n) - 0.5) * 0.15)  # pixels
+    cy, cx = 8 + 16 * u(n), 8 + 16 * u(n)  # patch centre, pixels
+    sigma = 4 + 2 * u(n)
+    r = torch.arange(32).float()
+    dy, dx = r[None, :, None] - cy[:, None, None], r[None, None, :] - cx[:, None, None]  # (n,32,1),(n,1,32)
+    proj = dx * torch.cos(theta)[:, None, None] + dy * torch.sin(theta)[:, None, None]
+    envelope = torch.exp(-(dx ** 2 + dy ** 2) / (2 * sigma[:, None, None] ** 2))
+    gabor = envelope * torch.cos(2 * math.pi * proj / wavelength[:, None, None] + 2 * math.pi * u(n, 1, 1))
+    clutter = torch.nn.functional.interpolate(u(n, 3, 5, 5), size=(32, 32), mode="bicubic", align_corners=False)
+    img = 0.25 + 0.5 * clutter * (0.3 + 0.4 * u(n, 1, 1, 1))
+    img = img + (0.25 + 0.2 * u(n, 1, 1, 1)) * (0.5 + 0.5 * u(n, 3, 1, 1)) * gabor[:, None]
+    img = img + 0.04 * torch.randn(n, 3, 32, 32, generator=g)
+    x = (img.clamp(0, 1) * 255).round().to(torch.uint8)
+    return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+
+
+# ---------------------------------------------------------------------------------------------
+# real data
+
+
+def _load_npz(path: str):
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"npz dataset {str(p)!r} not found; give an existing file as --dataset npz:PATH")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+            flip = bool(z["hflip"]) if "hflip" in z.files else "gtsrb" not in p.name.lower()
+    except KeyError as e:
+        raise ConfigError(f"{p}: missing array {e}; an npz dataset needs x_train, y_train, x_test, y_test") from None
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"{p}: not a readable npz of plain arrays ({e})") from None
+    for split in ("train", "test"):
+        x = arrays[f"x_{split}"]
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
+            raise ConfigError(f"{p}: x_{split} must be uint8 (N,32,32,3), got {x.dtype} {x.shape}")
+    return arrays, flip
+
+
+def _torchvision_offline_error(name: str, root: Path, expected: str) -> ConfigError:
+    return ConfigError(
+        f"{name} is not in {root} and cannot be downloaded (offline?): put {expected} there "
+        f"(or point --data-dir / NBA_DATA_DIR at it), or convert it to an npz and use --dataset npz:PATH"
+    )
+
+
+def _load_cifar10(root: Path):
+    from torchvision.datasets import CIFAR10
+
+    def get(train: bool, download: bool):
+        return CIFAR10(str(root), train=train, download=download)
+
+    try:
+        try:
+            tr, te = get(True, False), get(False, False)
+        except RuntimeError:
+            tr, te = get(True, True), get(False, True)
+    except Exception:
+        raise _torchvision_offline_error("CIFAR-10", root, "the extracted folder cifar-10-batches-py/") from None
+    return dict(x_train=tr.data, y_train=np.array(tr.targets), x_test=te.data, y_test=np.array(te.targets))
+
+
+def _load_gtsrb(root: Path):
+    """torchvision's GTSRB, resized once to 32x32 and cached beside it as gtsrb32.npz."""
+    cached = root / "gtsrb32.npz"
+    if cached.is_file():
+        return _load_npz(str(cached))[0]
+    from torchvision.datasets import GTSRB
+
+    try:
+        try:
+            splits = {s: GTSRB(str(root), split=s, download=False) for s in ("train", "test")}
+        except RuntimeError:
+            splits = {s: GTSRB(str(root), split=s, download=True) for s in ("train", "test")}
+    except Exception:
+        raise _torchvision_offline_error(
+            "GTSRB", root, "gtsrb/GTSRB/Training, gtsrb/GTSRB/Final_Test and gtsrb/GT-final_test.csv (torchvision layout)"
+        ) from None
+    arrays = {}
+    for split, ds in splits.items():
+        # One-time conversion at load, never in a training loop.
+        xs = [np.asarray(ds[i][0].convert("RGB").resize((32, 32))) for i in range(len(ds))]
+        arrays[f"x_{split}"] = np.stack(xs).astype(np.uint8)
+        arrays[f"y_{split}"] = np.array([t for _, t in ds._samples], dtype=np.int64)
+    tmp = cached.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, cached)
+    return arrays
+
+
+def stratified_indices(y: torch.Tensor, fraction: float | None = None, count: int | None = None,
+                       seed: int = 0) -> torch.Tensor:
+    """A seeded, class-stratified sample of indices (sorted), by fraction or by total count.
+
+    Each class keeps round(fraction * n_c) images, at least one, so rare GTSRB classes survive
+    a 1 % budget.
+    """
+    y = y.cpu()
+    n = len(y)
+    if count is not None:
+        fraction = min(1.0, count / n)
+    require(fraction is not None and 0 < fraction <= 1, f"clean_fraction={fraction} must be in (0, 1]")
+    g = torch.Generator().manual_seed(7919 * seed + 17)
+    keep = []
+    for c in torch.unique(y).tolist():
+        idx = torch.nonzero(y == c).flatten()
+        k = max(1, int(round(fraction * len(idx))))
+        keep.append(idx[torch.randperm(len(idx), generator=g)[:k]])
+    return torch.sort(torch.cat(keep)).values
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(name: str, cfg_key: tuple, seed: int) -> Dataset:
+    cfg = DataConfig(**dict(cfg_key))
+    root = Path(cfg.data_dir) if cfg.data_dir else default_data_dir()
+    if name == "synthetic":
+        xtr, ytr, xte, yte = make_synthetic(cfg.synthetic_train, cfg.synthetic_test, seed)
+        ds = Dataset("synthetic", xtr, ytr, xte, yte, 10, (0.5,) * 3, (0.25,) * 3, False)
+    elif name in ("cifar10", "gtsrb") or name.startswith("npz:"):
+        if name == "cifar10":
+            arrays, flip, stats = _load_cifar10(root), True, (CIFAR10_MEAN, CIFAR10_STD)
+        elif name == "gtsrb":
+            arrays, flip, stats = _load_gtsrb(root / "gtsrb"), False, (GTSRB_MEAN, GTSRB_STD)
+        else:
+            arrays, flip = _load_npz(name[4:])
+            stats = None
+        xtr, xte = _from_hwc(arrays["x_train"]), _from_hwc(arrays["x_test"])
+        ytr = torch.as_tensor(arrays["y_train"], dtype=torch.int64)
+        yte = torch.as_tensor(arrays["y_test"], dtype=torch.int64)
+        if stats is None:  # measured on the training images themselves
+            f = xtr[:20000].float() / 255
+            stats = (tuple(f.mean((0, 2, 3)).tolist()), tuple(f.std((0, 2, 3)).tolist()))
+        num_classes = int(max(ytr.max(), yte.max())) + 1
+        ds = Dataset(name, xtr, ytr, xte, yte, num_classes, stats[0], stats[1], flip)
+    else:
+        raise ConfigError(f"unknown dataset {name!r}; known: synthetic, cifar10, gtsrb, npz:PATH")
+    if cfg.train_subset:
+        i = stratified_indices(ds.y_train, count=cfg.train_subset, seed=seed)
+        ds.x_train, ds.y_train = ds.x_train[i], ds.y_train[i]
+    if cfg.test_subset:
+        i = stratified_indices(ds.y_test, count=cfg.test_subset, seed=seed)
+        ds.x_test, ds.y_test = ds.x_test[i], ds.y_test[i]
+    if cfg.flip is not None:
+        ds.flip = cfg.flip
+    return ds
+
+
+def load_dataset(name: str, cfg: DataConfig | None = None, seed: int = 0) -> Dataset:
+    """Load (once per process) a dataset by name. Synthetic data depends on `seed`; real data does
+    not, except through the optional stratified subsets."""
+    cfg = cfg or DataConfig()
+    key = tuple(sorted(dataclasses.asdict(cfg).items()))
+    return _load_cached(name, key, seed if name == "synthetic" or cfg.train_subset or cfg.test_subset else 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# device-side batches and augmentation
+
+
+def augment(x: torch.Tensor, flip: bool, pad: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random crop with zero padding + optional horizontal flip, on a whole uint8 batch at once."""
+    b, c, h, w = x.shape
+    dev = x.device
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b,), device=dev, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b,), device=dev, generator=generator)
+    rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]  # (B,1,H,1)
+    cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :]  # (B,1,1,W)
+    out = padded[torch.arange(b, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None], rows, cols]
+    if flip:
+        mask = torch.rand(b, device=dev, generator=generator) < 0.5
+        out = torch.where(mask[:, None, None, None], out.flip(3), out)
+    return out
+
+
+class Batches:
+    """Yields (x float in [0,1], y) batches from uint8 tensors held on `device`.
+
+    With `world > 1` each process takes a disjoint, equally sized shard of every epoch's shuffle
+    (data parallel under `accelerate launch`).
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device | str,
+                 shuffle: bool = True, augment: bool = False, flip: bool = True, seed: int = 0,
+                 rank: int = 0, world: int = 1):
+        self.x, self.y = x.to(device), y.to(device)
+        self.batch_size, self.shuffle, self.aug, self.flip = batch_size, shuffle, augment, flip
+        self.device = torch.device(device)
+        self.rank, self.world = rank, world
+        self.gen = torch.Generator(device=self.device).manual_seed(seed)
+
+    def __len__(self) -> int:
+        per_rank = len(self.x) // self.world
+        return max(1, math.ceil(per_rank / self.batch_size))
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.x)
+        order = (torch.randperm(n, device=self.device, generator=self.gen) if self.shuffle
+                 else torch.arange(n, device=self.device))
+        per_rank = n // self.world if self.world > 1 else n
+        order = order[self.rank * per_rank:(self.rank + 1) * per_rank]
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            if len(idx) < 2 and self.aug:  # a batch of one breaks BatchNorm in train mode
+                continue
+            xb = self.x[idx]
+            if self.aug:
+                xb = augment(xb, self.flip, generator=self.gen)
+            yield xb.float().div_(255), self.y[idx]

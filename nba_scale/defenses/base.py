@@ -1,0 +1,48 @@
+"""The defense contract: `repair(model, ctx) -> model`, given a small clean set (and a teacher)."""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, Callable, ClassVar, Optional
+
+import torch
+
+from ..attacks import Attack
+from ..config import build
+
+
+@dataclasses.dataclass
+class DefenseContext:
+    x_clean: torch.Tensor  # (N,3,H,W) uint8: the defender's clean subset
+    y_clean: torch.Tensor
+    num_classes: int
+    flip: bool  # horizontal flip is a valid augmentation for this dataset
+    accelerator: Any
+    seed: int = 0
+    teacher: Optional[torch.nn.Module] = None  # set when the defense declares needs_teacher
+    attack: Optional[Attack] = None  # only for oracle ablations (true triggered samples)
+    # Called after every defense epoch with (epoch, model, optimizer): evaluation, reporting.
+    on_epoch_end: Optional[Callable[[int, torch.nn.Module, torch.optim.Optimizer], None]] = None
+    # Resuming an interrupted defense: epochs already done and the optimizer's saved state.
+    start_epoch: int = 0
+    optimizer_state: Optional[dict] = None
+
+
+class Defense(abc.ABC):
+    """Subclasses set `Config` (a dataclass; defaults from the method's paper or official code)."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+    needs_teacher: ClassVar[bool] = False
+
+    def __init__(self, params: dict[str, Any] | None = None):
+        self.cfg = build(self.Config, params, self.name)
+
+    @property
+    def epochs(self) -> int:
+        optim = getattr(self.cfg, "optim", None)
+        return optim.epochs if optim is not None else 0
+
+    @abc.abstractmethod
+    def repair(self, model: torch.nn.Module, ctx: DefenseContext) -> torch.nn.Module:
+        """Return the repaired model (may modify `model` in place)."""

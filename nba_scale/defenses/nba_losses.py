@@ -1,0 +1,128 @@
+"""NBA's distillation terms (Ying & Wu, Cybersecurity 6:20, 2023) and the PGD pseudo sample.
+
+Features are the three WRN group outputs (B, C_l, H_l, W_l), the taps NAD also uses. All terms
+are averaged over the batch and computed in fp32 (Gram entries overflow bf16's precision).
+
+RNB  = sum_l 1/(4 C_l^2 (H_l W_l)^2) * sum_ij (G^T_ij - G^S_ij)^2,   G = F F^T  (C_l x C_l)
+       (representation "feature": sum_l 1/(4 C_l H_l W_l) * sum (F^T - F^S)^2, the same
+       normalisation by element count applied to the raw maps; the paper's Figs 8-9 contrast.)
+LNB  = sum_l (M^T_l - M^S_l)^2,   M_l = || R_l - R_{l+1} ||_F^2
+       Choice (the paper leaves it open): adjacent layers differ in channels (16/32/64) and, for
+       raw maps, in resolution, so both representations (G, or F for "feature") are first
+       average-pooled to their common, element-wise smaller shape (for Gram matrices that averages
+       2x2 channel blocks of the wider layer) and then scaled to unit Frobenius norm per sample,
+       as NAD normalises its attention maps. M_l then lies in [0, 4] and measures how the *shape*
+       of the response changes between layers, whatever the activation scale. Without the unit
+       norm, LNB is a polynomial of degree 8 in the activations: on synthetic data its gradient
+       norm was ~1e3 at the start of the defense and the loss went NaN within 2 epochs at lr 0.1.
+       Teacher and student go through the identical map, so LNB is zero for identical networks.
+PNB  = sum_i -p_i(u, T) log p_i(z, T): Hinton's soft cross-entropy at temperature T, as the paper
+       writes it, without the T^2 factor (`kd_t2=True` multiplies by T^2 as Hinton suggests).
+       The cross-entropy and KL(p_u || p_z) differ by the teacher's entropy, a constant for the
+       student, so gradients are the same.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+TERMS = ("rnb", "lnb", "pnb")
+
+
+def gram(f: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, C) response matrix G_ij = sum_k F_ik F_jk."""
+    b, c = f.shape[:2]
+    f = f.reshape(b, c, -1).float()
+    return f @ f.transpose(1, 2)
+
+
+def rnb(feats_t: Sequence[torch.Tensor], feats_s: Sequence[torch.Tensor], representation: str = "gram") -> torch.Tensor:
+    total = feats_s[0].new_zeros((), dtype=torch.float32)
+    for ft, fs in zip(feats_t, feats_s, strict=True):
+        c, hw = ft.shape[1], ft.shape[2] * ft.shape[3]
+        if representation == "gram":
+            total = total + (gram(ft) - gram(fs)).pow(2).sum((1, 2)).mean() / (4 * c * c * hw * hw)
+        else:
+            total = total + (ft.float() - fs.float()).pow(2).sum((1, 2, 3)).mean() / (4 * c * hw)
+    return total
+
+
+def _representation(f: torch.Tensor, representation: str) -> torch.Tensor:
+    return gram(f) if representation == "gram" else f.float()
+
+
+def _pool_to(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    if tuple(x.shape[1:]) == tuple(shape):
+        return x
+    pool = {2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}[len(shape)]
+    return pool(x.unsqueeze(1), shape).squeeze(1)
+
+
+def layer_changes(feats: Sequence[torch.Tensor], representation: str = "gram") -> list[torch.Tensor]:
+    """M_l for each adjacent pair of layers: (B,) tensors in [0, 4]."""
+    reps = [_representation(f, representation) for f in feats]
+    out = []
+    for a, b in zip(reps[:-1], reps[1:]):
+        shape = tuple(min(i, j) for i, j in zip(a.shape[1:], b.shape[1:]))
+        a, b = (F.normalize(_pool_to(r, shape).flatten(1), dim=1) for r in (a, b))
+        out.append((a - b).pow(2).sum(1))
+    return out
+
+
+def lnb(feats_t: Sequence[torch.Tensor], feats_s: Sequence[torch.Tensor], representation: str = "gram") -> torch.Tensor:
+    total = feats_s[0].new_zeros((), dtype=torch.float32)
+    for mt, ms in zip(layer_changes(feats_t, representation), layer_changes(feats_s, representation), strict=True):
+        total = total + (mt - ms).pow(2).mean()
+    return total
+
+
+def pnb(logits_t: torch.Tensor, logits_s: torch.Tensor, T: float, t2: bool = False) -> torch.Tensor:
+    p_t = F.softmax(logits_t.float() / T, dim=1)
+    log_p_s = F.log_softmax(logits_s.float() / T, dim=1)
+    loss = -(p_t * log_p_s).sum(1).mean()
+    return loss * (T * T) if t2 else loss
+
+
+def behaviour_loss(feats_t, logits_t, feats_s, logits_s, *, lambdas: tuple[float, float, float], T: float,
+                   terms: Iterable[str] = TERMS, representation: str = "gram", kd_t2: bool = False
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """λ1·RNB + λ2·LNB + λ3·PNB over the enabled `terms` (LDL, or UDL when the student saw x+δ).
+
+    A disabled term is not computed at all, so it cannot leak a gradient."""
+    terms = set(terms)
+    parts: dict[str, torch.Tensor] = {}
+    if "rnb" in terms:
+        parts["rnb"] = rnb(feats_t, feats_s, representation)
+    if "lnb" in terms:
+        parts["lnb"] = lnb(feats_t, feats_s, representation)
+    if "pnb" in terms:
+        parts["pnb"] = pnb(logits_t, logits_s, T, kd_t2)
+    weight = dict(zip(TERMS, lambdas))
+    total = logits_s.new_zeros((), dtype=torch.float32)
+    for name, value in parts.items():
+        total = total + weight[name] * value
+    return total, parts
+
+
+def pgd_untargeted(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
+                   step_size: float, random_start: bool = True) -> torch.Tensor:
+    """x + δ maximising the model's cross-entropy on the true label, ||δ||_∞ ≤ eps, x+δ in [0,1].
+
+    Runs the model in eval mode (BatchNorm running statistics), so crafting the sample neither
+    updates the statistics nor depends on the rest of the batch; parameters get no gradient.
+    """
+    was_training = model.training
+    model.eval()
+    delta = torch.empty_like(x).uniform_(-eps, eps) if random_start else torch.zeros_like(x)
+    delta = ((x + delta).clamp(0, 1) - x).detach()
+    with torch.enable_grad():
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            loss = F.cross_entropy(model(x + delta), y)
+            (grad,) = torch.autograd.grad(loss, delta)
+            delta = (delta + step_size * grad.sign()).clamp(-eps, eps)
+            delta = ((x + delta).clamp(0, 1) - x).detach()
+    model.train(was_training)
+    return (x + delta).detach()

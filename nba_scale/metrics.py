@@ -1,0 +1,44 @@
+"""Benign accuracy (BA), attack success rate (ASR) and robust accuracy (RA).
+
+BA: accuracy on the whole clean test set (the official NAD code drops target-class images from
+it; `exclude_target=True` does that, off by default). ASR: fraction of triggered non-target test
+images classified as the target. RA: fraction of the same images still classified correctly.
+"""
+from __future__ import annotations
+
+import torch
+
+from .attacks import PoisonedData
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, x: torch.Tensor, device, batch_size: int = 1000) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size].to(device, non_blocking=True).float().div_(255)
+        out.append(model(xb).argmax(1))
+    model.train(was_training)
+    return torch.cat(out).cpu() if out else torch.empty(0, dtype=torch.long)
+
+
+def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device) -> float:
+    if len(x) == 0:
+        return float("nan")
+    return (predict(model, x, device) == y.cpu()).float().mean().item()
+
+
+def score(model: torch.nn.Module, x_test: torch.Tensor, y_test: torch.Tensor, poisoned: PoisonedData,
+          device, target: int) -> dict[str, float]:
+    """ba, ba_nontarget (BA without target-class images, NAD's variant), asr, ra."""
+    clean_pred = predict(model, x_test, device)
+    correct = (clean_pred == y_test.cpu()).float()
+    nontarget = y_test.cpu() != target
+    pred = predict(model, poisoned.x_test, device)
+    return {
+        "ba": correct.mean().item(),
+        "ba_nontarget": correct[nontarget].mean().item(),
+        "asr": (pred == poisoned.y_test_target).float().mean().item() if len(pred) else float("nan"),
+        "ra": (pred == poisoned.y_test_true).float().mean().item() if len(pred) else float("nan"),
+    }

@@ -1,0 +1,104 @@
+"""Parquet results: one file per trial, hive-partitioned, written atomically; reading and Pareto.
+
+Layout: `DIR/dataset=D/attack=A/defense=F/clean_fraction=C/trial-<trial_id>.parquet`. One file
+per trial makes a row's write atomic (temp file + rename) and idempotent: a trial written again
+after a resume replaces its own file, so a sweep never holds duplicate rows. Config keys become
+columns with dots replaced by underscores (`nba.lambda1` -> `nba_lambda1`). Files may differ in
+columns (a new hyper-parameter, a new metric): readers unify schemas by name.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PARTITIONS = ("dataset", "attack", "defense", "clean_fraction")
+
+
+def column_name(key: str) -> str:
+    return key.replace(".", "_")
+
+
+def partition_value(value: Any) -> str:
+    """Readable, path-safe partition value: `npz:/x/cifar10_jpeg.npz` -> `npz-cifar10_jpeg`."""
+    text = str(value)
+    if text.startswith("npz:"):
+        text = "npz-" + Path(text[4:]).stem
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", text)
+
+
+def trial_row(result: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """Flatten a run_trial result into one Parquet row (hyper-parameters as their own columns)."""
+    row: dict[str, Any] = {k: v for k, v in result.items() if k not in ("config", "artifacts", "timings")}
+    row["dataset_spec"] = result.get("dataset")
+    for key, value in (result.get("config") or {}).items():
+        col = column_name(key)
+        if col in PARTITIONS or col in row:
+            continue
+        row[col] = json.dumps(value) if isinstance(value, (list, tuple, dict)) else value
+    for key, value in (result.get("timings") or {}).items():
+        row[f"time_{key}"] = value
+    if result.get("artifacts"):
+        row["artifacts"] = json.dumps(result["artifacts"], sort_keys=True)
+    row.update(extra)
+    return row
+
+
+def write_row(root: str | os.PathLike, row: dict[str, Any]) -> Path:
+    root = Path(root)
+    part = root.joinpath(*(f"{k}={partition_value(row[k])}" for k in PARTITIONS))
+    part.mkdir(parents=True, exist_ok=True)
+    body = {k: v for k, v in row.items() if k not in PARTITIONS}
+    table = pa.Table.from_pylist([body])
+    path = part / f"trial-{partition_value(row['trial_id'])}.parquet"
+    fd, tmp = tempfile.mkstemp(dir=part, prefix=".tmp-", suffix=".parquet")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def parquet_files(root: str | os.PathLike) -> list[str]:
+    return sorted(str(p) for p in Path(root).rglob("*.parquet") if not p.name.startswith("."))
+
+
+def read_table(root: str | os.PathLike) -> pa.Table:
+    """All rows under `root` (one sweep, or a folder of sweeps), schemas unified by column name,
+    with the partition columns recovered from each file's path."""
+    tables = []
+    for f in parquet_files(root):
+        t = pq.read_table(f)
+        parts = dict(seg.split("=", 1) for seg in Path(f).parent.parts if "=" in seg)
+        for key in PARTITIONS:
+            if key in parts and key not in t.column_names:
+                value = float(parts[key]) if key == "clean_fraction" else parts[key]
+                t = t.append_column(key, pa.array([value] * len(t)))
+        tables.append(t)
+    if not tables:
+        return pa.table({})
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def pareto_mask(asr: Iterable[float], ba: Iterable[float]) -> list[bool]:
+    """Non-dominated points for (ASR down, BA up); NaNs are never on the front."""
+    pts = list(zip(asr, ba))
+    out = []
+    for i, (a, b) in enumerate(pts):
+        if a != a or b != b:
+            out.append(False)
+            continue
+        dominated = any((a2 <= a and b2 >= b) and (a2 < a or b2 > b)
+                        for j, (a2, b2) in enumerate(pts) if j != i and a2 == a2 and b2 == b2)
+        out.append(not dominated)
+    return out

@@ -1,0 +1,153 @@
+"""Search spaces in YAML: one file per defense, loaded and checked here; no computation.
+
+    defense: nba
+    params:
+      nba.beta: {type: float, low: 0.05, high: 5.0, log: true, default: 0.5}
+      nba.terms: {type: categorical, choices: [[rnb, lnb, pnb], [rnb, pnb]], default: [rnb, lnb, pnb]}
+      nba.pgd_steps: {type: int, low: 1, high: 10}
+    fixed:
+      nba.optim.epochs: 20
+
+Keys are trial-config keys; every key and value is checked against the trial config, so a typo
+fails here, in one line naming the file, the key and the problem, not in the middle of a sweep.
+`default` values form the reference point (the paper's configuration) evaluated in every sweep.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from .config import ConfigError
+
+TYPES = {"float", "int", "categorical"}
+SPEC_KEYS = {"type", "low", "high", "log", "choices", "default"}
+
+
+@dataclasses.dataclass
+class Param:
+    name: str
+    type: str
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    choices: Optional[list] = None
+    default: Any = None
+
+    def distribution(self):
+        import optuna.distributions as d
+
+        if self.type == "float":
+            return d.FloatDistribution(self.low, self.high, log=self.log)
+        if self.type == "int":
+            return d.IntDistribution(int(self.low), int(self.high), log=self.log)
+        # Optuna's categorical choices must be scalars: lists travel as their YAML text.
+        return d.CategoricalDistribution([_encode(c) for c in self.choices])
+
+
+@dataclasses.dataclass
+class SearchSpace:
+    path: str
+    defense: str
+    params: list[Param]
+    fixed: dict[str, Any]
+
+    def default_point(self) -> dict[str, Any]:
+        """The reference configuration in the searcher's encoding (for points_to_evaluate)."""
+        return {p.name: _encode(p.default) if p.type == "categorical" else p.default for p in self.params}
+
+    def optuna_space(self) -> dict[str, Any]:
+        return {p.name: p.distribution() for p in self.params}
+
+
+def _encode(value: Any) -> Any:
+    return yaml.safe_dump(value, default_flow_style=True).strip() if isinstance(value, (list, dict)) else value
+
+
+def decode(value: Any) -> Any:
+    """Undo `_encode` for a sampled categorical value."""
+    if isinstance(value, str) and value[:1] in "[{":
+        return yaml.safe_load(value)
+    return value
+
+
+def load_search_space(path: str | Path) -> SearchSpace:
+    path = Path(path)
+    where = str(path)
+    if not path.is_file():
+        raise ConfigError(f"search space {where!r} not found; pass --space search_spaces/<defense>.yaml")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{where}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{where}: expected a mapping with keys defense, params, fixed")
+    unknown = set(doc) - {"defense", "params", "fixed"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown top-level key {sorted(unknown)[0]!r}; expected defense, params, fixed")
+    defense = doc.get("defense")
+    if not isinstance(defense, str):
+        raise ConfigError(f"{where}: 'defense' must name the defense, e.g. defense: nba")
+    raw_params = doc.get("params") or {}
+    fixed = doc.get("fixed") or {}
+    if not isinstance(raw_params, dict) or not isinstance(fixed, dict):
+        raise ConfigError(f"{where}: 'params' and 'fixed' must be mappings of config key -> spec/value")
+    params = [_param(where, name, spec) for name, spec in raw_params.items()]
+    space = SearchSpace(where, defense, params, dict(fixed))
+    _check_against_trial_config(space)
+    return space
+
+
+def _param(where: str, name: str, spec: Any) -> Param:
+    def bad(problem: str) -> ConfigError:
+        return ConfigError(f"{where}: {name}: {problem}")
+
+    if not isinstance(spec, dict):
+        raise bad("expected a mapping like {type: float, low: 0.1, high: 10, log: true}")
+    unknown = set(spec) - SPEC_KEYS
+    if unknown:
+        raise bad(f"unknown field {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(SPEC_KEYS))}")
+    kind = spec.get("type")
+    if kind not in TYPES:
+        raise bad(f"type {kind!r} is not one of float, int, categorical")
+    p = Param(name, kind, spec.get("low"), spec.get("high"), bool(spec.get("log", False)), spec.get("choices"),
+              spec.get("default"))
+    if kind == "categorical":
+        if not isinstance(p.choices, list) or not p.choices:
+            raise bad("categorical needs a non-empty list 'choices'")
+        if p.default is None:
+            p.default = p.choices[0]
+        if p.default not in p.choices:
+            raise bad(f"default {p.default!r} is not among choices {p.choices}")
+        return p
+    for f in ("low", "high"):
+        v = getattr(p, f)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise bad(f"{kind} needs a numeric '{f}', got {v!r}")
+    if not p.low < p.high:
+        raise bad(f"low={p.low} must be below high={p.high}")
+    if p.log and p.low <= 0:
+        raise bad(f"log scale needs low > 0, got {p.low}")
+    if kind == "int" and not (float(p.low).is_integer() and float(p.high).is_integer()):
+        raise bad("int bounds must be integers")
+    if p.default is None:
+        raise bad("needs a 'default' (the reference configuration every sweep evaluates)")
+    if not p.low <= p.default <= p.high:
+        raise bad(f"default {p.default} lies outside [{p.low}, {p.high}]")
+    return p
+
+
+def _check_against_trial_config(space: SearchSpace) -> None:
+    from .defenses import get_defense
+    from .trial import parse_config
+
+    point = {"defense": space.defense, **space.fixed, **{p.name: p.default for p in space.params}}
+    try:
+        cfg = parse_config(point)
+        get_defense(cfg.defense)(cfg.defense_params)  # the defense's own keys and types
+    except ConfigError as e:
+        raise ConfigError(f"{space.path}: {e}") from None

@@ -1,0 +1,151 @@
+"""The one training loop. Backdoor training, teacher fine-tuning and every defense go through
+`train()`; a defense supplies only its loss (and, if it needs one, an epoch hook).
+
+Device placement, bf16 autocast and multi-GPU data parallelism (`accelerate launch`) come from
+`accelerate.Accelerator`; the same code runs on a CPU-only machine. The hot loop does no
+host-device sync: loss sums and the non-finite flag stay on the device until the epoch ends.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import random
+import sys
+from typing import Callable, Literal, Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .config import finite_positive, require
+from .data import Batches
+
+log = logging.getLogger("nba_scale")
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or inf: the trial is marked failed with this reason."""
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    epochs: int
+    lr: float
+    batch_size: int
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    nesterov: bool = True
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    milestones: tuple[int, ...] = ()  # `step`: epochs (0-based) at which lr is multiplied by gamma
+    gamma: float = 0.1
+    augment: bool = True  # random crop (+ flip where the dataset allows it)
+    grad_clip: Optional[float] = None  # max global L2 norm of the gradient (None: no clipping)
+
+    def validate(self) -> None:
+        require(self.epochs >= 0, f"epochs={self.epochs} must be >= 0")
+        require(self.batch_size >= 2, f"batch_size={self.batch_size} must be >= 2 (BatchNorm)")
+        finite_positive("lr", self.lr)
+        finite_positive("weight_decay", self.weight_decay, allow_zero=True)
+
+    def lr_at(self, epoch: int) -> float:
+        if self.schedule == "cosine":
+            return self.lr * 0.5 * (1 + math.cos(math.pi * epoch / max(1, self.epochs)))
+        if self.schedule == "step":
+            return self.lr * self.gamma ** sum(epoch >= m for m in self.milestones)
+        return self.lr
+
+
+def setup_run(seed: int, deterministic: bool = False) -> None:
+    """Seed every RNG once per run or trial."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    require(device in ("cpu", "cuda") or device.startswith("cuda:"), f"device={device!r}: use auto, cpu or cuda")
+    require(device == "cpu" or torch.cuda.is_available(), f"device={device!r} but no CUDA GPU is visible; use --device cpu")
+    return device
+
+
+@functools.lru_cache(maxsize=None)
+def make_accelerator(device: str = "auto", precision: str = "no"):
+    """One Accelerator per (device, precision) per process: its state is a process-wide singleton."""
+    from accelerate import Accelerator
+
+    require(precision in ("no", "bf16", "fp16"), f"precision={precision!r}: use no, bf16 or fp16")
+    return Accelerator(cpu=resolve_device(device) == "cpu", mixed_precision=precision)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay, nesterov=cfg.nesterov and cfg.momentum > 0)
+
+
+def show_progress() -> bool:
+    return sys.stderr.isatty()
+
+
+LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cross_entropy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(model(x), y)
+
+
+def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: OptimConfig, accelerator,
+          loss_fn: LossFn = cross_entropy, flip: bool = True, seed: int = 0, desc: str = "train",
+          on_epoch_end: Optional[Callable[[int, torch.nn.Module, torch.optim.Optimizer], None]] = None,
+          start_epoch: int = 0, optimizer_state: Optional[dict] = None) -> torch.nn.Module:
+    """Train `model` in place on uint8 images `x` with labels `y`; returns the unwrapped model.
+
+    `on_epoch_end(epoch, model, optimizer)` runs after each epoch (evaluation, reporting,
+    checkpointing). `start_epoch`/`optimizer_state` resume an interrupted run.
+    """
+    batches = Batches(x, y, cfg.batch_size, accelerator.device, shuffle=True, augment=cfg.augment,
+                      flip=flip, seed=seed, rank=accelerator.process_index, world=accelerator.num_processes)
+    optimizer = make_optimizer(model, cfg)
+    if optimizer_state:
+        optimizer.load_state_dict(optimizer_state)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    steps = len(batches) * max(0, cfg.epochs - start_epoch)
+    bar = tqdm(total=steps, desc=desc, disable=not (show_progress() and accelerator.is_main_process),
+               leave=False, mininterval=1.0)
+    for epoch in range(start_epoch, cfg.epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr_at(epoch)
+        model.train()
+        loss_sum = torch.zeros((), device=accelerator.device)
+        bad = torch.zeros((), dtype=torch.bool, device=accelerator.device)
+        n = 0
+        for xb, yb in batches:
+            with accelerator.autocast():
+                loss = loss_fn(model, xb, yb)
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            if cfg.grad_clip is not None:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            loss = loss.detach().float()
+            bad |= ~torch.isfinite(loss)
+            loss_sum += loss
+            n += 1
+            bar.update(1)
+        if bool(bad):  # one sync per epoch
+            bar.close()
+            raise NonFiniteLoss(f"non-finite loss (NaN/inf) in {desc} epoch {epoch + 1}/{cfg.epochs}")
+        mean_loss = loss_sum.item() / max(1, n)
+        bar.set_postfix(epoch=epoch + 1, loss=f"{mean_loss:.3f}")
+        log.info("%s epoch %d/%d loss %.4f lr %.4g", desc, epoch + 1, cfg.epochs, mean_loss, cfg.lr_at(epoch))
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, accelerator.unwrap_model(model), optimizer)
+    bar.close()
+    model = accelerator.unwrap_model(model)
+    accelerator.free_memory()  # drop the Accelerator's references: trials reuse one process
+    return model

@@ -1,0 +1,361 @@
+"""Multi-objective hyper-parameter search of a defense with Ray Tune + Optuna (ASR down, BA up).
+
+    python -m nba_scale.tune --attack badnets --dataset synthetic --preset quick
+
+    python -m nba_scale.tune --attack badnets blend --clean-fraction 0.05 0.1 --num-samples 32 \\
+        --dataset npz:~/.cache/nba_scale/cifar10_jpeg.npz --gpus-per-trial 0.25 --address auto
+
+Each (attack, clean fraction) pair is its own Optuna study and Pareto group. Every study
+evaluates the search space's default point (the paper's configuration) first. Rows land in
+Parquet under `--results DIR/NAME/` (see nba_scale/results_store.py); `--resume` continues an
+interrupted sweep with Ray Tune's own restore (finished trials are kept, interrupted ones go on
+from their last epoch checkpoint, the searcher keeps what it learned). Read the results with
+`python -m nba_scale.results DIR/NAME --pareto`.
+
+Traps in OptunaSearch this module designs around: metric and mode lists go to OptunaSearch, not
+TuneConfig; with several objectives it ignores intermediate results, so nothing is pruned; a final
+result missing an objective (or NaN) makes the trial silently vanish from the study, so every
+trial ends by reporting both objectives, a failed one its worst values (ASR 1, BA 0, and
+status/error in the row); the space is a dict of Optuna distributions, not a closure, so the
+searcher pickles for restore.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from .config import ConfigError, nest, parse_set
+
+log = logging.getLogger("nba_scale")
+
+# Budgets per preset, on top of nba_scale.trial.PRESETS (which sets the trial's own budgets).
+TUNE_PRESETS = {
+    "smoke": {"num_samples": 3, "max_concurrent": 2},
+    "quick": {"num_samples": 8, "max_concurrent": 2},
+    "paper": {"num_samples": 64, "max_concurrent": 8},
+}
+OBJECTIVES = ["asr", "ba"]
+MODES = ["min", "max"]
+WORST = {"asr": 1.0, "ba": 0.0}
+
+
+def trainable(config: dict[str, Any]) -> None:
+    """One Ray Tune trial: `run_trial` with per-epoch reports and checkpoints."""
+    import ray.tune as tune
+    import torch
+
+    from .checkpoints import load_weights, save_weights
+    from .search_space import decode
+    from .trial import run_trial
+
+    base = config["__base__"]
+    params = {k: decode(v) for k, v in config.items() if not k.startswith("__")}
+    cfg = _merge(base, nest(params))
+    resume = None
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            meta = json.loads((Path(d) / "state.json").read_text())
+            resume = {"epoch": meta["epoch"], "model": load_weights(Path(d) / "model.safetensors"),
+                      "optimizer": torch.load(Path(d) / "optimizer.pt", weights_only=True)}
+
+    def report(epoch: int, state: dict, **metrics: float) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            save_weights(state["model"], Path(d) / "model.safetensors")
+            torch.save(state["optimizer"], Path(d) / "optimizer.pt")
+            (Path(d) / "state.json").write_text(json.dumps({"epoch": epoch}))
+            tune.report({"epoch": epoch, **metrics, "final": False}, checkpoint=tune.Checkpoint.from_directory(d))
+
+    started = time.time()
+    try:
+        result = run_trial(cfg, report=report, resume=resume)
+    except ConfigError as e:  # a sampled value the trial rejects: recorded, the sweep goes on
+        result = {"status": "failed", "error": f"ConfigError: {e}", "config": {}}
+    from .results_store import trial_row
+
+    row = trial_row(result)
+    sampled = {k: v for k, v in config.items() if not k.startswith("__")}
+    row.update({"started": started, "finished": time.time(),
+                "is_default": sampled == config.get("__default__"), "config_hash": _hash(cfg)})
+    for key, worst in WORST.items():  # both objectives, always finite: see the module docstring
+        value = row.get(key)
+        if row.get("status") != "ok" or value is None or not math.isfinite(value):
+            row[key] = worst
+    tune.report({**{k: v for k, v in row.items() if v is not None}, "final": True})
+
+
+def _hash(cfg: dict) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _merge(a: dict, b: dict) -> dict:
+    from .trial import _merge as merge
+
+    return merge(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# driver
+
+
+def study_id(attack: str, clean_fraction: float) -> str:
+    return f"{attack}-cf{clean_fraction:g}"
+
+
+def default_name(args: argparse.Namespace) -> str:
+    ds = re.sub(r"[^A-Za-z0-9]+", "-", Path(args.dataset[4:]).stem if args.dataset.startswith("npz:") else args.dataset)
+    cfs = "-".join(f"{c:g}" for c in args.clean_fraction)
+    return f"{args.defense}_{ds}_{'-'.join(args.attack)}_cf{cfs}_{args.preset}_s{args.seed}"
+
+
+class Progress:
+    """One line per change of counts, at most every `every_s` seconds: done/running/failed and the
+    current Pareto front; Tune's own per-trial table is switched off."""
+
+    def __init__(self, label: str, total: int, every_s: float = 10.0):
+        import ray.tune as tune
+
+        outer = self
+
+        class _CB(tune.Callback):
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                outer.maybe_print(trials)
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                outer.maybe_print(trials, force=True)
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                outer.maybe_print(trials, force=True)
+
+        self.callback = _CB()
+        self.label, self.total, self.every_s, self.last = label, total, every_s, 0.0
+
+    def maybe_print(self, trials, force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self.last < self.every_s:
+            return
+        self.last = now
+        from .results_store import pareto_mask
+
+        done = [t for t in trials if t.status == "TERMINATED"]
+        failed = sum(1 for t in trials if t.status == "ERROR" or (t.last_result or {}).get("status") == "failed")
+        running = sum(1 for t in trials if t.status == "RUNNING")
+        pts = [(t.last_result["asr"], t.last_result["ba"]) for t in done if "asr" in (t.last_result or {})]
+        front = sorted(p for p, keep in zip(pts, pareto_mask([a for a, _ in pts], [b for _, b in pts])) if keep)
+        line = f"[{self.label}] {len(done)}/{self.total} done, {running} running, {failed} failed"
+        if front:
+            line += "; front: " + ", ".join(f"(ASR {a:.1%}, BA {b:.1%})" for a, b in front[:4])
+        print(line, flush=True)
+
+
+class ParquetSink:
+    """Driver-side: writes each finished trial's row (idempotent per trial id) into the sweep."""
+
+    def __init__(self, root: Path, sweep: str, study: str):
+        import ray.tune as tune
+
+        from .results_store import write_row
+
+        class _CB(tune.Callback):
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                r = dict(trial.last_result or {})
+                if r.get("final"):
+                    write_row(root, {**_row_fields(r), "sweep": sweep, "study": study, "trial_id": trial.trial_id})
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                # The worker died (killed, out of memory): the trainable could not write its row.
+                base = trial.config.get("__base__", {})
+                err = f"trial process died: {trial.error_file or 'no error file'}"
+                write_row(root, {"dataset": base.get("dataset"), "attack": base.get("attack"),
+                                 "defense": base.get("defense"), "clean_fraction": base.get("clean_fraction"),
+                                 "sweep": sweep, "study": study, "trial_id": trial.trial_id, "status": "failed",
+                                 "error": err, **WORST})
+
+        self.callback = _CB()
+
+
+TUNE_RESULT_KEYS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date",
+                    "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "time_since_restore",
+                    "iterations_since_restore", "config", "final", "experiment_tag"}
+
+
+def _row_fields(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k not in TUNE_RESULT_KEYS and not k.startswith("config/")}
+
+
+def make_searcher(space, sampler: str, seed: int):
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    samplers = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True),
+                "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed)}
+    if sampler not in samplers:
+        raise ConfigError(f"unknown sampler {sampler!r}; known: {', '.join(samplers)}")
+    return OptunaSearch(space=space.optuna_space(), metric=OBJECTIVES, mode=MODES,
+                        points_to_evaluate=[space.default_point()], sampler=samplers[sampler](), seed=seed)
+
+
+def run_study(base: dict[str, Any], space, *, root: Path, sweep: str, study: str, num_samples: int,
+              max_concurrent: int, resources: dict[str, float], sampler: str = "tpe", seed: int = 0,
+              resume: bool = False, progress_every_s: float = 10.0):
+    """Run (or resume) one Optuna study as a Ray Tune experiment; returns (ResultGrid, searcher)."""
+    import ray.tune as tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    storage = (root / "_tune").resolve()
+    exp_dir = storage / study
+    progress = Progress(f"{study}", num_samples, progress_every_s)
+    sink = ParquetSink(root, sweep, study)
+    run_config = tune.RunConfig(name=study, storage_path=str(storage), verbose=0,
+                                callbacks=[sink.callback, progress.callback],
+                                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                failure_config=tune.FailureConfig(max_failures=0))
+    fn = tune.with_resources(trainable, resources)
+    if resume and tune.Tuner.can_restore(str(exp_dir)):
+        print(f"[{study}] resuming from {exp_dir}", flush=True)
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=fn, resume_unfinished=True, resume_errored=True,
+                                   param_space={"__base__": base, "__default__": space.default_point()})
+        searcher = None
+    else:
+        if exp_dir.exists():
+            if not resume:
+                raise ConfigError(f"sweep {sweep!r} already has study {study} in {root}; "
+                                  f"pass --resume to continue it, or choose another --name")
+            shutil.rmtree(exp_dir)  # killed before Tune saved any state: start the study over
+        _drop_rows(root, study)
+        searcher = make_searcher(space, sampler, seed)
+        tuner = tune.Tuner(
+            fn, param_space={"__base__": base, "__default__": space.default_point()},
+            tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_concurrent),
+                                        num_samples=num_samples, reuse_actors=True),
+            run_config=run_config)
+    return tuner.fit(), searcher
+
+
+def _drop_rows(root: Path, study: str) -> None:
+    from .results_store import parquet_files
+    import pyarrow.parquet as pq
+
+    for f in parquet_files(root):
+        if "study" in pq.read_schema(f).names and pq.read_table(f, columns=["study"])["study"][0].as_py() == study:
+            os.unlink(f)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m nba_scale.tune", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--attack", nargs="+", required=True)
+    p.add_argument("--dataset", default="cifar10")
+    p.add_argument("--defense", default="nba")
+    p.add_argument("--clean-fraction", nargs="+", type=float, default=[0.05])
+    p.add_argument("--space", default=None, help="search space YAML (default search_spaces/<defense>.yaml)")
+    p.add_argument("--num-samples", type=int, default=None, help="trials per study (preset default)")
+    p.add_argument("--max-concurrent", type=int, default=None)
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--gpus-per-trial", type=float, default=0.0)
+    p.add_argument("--results", default="nba_results")
+    p.add_argument("--name", default=None)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--preset", default="quick", choices=sorted(TUNE_PRESETS))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", default="tpe", help="tpe | nsga2")
+    p.add_argument("--address", default=None, help="Ray cluster (auto, ray://host:10001); default: start Ray here")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fixed trial-config override")
+    p.add_argument("--cache-dir", default=None, help="artifact cache shared by all trials")
+    p.add_argument("--data-dir", default=None, help="where real datasets live (default $NBA_DATA_DIR)")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda")
+    return p
+
+
+def find_space(defense: str, given: Optional[str]) -> Path:
+    if given:
+        return Path(given)
+    for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
+        if (base / "search_spaces" / f"{defense}.yaml").is_file():
+            return base / "search_spaces" / f"{defense}.yaml"
+    raise ConfigError(f"no search space for defense {defense!r}: pass --space PATH.yaml")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    try:
+        return _main(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
+    from .results_store import parquet_files
+    from .search_space import load_search_space
+    from .trial import _merge, with_preset
+
+    space = load_search_space(find_space(args.defense, args.space))
+    if space.defense != args.defense:
+        raise ConfigError(f"{space.path} is a space for {space.defense!r}, not --defense {args.defense}")
+    if args.gpus_per_trial > 1:
+        # Data-parallel trials (Ray Train's TorchTrainer around the Accelerate loop) are not built
+        # yet; say so rather than hand a trial GPUs it would not use.
+        raise ConfigError(f"--gpus-per-trial {args.gpus_per_trial:g}: trials spanning several GPUs are not "
+                          f"supported yet; use a value <= 1 (fractions share a GPU)")
+    preset = TUNE_PRESETS[args.preset]
+    num_samples = args.num_samples or preset["num_samples"]
+    max_concurrent = args.max_concurrent or preset["max_concurrent"]
+    name = args.name or default_name(args)
+    root = Path(args.results) / name
+    fixed = {"dataset": args.dataset, "defense": args.defense, "seed": args.seed}
+    for key, value in (("cache_dir", args.cache_dir), ("device", args.device), ("data.data_dir", args.data_dir)):
+        if value is not None:
+            fixed[key] = value
+    if args.cache_dir is None:
+        from .artifacts import default_cache_dir
+
+        fixed["cache_dir"] = str(default_cache_dir())  # workers on this machine share one cache
+    fixed = _merge(_merge(nest(fixed), nest(space.fixed)), parse_set(args.set))
+    studies = []
+    for attack in args.attack:
+        for cf in args.clean_fraction:
+            base = with_preset(_merge(fixed, {"attack": attack, "clean_fraction": cf}), args.preset)
+            from .trial import parse_config
+
+            parse_config(_merge(base, nest(space.default_point())))  # fail fast, before Ray starts
+            studies.append((study_id(attack, cf), base))
+
+    import ray
+
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # experiment state saved often: see --resume
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # we snapshot often on purpose
+    t0 = time.time()
+    ray.init(address=args.address, include_dashboard=False, configure_logging=False, log_to_driver=False,
+             ignore_reinit_error=True)
+    print(f"sweep {name}: {len(studies)} studies x {num_samples} trials, results in {root}", flush=True)
+    resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
+    for study, base in studies:
+        run_study(base, space, root=root, sweep=name, study=study, num_samples=num_samples,
+                  max_concurrent=max_concurrent, resources=resources, sampler=args.sampler, seed=args.seed,
+                  resume=args.resume)
+    wall = time.time() - t0
+    rows = len(parquet_files(root))
+    print(f"done in {wall:.0f}s: {rows} rows in {root} (python -m nba_scale.results {root} --pareto)", flush=True)
+    from .results import print_pareto
+
+    print_pareto(root)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import small_config
+from nba_scale.config import ConfigError
+from nba_scale.trial import run_trial
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def cli(*args, cache):
+    return subprocess.run([sys.executable, "-m", "nba_scale.run", "--device", "cpu", "--cache-dir", str(cache), *args],
+                          capture_output=True, text=True, env=ENV, timeout=600)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--attack", "badnet"], "unknown attack 'badnet'; known: badnets"),
+    (["--defense", "nda"], "unknown defense 'nda'; known:"),
+    (["--dataset", "imagenet"], "unknown dataset 'imagenet'; known: synthetic, cifar10, gtsrb, npz:PATH"),
+    (["--set", "nba.gamma=1"], "unknown config key 'nba.gamma'"),
+    (["--set", "epochs"], "--set expects key=value"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragment):
+    r = cli(*args, cache=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert fragment in r.stderr and r.stderr.strip().count("\n") == 0 and r.stdout == ""
+
+
+def test_json_result_on_last_line_and_defense_none(tmp_path):
+    r = cli("--preset", "smoke", "--defense", "none", "--json", cache=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    for key in ("dataset", "attack", "defense", "clean_fraction", "seed", "config", "ba_before", "asr_before",
+                "ra_before", "ba", "asr", "ra", "wall_s", "status", "error"):
+        assert key in out
+    assert out["status"] == "ok" and out["error"] is None and out["defense"] == "none"
+    assert (out["ba"], out["asr"], out["ra"]) == (out["ba_before"], out["asr_before"], out["ra_before"])
+    assert all(0 <= out[k] <= 1 for k in ("ba", "asr", "ra"))
+    assert out["config"]["backdoor.epochs"] == 4  # the smoke preset
+    # The second run finds the backdoored model in the cache and trains nothing.
+    again = json.loads(cli("--preset", "smoke", "--defense", "none", "--json", cache=tmp_path).stdout.splitlines()[-1])
+    assert again["artifacts"]["backdoor"] == {**out["artifacts"]["backdoor"], "cached": True}
+    assert again["ba_before"] == out["ba_before"]
+
+
+def test_nan_loss_marks_the_trial_failed_and_returns(tmp_path):
+    cfg = small_config(tmp_path, **{"data.synthetic_train": 200, "data.synthetic_test": 50, "backdoor.epochs": 1,
+                                    "teacher.epochs": 1, "nba.optim.epochs": 1, "clean_fraction": 0.2,
+                                    "nba.lambda1": float("nan")})
+    out = run_trial(cfg)
+    assert out["status"] == "failed" and "NonFiniteLoss" in out["error"] and "nba epoch 1/1" in out["error"]
+    assert math.isfinite(out["wall_s"])
+    with pytest.raises(ConfigError):
+        run_trial({**cfg, "attack": "nope"})

@@ -1,0 +1,51 @@
+import pytest
+
+from nba_scale.config import ConfigError
+from nba_scale.results_store import pareto_mask
+from nba_scale.search_space import decode, load_search_space
+
+
+def test_shipped_nba_space_holds_the_paper_defaults():
+    space = load_search_space("search_spaces/nba.yaml")
+    point = space.default_point()
+    assert point["nba.lambda1"] == 2.0 and point["nba.lambda2"] == 2.0 and point["nba.lambda3"] == 0.1
+    assert point["nba.T"] == 5.0 and point["nba.alpha"] == 1.0 and point["nba.beta"] == 0.5
+    assert abs(point["nba.pgd_eps"] - 8 / 255) < 1e-6
+    dists = space.optuna_space()
+    assert dists["nba.lambda1"].log and dists["nba.lambda1"].low < 2.0 < dists["nba.lambda1"].high
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("defense: nba\nparams:\n  nba.beta: {type: float, low: 1, high: 0.5, default: 0.7}\n", "nba.beta: low=1 must be below high=0.5"),
+    ("defense: nba\nparams:\n  nba.beta: {type: flaot, low: 0.1, high: 1, default: 0.5}\n", "nba.beta: type 'flaot' is not one of"),
+    ("defense: nba\nparams:\n  nba.beta: {type: float, low: 0, high: 1, log: true, default: 0.5}\n", "log scale needs low > 0"),
+    ("defense: nba\nparams:\n  nba.beta: {type: float, low: 0.1, high: 1, default: 3}\n", "default 3 lies outside"),
+    ("defense: nba\nparams:\n  nba.betta: {type: float, low: 0.1, high: 1, default: 0.5}\n", "unknown config key 'nba.betta'"),
+    ("defense: nba\nparams:\n  nba.beta: {type: float, low: 0.1, hihg: 1}\n", "unknown field 'hihg'"),
+    ("defense: nba\nparams: [1, 2]\n", "'params' and 'fixed' must be mappings"),
+    ("defense: nba\nsearch: {}\n", "unknown top-level key 'search'"),
+    ("defense: nba\nparams:\n  nba.beta: {type: float, low: 0.1\n", "not valid YAML"),
+    ("defense: nba\nparams:\n  nba.terms: {type: categorical, choices: [[rnb], [pnb]], default: [lnb]}\n", "is not among choices"),
+])
+def test_malformed_space_is_one_line_naming_file_and_key(tmp_path, text, fragment):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_search_space(path)
+    assert fragment in str(e.value) and str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_categorical_lists_survive_the_searcher_encoding(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("defense: nba\nparams:\n  nba.terms: {type: categorical, choices: [[rnb, lnb, pnb], [rnb, pnb]]}\n")
+    space = load_search_space(path)
+    encoded = space.default_point()["nba.terms"]
+    assert isinstance(encoded, str) and decode(encoded) == ["rnb", "lnb", "pnb"]
+
+
+def test_pareto_front_on_hand_made_points():
+    asr = [0.10, 0.05, 0.20, 0.05, 0.50, float("nan")]
+    ba = [0.90, 0.80, 0.95, 0.70, 0.60, 0.99]
+    # (0.05, 0.70) is dominated by (0.05, 0.80); (0.5, 0.6) by everything; NaN is never on the front.
+    assert pareto_mask(asr, ba) == [True, True, True, False, False, False]
+    assert pareto_mask([0.1, 0.1], [0.9, 0.9]) == [True, True]  # ties dominate neither

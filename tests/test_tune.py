@@ -1,0 +1,124 @@
+"""Sweeps through Ray Tune + Optuna on synthetic data at the `smoke` budget."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pyarrow.dataset as pads
+import pytest
+
+from nba_scale.results_store import parquet_files, read_table
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tune_cmd(results, cache, name, *extra):
+    return [sys.executable, "-m", "nba_scale.tune", "--attack", "badnets", "--dataset", "synthetic",
+            "--preset", "smoke", "--results", str(results), "--cache-dir", str(cache), "--name", name,
+            "--device", "cpu", *extra]
+
+
+def run_tune(*args, timeout=900):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(list(args), capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def tune_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("tune_cache")
+
+
+@pytest.fixture(scope="module")
+def smoke_sweep(tmp_path_factory, tune_cache):
+    results = tmp_path_factory.mktemp("results")
+    r = run_tune(*tune_cmd(results, tune_cache, "smoke", "--num-samples", "3", "--clean-fraction", "0.1"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return results / "smoke", r
+
+
+def test_smoke_sweep_writes_readable_rows_with_the_paper_default(smoke_sweep):
+    root, r = smoke_sweep
+    table = read_table(root)
+    assert table.num_rows == 3 and len(set(table["trial_id"].to_pylist())) == 3
+    rows = table.to_pylist()
+    assert sum(bool(x["is_default"]) for x in rows) == 1
+    default = next(x for x in rows if x["is_default"])
+    assert (default["nba_lambda1"], default["nba_lambda2"], default["nba_lambda3"], default["nba_beta"]) == (2.0, 2.0, 0.1, 0.5)
+    for x in rows:
+        assert x["status"] == "ok" and 0 <= x["asr"] <= 1 and 0 <= x["ba"] <= 1 and x["sweep"] == "smoke"
+        assert x["attack"] == "badnets" and x["clean_fraction"] == 0.1 and x["finished"] >= x["started"]
+    # The same rows through pyarrow.dataset (hive partitions) and duckdb.
+    ds = pads.dataset(str(root), format="parquet", partitioning="hive", exclude_invalid_files=True)
+    assert ds.to_table().num_rows == 3
+    n = duckdb.sql(f"SELECT count(*) FROM read_parquet('{root}/**/*.parquet', hive_partitioning=true, "
+                   f"union_by_name=true) WHERE attack='badnets' AND defense='nba'").fetchone()[0]
+    assert n == 3
+    assert "Pareto front" in r.stdout and "rows in" in r.stdout
+
+
+def test_results_cli_pareto_sql_and_plot(smoke_sweep, tmp_path):
+    root, _ = smoke_sweep
+    out = run_tune(sys.executable, "-m", "nba_scale.results", str(root), "--pareto", "--plot", str(tmp_path / "f.png"))
+    assert out.returncode == 0, out.stderr
+    assert "Pareto front" in out.stdout and (tmp_path / "f.png").stat().st_size > 5000
+    sql = run_tune(sys.executable, "-m", "nba_scale.results", str(root), "--format", "csv",
+                   "--sql", "SELECT count(*) AS n FROM trials WHERE status = 'ok'")
+    assert sql.returncode == 0 and sql.stdout.split() == ['"n"', "3"]
+    bad = run_tune(sys.executable, "-m", "nba_scale.results", str(root), "--sql", "SELECT nope FROM trials")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: SQL failed")
+
+
+def test_a_sweep_name_is_not_silently_reused(smoke_sweep, tune_cache):
+    root, _ = smoke_sweep
+    r = run_tune(*tune_cmd(root.parent, tune_cache, "smoke", "--num-samples", "3", "--clean-fraction", "0.1"))
+    assert r.returncode == 2 and "pass --resume" in r.stderr
+
+
+def test_study_counts_every_trial_and_failures_are_recorded(tmp_path, tune_cache):
+    """In-process: the Optuna study must hold as many trials as the sweep ran, failed ones too."""
+    import ray
+
+    from nba_scale.search_space import load_search_space
+    from nba_scale.trial import with_preset
+    from nba_scale.tune import run_study
+
+    space = load_search_space(REPO / "search_spaces" / "nba.yaml")
+    base = with_preset({"dataset": "synthetic", "attack": "badnets", "defense": "nba", "device": "cpu",
+                        "cache_dir": str(tune_cache), "clean_fraction": 0.1,
+                        "nba": {"optim": {"lr": float("nan")}}}, "smoke")  # every trial's loss goes NaN
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    try:
+        _, searcher = run_study(base, space, root=tmp_path, sweep="nan", study="badnets-nan", num_samples=3,
+                                max_concurrent=2, resources={"cpu": 1})
+    finally:
+        ray.shutdown()
+    trials = searcher._ot_study.trials
+    assert len(trials) == 3 and all(t.state.name == "COMPLETE" for t in trials)
+    assert all(t.values == [1.0, 0.0] for t in trials)  # failed trials report the worst objectives
+    rows = read_table(tmp_path).to_pylist()
+    assert len(rows) == 3 and all(r["status"] == "failed" and "NonFiniteLoss" in r["error"] for r in rows)
+
+
+def test_killed_sweep_resumes_without_losing_or_repeating_trials(tmp_path, tune_cache):
+    cmd = tune_cmd(tmp_path, tune_cache, "kill", "--num-samples", "4", "--max-concurrent", "1",
+                   "--clean-fraction", "0.1", "--set", "nba.optim.epochs=3")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and len(parquet_files(tmp_path / "kill")) < 1:
+        time.sleep(0.5)
+    rows_before = len(parquet_files(tmp_path / "kill"))
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 1 <= rows_before < 4, "the sweep should be killed in the middle"
+    r = run_tune(*cmd, "--resume")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    table = read_table(tmp_path / "kill")
+    ids = table["trial_id"].to_pylist()
+    assert len(ids) == 4 and len(set(ids)) == 4
+    assert sum(bool(x) for x in table["is_default"].to_pylist()) == 1
