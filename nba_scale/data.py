@@ -278,7 +278,13 @@ class Batches:
         self.batch_size, self.shuffle, self.aug, self.flip = batch_size, shuffle, augment, flip
         self.device = torch.device(device)
         self.rank, self.world = rank, world
+        self.seed = seed
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the epoch's order and augmentation a function of (seed, epoch) alone, so a run
+        resumed at epoch k sees exactly the batches the uninterrupted run saw."""
+        self.gen.manual_seed(self.seed * 1_000_003 + epoch)
 
     def __len__(self) -> int:
         per_rank = len(self.x) // self.world

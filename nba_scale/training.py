@@ -118,6 +118,10 @@ def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: OptimCo
     bar = tqdm(total=steps, desc=desc, disable=not (show_progress() and accelerator.is_main_process),
                leave=False, mininterval=1.0)
     for epoch in range(start_epoch, cfg.epochs):
+        # Per-epoch seeding (data order, augmentation, PGD starts, dropout): resuming at an epoch
+        # boundary replays exactly what the uninterrupted run would have done.
+        batches.set_epoch(epoch)
+        torch.manual_seed(seed * 1_000_003 + epoch)
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr_at(epoch)
         model.train()

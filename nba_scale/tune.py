@@ -331,8 +331,14 @@ def _main(args: argparse.Namespace) -> int:
             base = with_preset(_merge(fixed, {"attack": attack, "clean_fraction": cf}), args.preset)
             from .trial import parse_config
 
-            parse_config(_merge(base, nest(space.default_point())))  # fail fast, before Ray starts
+            checked = parse_config(_merge(base, nest(space.default_point())))  # fail fast, before Ray starts
             studies.append((study_id(attack, cf), base))
+    from .attacks import get_attack
+    from .data import load_dataset
+
+    for attack in args.attack:
+        get_attack(attack)
+    load_dataset(checked.dataset, checked.data, checked.seed)  # offline without the files: one line, now
 
     import ray
 

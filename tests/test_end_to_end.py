@@ -1,9 +1,9 @@
 """The vertical slice on synthetic data: a real backdoor, a real teacher, a real NBA defense.
 
 Thresholds come from repeated runs of exactly this configuration (docs/DEVELOPING.md lists
-them): over seeds 1-3 the backdoored model reached BA >= 0.99 and ASR >= 0.99, and NBA brought
-ASR to <= 0.03 with BA >= 0.98. The bounds below leave a wide margin for CPU nondeterminism
-while still failing if the backdoor is not implanted or NBA does not remove it.
+them): over seeds 1-3 the backdoored model reached BA 1.000 and ASR 1.000 each time, and NBA
+brought ASR to 0.000 with BA >= 0.994. The bounds below leave a wide margin for CPU
+nondeterminism while still failing if the backdoor is not implanted or NBA does not remove it.
 """
 import pytest
 
@@ -21,7 +21,7 @@ def first(cache_dir):
 
 def test_badnets_implants_a_backdoor(first):
     assert first["status"] == "ok", first["error"]
-    assert first["asr_before"] >= 0.9  # a clean model's ASR on this set is ~0.1 (chance), see docs
+    assert first["asr_before"] >= 0.9  # the clean-tuned teacher scores 0.0-0.7 % on the same set
     assert first["ba_before"] >= 0.85
     assert first["artifacts"]["backdoor"]["cached"] is False
 
@@ -58,6 +58,6 @@ def test_report_is_called_after_every_defense_epoch(cache_dir):
     out = run_trial(small_config(cache_dir, **{"nba.optim.epochs": 2}), report=lambda **m: seen.append(m))
     assert out["status"] == "ok" and [m["epoch"] for m in seen] == [1, 2]
     assert set(seen[0]) == {"epoch", "ba", "asr", "ra", "state"} and seen[-1]["asr"] == out["asr"]
-    # Resuming after epoch 1 from its state reproduces the uninterrupted run's last epoch.
+    # Resuming after epoch 1 from its state replays the uninterrupted run's second epoch exactly.
     resumed = run_trial(small_config(cache_dir, **{"nba.optim.epochs": 2}), resume=seen[0]["state"])
-    assert resumed["status"] == "ok" and abs(resumed["asr"] - out["asr"]) <= 0.05
+    assert resumed["status"] == "ok" and (resumed["asr"], resumed["ba"]) == (out["asr"], out["ba"])

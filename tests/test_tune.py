@@ -55,7 +55,7 @@ def test_smoke_sweep_writes_readable_rows_with_the_paper_default(smoke_sweep):
     ds = pads.dataset(str(root), format="parquet", partitioning="hive", exclude_invalid_files=True)
     assert ds.to_table().num_rows == 3
     n = duckdb.sql(f"SELECT count(*) FROM read_parquet('{root}/**/*.parquet', hive_partitioning=true, "
-                   f"union_by_name=true) WHERE attack='badnets' AND defense='nba'").fetchone()[0]
+                   f"union_by_name=true) WHERE attack='badnets' AND defense='nba'").fetchall()[0][0]
     assert n == 3
     assert "Pareto front" in r.stdout and "rows in" in r.stdout
 
