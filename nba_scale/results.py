@@ -21,6 +21,7 @@ import pyarrow as pa
 from .config import ConfigError
 from .results_store import pareto_mask, read_table
 
+PLUGIN_PREFIXES = ("nba", "ft", "fp", "mcr", "nad", "argd")
 SHOW = ["sweep", "study", "trial_id", "attack", "clean_fraction", "status", "asr", "ba", "ra", "asr_before",
         "ba_before", "wall_s"]
 
@@ -90,7 +91,10 @@ def print_pareto(root, by: tuple[str, ...] = ("attack", "clean_fraction"), fmt: 
         print("no successful trials yet: no Pareto front")
         return
     front = front.append_column("mark", pa.array(["*" if d else "" for d in front["default_point"].to_pylist()]))
-    cols = [*by, "mark", "asr", "ba", "ra", "trial_id"] + [c for c in front.column_names if c.startswith(("nba_", "ft_", "fp_", "mcr_", "nad_", "argd_")) and not c.endswith(("_optim_milestones",))][:8]
+    # The tuned hyper-parameters: config columns whose values differ between rows.
+    varying = [c for c in front.column_names if "_" in c and c.split("_")[0] in PLUGIN_PREFIXES
+               and len({str(v) for v in front[c].to_pylist()}) > 1]
+    cols = [*by, "mark", "asr", "ba", "ra", "trial_id", *varying]
     print("Pareto front (ASR down, BA up); * = the paper's default configuration")
     print(format_table(front, cols, fmt))
 

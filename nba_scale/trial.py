@@ -122,8 +122,14 @@ def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
+def prepare_artifacts(config: dict[str, Any]) -> dict[str, Any]:
+    """Build (or find) the trial's backdoored model and teacher without defending: a sweep driver
+    calls this once per study so that its trials all start from the cache."""
+    return run_trial(config, artifacts_only=True)
+
+
 def run_trial(config: dict[str, Any], report: Optional[Callable[..., None]] = None,
-              resume: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+              resume: Optional[dict[str, Any]] = None, artifacts_only: bool = False) -> dict[str, Any]:
     """Run one trial; never raises for failures inside training (status "failed" + error), only
     for bad configuration (`ConfigError`, one line naming the fix).
 
@@ -146,7 +152,7 @@ def run_trial(config: dict[str, Any], report: Optional[Callable[..., None]] = No
         "version": __version__, "status": "ok", "error": None,
     }
     try:
-        result.update(_pipeline(cfg, ds, attack, defense, report, resume))
+        result.update(_pipeline(cfg, ds, attack, defense, report, resume, artifacts_only))
     except ConfigError:
         raise
     except Exception as e:  # NaN losses, OOM, a broken plug-in: the trial fails, the caller goes on
@@ -156,7 +162,7 @@ def run_trial(config: dict[str, Any], report: Optional[Callable[..., None]] = No
     return result
 
 
-def _pipeline(cfg: TrialConfig, ds, attack, defense, report, resume) -> dict[str, Any]:
+def _pipeline(cfg: TrialConfig, ds, attack, defense, report, resume, artifacts_only=False) -> dict[str, Any]:
     setup_run(cfg.seed)
     acc = make_accelerator(cfg.device, cfg.precision)
     dev = acc.device
@@ -218,6 +224,9 @@ def _pipeline(cfg: TrialConfig, ds, attack, defense, report, resume) -> dict[str
         teacher = new_model().to(dev)
         teacher.load_state_dict(t_state)
         artifacts["teacher"] = {"key": t_meta["key"], "cached": not built, **pick(t_meta["metrics"])}
+    if artifacts_only:
+        return {"artifacts": artifacts, "timings": {k: round(v, 3) for k, v in timings.items()},
+                **{f"{k}_before": v for k, v in pick(before).items()}}
 
     def on_epoch_end(epoch: int, m: torch.nn.Module, optimizer) -> None:
         if report is not None:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .config import ConfigError, nest, parse_set
+from .search_space import decode
 
 log = logging.getLogger("nba_scale")
 
@@ -55,7 +56,6 @@ def trainable(config: dict[str, Any]) -> None:
     import torch
 
     from .checkpoints import load_weights, save_weights
-    from .search_space import decode
     from .trial import run_trial
 
     base = config["__base__"]
@@ -124,12 +124,15 @@ class Progress:
     """One line per change of counts, at most every `every_s` seconds: done/running/failed and the
     current Pareto front; Tune's own per-trial table is switched off."""
 
-    def __init__(self, label: str, total: int, every_s: float = 10.0):
+    def __init__(self, label: str, total: int, every_s: float = 30.0):
         import ray.tune as tune
 
         outer = self
 
         class _CB(tune.Callback):
+            def on_step_end(self, iteration, trials, **info):  # a heartbeat while trials train
+                outer.maybe_print(trials)
+
             def on_trial_result(self, iteration, trials, trial, result, **info):
                 outer.maybe_print(trials)
 
@@ -153,7 +156,7 @@ class Progress:
         failed = sum(1 for t in trials if t.status == "ERROR" or (t.last_result or {}).get("status") == "failed")
         running = sum(1 for t in trials if t.status == "RUNNING")
         pts = [(t.last_result["asr"], t.last_result["ba"]) for t in done if "asr" in (t.last_result or {})]
-        front = sorted(p for p, keep in zip(pts, pareto_mask([a for a, _ in pts], [b for _, b in pts])) if keep)
+        front = sorted({p for p, keep in zip(pts, pareto_mask([a for a, _ in pts], [b for _, b in pts])) if keep})
         line = f"[{self.label}] {len(done)}/{self.total} done, {running} running, {failed} failed"
         if front:
             line += "; front: " + ", ".join(f"(ASR {a:.1%}, BA {b:.1%})" for a, b in front[:4])
@@ -209,7 +212,7 @@ def make_searcher(space, sampler: str, seed: int):
 
 def run_study(base: dict[str, Any], space, *, root: Path, sweep: str, study: str, num_samples: int,
               max_concurrent: int, resources: dict[str, float], sampler: str = "tpe", seed: int = 0,
-              resume: bool = False, progress_every_s: float = 10.0):
+              resume: bool = False, progress_every_s: float = 30.0):
     """Run (or resume) one Optuna study as a Ray Tune experiment; returns (ResultGrid, searcher)."""
     import ray.tune as tune
     from ray.tune.search import ConcurrencyLimiter
@@ -350,7 +353,19 @@ def _main(args: argparse.Namespace) -> int:
              ignore_reinit_error=True)
     print(f"sweep {name}: {len(studies)} studies x {num_samples} trials, results in {root}", flush=True)
     resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
+    from .trial import prepare_artifacts
+
     for study, base in studies:
+        if args.address is None:
+            # Here, with every core, rather than in the first trial (one core, others waiting on
+            # its lock). On a cluster the first trial that needs an artifact builds it on a GPU.
+            t1 = time.time()
+            print(f"[{study}] backdoored model and teacher: building or loading from the cache ...", flush=True)
+            got = prepare_artifacts(_merge(base, nest({k: decode(v) for k, v in space.default_point().items()})))
+            if got["status"] != "ok":
+                raise ConfigError(f"[{study}] could not build its artifacts: {got['error']}")
+            print(f"[{study}] artifacts ready in {time.time() - t1:.0f}s: backdoored BA {got['ba_before']:.1%}, "
+                  f"ASR {got['asr_before']:.1%}", flush=True)
         run_study(base, space, root=root, sweep=name, study=study, num_samples=num_samples,
                   max_concurrent=max_concurrent, resources=resources, sampler=args.sampler, seed=args.seed,
                   resume=args.resume)

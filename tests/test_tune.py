@@ -122,3 +122,20 @@ def test_killed_sweep_resumes_without_losing_or_repeating_trials(tmp_path, tune_
     ids = table["trial_id"].to_pylist()
     assert len(ids) == 4 and len(set(ids)) == 4
     assert sum(bool(x) for x in table["is_default"].to_pylist()) == 1
+
+
+def test_sweep_runs_against_a_started_ray_cluster(tmp_path, tune_cache):
+    """`ray start --head` + `--address auto`: the cluster path, on this machine."""
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    port = "6391"
+    start = subprocess.run([ray_bin, "start", "--head", "--num-cpus", "2", "--port", port, "--include-dashboard=false",
+                            "--disable-usage-stats"], capture_output=True, text=True, env=env, timeout=120)
+    assert start.returncode == 0, start.stderr[-2000:]
+    try:
+        r = run_tune(*tune_cmd(tmp_path, tune_cache, "cluster", "--num-samples", "2", "--clean-fraction", "0.1",
+                               "--address", f"127.0.0.1:{port}"))
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert len(read_table(tmp_path / "cluster")) == 2
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env, timeout=120)
