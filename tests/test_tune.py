@@ -1,5 +1,6 @@
 """Sweeps through Ray Tune + Optuna on synthetic data at the `smoke` budget."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,8 +23,8 @@ def tune_cmd(results, cache, name, *extra):
             "--device", "cpu", *extra]
 
 
-def run_tune(*args, timeout=900):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+def run_tune(*args, timeout=900, env_extra=None):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env_extra or {})}
     return subprocess.run(list(args), capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
 
 
@@ -125,17 +126,24 @@ def test_killed_sweep_resumes_without_losing_or_repeating_trials(tmp_path, tune_
 
 
 def test_sweep_runs_against_a_started_ray_cluster(tmp_path, tune_cache):
-    """`ray start --head` + `--address auto`: the cluster path, on this machine."""
+    """`ray start --head` + `--address`: the cluster path (no driver-side build), on this machine."""
+    import psutil
+
+    temp = Path("/tmp") / f"nbaray{os.getpid()}"  # unique: tells our cluster's processes from any other
     env = {**os.environ, "RAY_ADDRESS": ""}
     ray_bin = str(Path(sys.executable).parent / "ray")
-    port = "6391"
-    start = subprocess.run([ray_bin, "start", "--head", "--num-cpus", "2", "--port", port, "--include-dashboard=false",
-                            "--disable-usage-stats"], capture_output=True, text=True, env=env, timeout=120)
+    start = subprocess.run([ray_bin, "start", "--head", "--num-cpus", "2", "--port", "6391", "--temp-dir", str(temp),
+                            "--include-dashboard=false", "--disable-usage-stats"],
+                           capture_output=True, text=True, env=env, timeout=120)
     assert start.returncode == 0, start.stderr[-2000:]
     try:
         r = run_tune(*tune_cmd(tmp_path, tune_cache, "cluster", "--num-samples", "2", "--clean-fraction", "0.1",
-                               "--address", f"127.0.0.1:{port}"))
+                               "--address", "127.0.0.1:6391"))
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         assert len(read_table(tmp_path / "cluster")) == 2
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env, timeout=120)
+        # Not `ray stop`: that would also stop every other Ray instance on this machine.
+        for p in psutil.process_iter(["cmdline"]):
+            if str(temp) in " ".join(p.info["cmdline"] or []):
+                p.kill()
+        shutil.rmtree(temp, ignore_errors=True)
