@@ -6,6 +6,7 @@ Parquet columns use) are accepted as well. Unknown keys and wrong types are reje
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import typing
@@ -32,6 +33,14 @@ def nest(flat: dict[str, Any]) -> dict[str, Any]:
             node.setdefault(parts[-1], {}).update(nest(value))
         else:
             node[parts[-1]] = value
+    return out
+
+
+def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge of nested dicts; `b` wins."""
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 

@@ -16,7 +16,7 @@ import json
 import logging
 import sys
 
-from .config import ConfigError, nest, parse_set
+from .config import ConfigError, merge, nest, parse_set
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,10 +51,7 @@ def config_from_args(args: argparse.Namespace) -> dict:
         if value is not None:
             flat[key] = value
     cfg = nest(flat)
-    overrides = parse_set(args.set)
-    from .trial import _merge
-
-    return with_preset(_merge(cfg, overrides), args.preset)
+    return with_preset(merge(cfg, parse_set(args.set)), args.preset)
 
 
 def format_summary(r: dict) -> str:

@@ -58,6 +58,10 @@ class SearchSpace:
         """The reference configuration in the searcher's encoding (for points_to_evaluate)."""
         return {p.name: _encode(p.default) if p.type == "categorical" else p.default for p in self.params}
 
+    def default_config(self) -> dict[str, Any]:
+        """The reference configuration as trial-config values (dotted keys)."""
+        return {p.name: p.default for p in self.params}
+
     def optuna_space(self) -> dict[str, Any]:
         return {p.name: p.distribution() for p in self.params}
 
@@ -145,7 +149,7 @@ def _check_against_trial_config(space: SearchSpace) -> None:
     from .defenses import get_defense
     from .trial import parse_config
 
-    point = {"defense": space.defense, **space.fixed, **{p.name: p.default for p in space.params}}
+    point = {"defense": space.defense, **space.fixed, **space.default_config()}
     try:
         cfg = parse_config(point)
         get_defense(cfg.defense)(cfg.defense_params)  # the defense's own keys and types

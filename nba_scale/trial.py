@@ -34,7 +34,7 @@ from . import __version__
 from .artifacts import ArtifactCache
 from .attacks import get_attack
 from .checkpoints import load_into, save_weights
-from .config import ConfigError, build, flatten, nest, require
+from .config import ConfigError, build, flatten, merge, nest, require
 from .data import DataConfig, load_dataset, stratified_indices
 from .defenses import DefenseContext, get_defense
 from .metrics import score
@@ -94,14 +94,7 @@ def with_preset(config: dict[str, Any], preset: Optional[str]) -> dict[str, Any]
     cfg = nest(config)
     base = nest({k: v for k, v in PRESETS[preset].items()
                  if k.split(".")[0] not in ("nba",) or cfg.get("defense", "nba") == k.split(".")[0]})
-    return _merge(base, cfg)
-
-
-def _merge(a: dict, b: dict) -> dict:
-    out = copy.deepcopy(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+    return merge(base, cfg)
 
 
 def parse_config(config: dict[str, Any]) -> TrialConfig:

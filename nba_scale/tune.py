@@ -34,8 +34,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from .config import ConfigError, nest, parse_set
-from .search_space import decode
+from .config import ConfigError, merge, nest, parse_set
 
 log = logging.getLogger("nba_scale")
 
@@ -56,11 +55,12 @@ def trainable(config: dict[str, Any]) -> None:
     import torch
 
     from .checkpoints import load_weights, save_weights
+    from .search_space import decode
     from .trial import run_trial
 
     base = config["__base__"]
     params = {k: decode(v) for k, v in config.items() if not k.startswith("__")}
-    cfg = _merge(base, nest(params))
+    cfg = merge(base, nest(params))
     resume = None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
@@ -100,10 +100,6 @@ def _hash(cfg: dict) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _merge(a: dict, b: dict) -> dict:
-    from .trial import _merge as merge
-
-    return merge(a, b)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,7 +300,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 def _main(args: argparse.Namespace) -> int:
     from .results_store import parquet_files
     from .search_space import load_search_space
-    from .trial import _merge, with_preset
+    from .trial import with_preset
 
     space = load_search_space(find_space(args.defense, args.space))
     if space.defense != args.defense:
@@ -327,14 +323,14 @@ def _main(args: argparse.Namespace) -> int:
         from .artifacts import default_cache_dir
 
         fixed["cache_dir"] = str(default_cache_dir())  # workers on this machine share one cache
-    fixed = _merge(_merge(nest(fixed), nest(space.fixed)), parse_set(args.set))
+    fixed = merge(merge(nest(fixed), nest(space.fixed)), parse_set(args.set))
     studies = []
     for attack in args.attack:
         for cf in args.clean_fraction:
-            base = with_preset(_merge(fixed, {"attack": attack, "clean_fraction": cf}), args.preset)
+            base = with_preset(merge(fixed, {"attack": attack, "clean_fraction": cf}), args.preset)
             from .trial import parse_config
 
-            checked = parse_config(_merge(base, nest(space.default_point())))  # fail fast, before Ray starts
+            checked = parse_config(merge(base, nest(space.default_config())))  # fail fast, before Ray starts
             studies.append((study_id(attack, cf), base))
     from .attacks import get_attack
     from .data import load_dataset
@@ -361,7 +357,7 @@ def _main(args: argparse.Namespace) -> int:
             # its lock). On a cluster the first trial that needs an artifact builds it on a GPU.
             t1 = time.time()
             print(f"[{study}] backdoored model and teacher: building or loading from the cache ...", flush=True)
-            got = prepare_artifacts(_merge(base, nest({k: decode(v) for k, v in space.default_point().items()})))
+            got = prepare_artifacts(merge(base, nest(space.default_config())))
             if got["status"] != "ok":
                 raise ConfigError(f"[{study}] could not build its artifacts: {got['error']}")
             print(f"[{study}] artifacts ready in {time.time() - t1:.0f}s: backdoored BA {got['ba_before']:.1%}, "
