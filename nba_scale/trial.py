@@ -171,7 +171,9 @@ def _pipeline(cfg: TrialConfig, ds, attack, defense, report, resume, artifacts_o
         ba = metrics["ba_nontarget"] if cfg.eval_exclude_target else metrics["ba"]
         return {"ba": ba, "asr": metrics["asr"], "ra": metrics["ra"]}
 
-    data_spec = {"dataset": cfg.dataset, "fingerprint": _fingerprint(ds.x_train, ds.y_train),
+    # An npz is keyed by its content, not its path: the same file elsewhere hits the same artifacts.
+    data_spec = {"dataset": "npz" if cfg.dataset.startswith("npz:") else cfg.dataset,
+                 "fingerprint": _fingerprint(ds.x_train, ds.y_train),
                  "test_fingerprint": _fingerprint(ds.x_test, ds.y_test),
                  "data": {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "data_dir"}}
     bd_spec = {**data_spec, "attack": attack.describe(), "arch": cfg.arch,

@@ -57,3 +57,21 @@ def test_nan_loss_marks_the_trial_failed_and_returns(tmp_path):
     assert math.isfinite(out["wall_s"])
     with pytest.raises(ConfigError):
         run_trial({**cfg, "attack": "nope"})
+
+
+def test_npz_artifacts_are_keyed_by_content_not_path(tmp_path):
+    import shutil
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "a.npz", x_train=rng.integers(0, 255, (60, 32, 32, 3), dtype=np.uint8), y_train=np.arange(60) % 3,
+             x_test=rng.integers(0, 255, (15, 32, 32, 3), dtype=np.uint8), y_test=np.arange(15) % 3)
+    (tmp_path / "moved").mkdir()
+    shutil.copy(tmp_path / "a.npz", tmp_path / "moved" / "a.npz")
+    cfg = {"defense": "none", "device": "cpu", "cache_dir": str(tmp_path / "cache"), "backdoor.epochs": 1,
+           "backdoor.batch_size": 16}
+    first = run_trial({**cfg, "dataset": f"npz:{tmp_path / 'a.npz'}"})
+    moved = run_trial({**cfg, "dataset": f"npz:{tmp_path / 'moved' / 'a.npz'}"})
+    assert first["status"] == moved["status"] == "ok"
+    assert not first["artifacts"]["backdoor"]["cached"] and moved["artifacts"]["backdoor"]["cached"]
