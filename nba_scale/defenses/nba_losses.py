@@ -94,14 +94,13 @@ def behaviour_loss(feats_t, logits_t, feats_s, logits_s, *, lambdas: tuple[float
     off: under bf16 autocast the Gram matmuls ran in bf16, whose rounding noise swamped the
     teacher-student difference and collapsed the student to one class (synthetic smoke run: BA
     46 % -> 6.7 % with RNB alone, vs 52 % with PNB alone)."""
-    terms = set(terms)
-    parts: dict[str, torch.Tensor] = {}
     with torch.autocast(device_type=logits_s.device.type, enabled=False):
-        return _weighted(feats_t, logits_t, feats_s, logits_s, lambdas, T, terms, representation, kd_t2, parts)
+        return _weighted(feats_t, logits_t, feats_s, logits_s, lambdas, T, set(terms), representation, kd_t2)
 
 
-def _weighted(feats_t, logits_t, feats_s, logits_s, lambdas, T, terms, representation, kd_t2, parts):
+def _weighted(feats_t, logits_t, feats_s, logits_s, lambdas, T, terms, representation, kd_t2):
     feats_t, feats_s = [f.float() for f in feats_t], [f.float() for f in feats_s]
+    parts: dict[str, torch.Tensor] = {}
     if "rnb" in terms:
         parts["rnb"] = rnb(feats_t, feats_s, representation)
     if "lnb" in terms:
