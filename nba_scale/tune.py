@@ -324,19 +324,19 @@ def _main(args: argparse.Namespace) -> int:
 
         fixed["cache_dir"] = str(default_cache_dir())  # workers on this machine share one cache
     fixed = merge(merge(nest(fixed), nest(space.fixed)), parse_set(args.set))
+    from .attacks import get_attack
+
     studies = []
     for attack in args.attack:
+        get_attack(attack)  # unknown name: one line listing the known ones, before Ray starts
         for cf in args.clean_fraction:
             base = with_preset(merge(fixed, {"attack": attack, "clean_fraction": cf}), args.preset)
             from .trial import parse_config
 
             checked = parse_config(merge(base, nest(space.default_config())))  # fail fast, before Ray starts
             studies.append((study_id(attack, cf), base))
-    from .attacks import get_attack
     from .data import load_dataset
 
-    for attack in args.attack:
-        get_attack(attack)
     load_dataset(checked.dataset, checked.data, checked.seed)  # offline without the files: one line, now
 
     import ray

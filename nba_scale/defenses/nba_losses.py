@@ -91,9 +91,10 @@ def behaviour_loss(feats_t, logits_t, feats_s, logits_s, *, lambdas: tuple[float
     """λ1·RNB + λ2·LNB + λ3·PNB over the enabled `terms` (LDL, or UDL when the student saw x+δ).
 
     A disabled term is not computed at all, so it cannot leak a gradient. Computed with autocast
-    off: under bf16 autocast the Gram matmuls ran in bf16, whose rounding noise swamped the
-    teacher-student difference and collapsed the student to one class (synthetic smoke run: BA
-    46 % -> 6.7 % with RNB alone, vs 52 % with PNB alone)."""
+    off, so the Gram matmuls run in fp32 even under bf16 autocast (in bf16 their rounding noise is
+    of the order of the teacher-student difference). Known open problem: NBA under bf16 still
+    collapsed the weak smoke-preset model (BA 46 % -> 6.7 %, vs 31.7 % in fp32) with this in
+    place, so the cause lies upstream (bf16 features); use fp32 for NBA until it is understood."""
     with torch.autocast(device_type=logits_s.device.type, enabled=False):
         return _weighted(feats_t, logits_t, feats_s, logits_s, lambdas, T, set(terms), representation, kd_t2)
 
