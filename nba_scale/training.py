@@ -108,8 +108,11 @@ def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: OptimCo
     `on_epoch_end(epoch, model, optimizer)` runs after each epoch (evaluation, reporting,
     checkpointing). `start_epoch`/`optimizer_state` resume an interrupted run.
     """
-    batches = Batches(x, y, cfg.batch_size, accelerator.device, shuffle=True, augment=cfg.augment,
-                      flip=flip, seed=seed, rank=accelerator.process_index, world=accelerator.num_processes)
+    # The config's batch size is the global one, split over the data-parallel processes, so a
+    # hyper-parameter means the same thing on one GPU and on eight.
+    world = accelerator.num_processes
+    batches = Batches(x, y, max(2, cfg.batch_size // world), accelerator.device, shuffle=True, augment=cfg.augment,
+                      flip=flip, seed=seed, rank=accelerator.process_index, world=world)
     optimizer = make_optimizer(model, cfg)
     if optimizer_state:
         optimizer.load_state_dict(optimizer_state)
@@ -141,6 +144,8 @@ def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: OptimCo
             loss_sum += loss
             n += 1
             bar.update(1)
+        if world > 1:  # every rank stops together, or the others hang in the next all-reduce
+            bad = accelerator.reduce(bad.float(), reduction="sum") > 0
         if bool(bad):  # one sync per epoch
             bar.close()
             raise NonFiniteLoss(f"non-finite loss (NaN/inf) in {desc} epoch {epoch + 1}/{cfg.epochs}")

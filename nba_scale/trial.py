@@ -248,5 +248,6 @@ def _pipeline(cfg: TrialConfig, ds, attack, defense, report, resume, artifacts_o
         "ba_before": before["ba"], "asr_before": before["asr"], "ra_before": before["ra"],
         **after, "epochs": defense.epochs, "n_clean": len(subset), "n_train": len(ds.x_train),
         "n_test": len(ds.x_test), "n_poison_test": len(poisoned.x_test), "device": str(dev),
+        "processes": acc.num_processes,
         "artifacts": artifacts, "timings": {k: round(v, 3) for k, v in timings.items()},
     }

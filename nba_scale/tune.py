@@ -12,6 +12,10 @@ interrupted sweep with Ray Tune's own restore (finished trials are kept, interru
 from their last epoch checkpoint, the searcher keeps what it learned). Read the results with
 `python -m nba_scale.results DIR/NAME --pareto`.
 
+Resources: `--gpus-per-trial 0.25` lets four trials share a GPU; `--gpus-per-trial 2` runs each
+trial data-parallel on two GPUs (a Ray Train TorchTrainer around the same Accelerate loop; see
+nba_scale/tune_trainable.py); `--workers-per-trial 2` does the same with CPU processes.
+
 Traps in OptunaSearch this module designs around: metric and mode lists go to OptunaSearch, not
 TuneConfig; with several objectives it ignores intermediate results, so nothing is pruned; a final
 result missing an objective (or NaN) makes the trial silently vanish from the study, so every
@@ -22,19 +26,18 @@ searcher pickles for restore.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 from .config import ConfigError, merge, nest, parse_set
+from .tune_trainable import WORST, trainable
 
 log = logging.getLogger("nba_scale")
 
@@ -46,60 +49,6 @@ TUNE_PRESETS = {
 }
 OBJECTIVES = ["asr", "ba"]
 MODES = ["min", "max"]
-WORST = {"asr": 1.0, "ba": 0.0}
-
-
-def trainable(config: dict[str, Any]) -> None:
-    """One Ray Tune trial: `run_trial` with per-epoch reports and checkpoints."""
-    import ray.tune as tune
-    import torch
-
-    from .checkpoints import load_weights, save_weights
-    from .search_space import decode
-    from .trial import run_trial
-
-    base = config["__base__"]
-    params = {k: decode(v) for k, v in config.items() if not k.startswith("__")}
-    cfg = merge(base, nest(params))
-    resume = None
-    ckpt = tune.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            meta = json.loads((Path(d) / "state.json").read_text())
-            resume = {"epoch": meta["epoch"], "model": load_weights(Path(d) / "model.safetensors"),
-                      "optimizer": torch.load(Path(d) / "optimizer.pt", weights_only=True)}
-
-    def report(epoch: int, state: dict, **metrics: float) -> None:
-        with tempfile.TemporaryDirectory() as d:
-            save_weights(state["model"], Path(d) / "model.safetensors")
-            torch.save(state["optimizer"], Path(d) / "optimizer.pt")
-            (Path(d) / "state.json").write_text(json.dumps({"epoch": epoch}))
-            tune.report({"epoch": epoch, **metrics, "final": False}, checkpoint=tune.Checkpoint.from_directory(d))
-
-    started = time.time()
-    try:
-        result = run_trial(cfg, report=report, resume=resume)
-    except ConfigError as e:  # a sampled value the trial rejects: recorded, the sweep goes on
-        result = {"status": "failed", "error": f"ConfigError: {e}", "config": {}}
-    from .results_store import trial_row
-
-    row = trial_row(result)
-    sampled = {k: v for k, v in config.items() if not k.startswith("__")}
-    row.update({"started": started, "finished": time.time(),
-                "is_default": sampled == config.get("__default__"), "config_hash": _hash(cfg)})
-    for key, worst in WORST.items():  # both objectives, always finite: see the module docstring
-        value = row.get(key)
-        if row.get("status") != "ok" or value is None or not math.isfinite(value):
-            row[key] = worst
-    tune.report({**{k: v for k, v in row.items() if v is not None}, "final": True})
-
-
-def _hash(cfg: dict) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,11 +170,20 @@ def run_study(base: dict[str, Any], space, *, root: Path, sweep: str, study: str
                                 callbacks=[sink.callback, progress.callback],
                                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                 failure_config=tune.FailureConfig(max_failures=0))
+    resources = dict(resources)
+    workers = int(resources.pop("workers", 1))
+    consts = {"__base__": base, "__default__": space.default_point(), "__workers__": workers}
+    if workers > 1:
+        # The Tune trial only drives a Ray Train run whose workers hold the CPUs and GPUs; Tune
+        # refuses an empty request, so the driver takes a token share of a CPU.
+        consts.update({"__cpus__": resources["cpu"], "__gpus__": resources["gpu"],
+                       "__train_storage__": str(storage / "_train")})
+        resources = {"cpu": 0.01}
     fn = tune.with_resources(trainable, resources)
     if resume and tune.Tuner.can_restore(str(exp_dir)):
         print(f"[{study}] resuming from {exp_dir}", flush=True)
         tuner = tune.Tuner.restore(str(exp_dir), trainable=fn, resume_unfinished=True, resume_errored=True,
-                                   param_space={"__base__": base, "__default__": space.default_point()})
+                                   param_space=consts)
         searcher = None
     else:
         if exp_dir.exists():
@@ -236,7 +194,7 @@ def run_study(base: dict[str, Any], space, *, root: Path, sweep: str, study: str
         _drop_rows(root, study)
         searcher = make_searcher(space, sampler, seed)
         tuner = tune.Tuner(
-            fn, param_space={"__base__": base, "__default__": space.default_point()},
+            fn, param_space=consts,
             tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_concurrent),
                                         num_samples=num_samples, reuse_actors=True),
             run_config=run_config)
@@ -263,7 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=None, help="trials per study (preset default)")
     p.add_argument("--max-concurrent", type=int, default=None)
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
-    p.add_argument("--gpus-per-trial", type=float, default=0.0)
+    p.add_argument("--gpus-per-trial", type=float, default=0.0,
+                   help="a fraction (0.25) shares a GPU between trials; 2 or more runs a trial data-parallel")
+    p.add_argument("--workers-per-trial", type=int, default=None,
+                   help="data-parallel processes per trial (default: the whole GPUs per trial, or 1)")
     p.add_argument("--results", default="nba_results")
     p.add_argument("--name", default=None)
     p.add_argument("--resume", action="store_true")
@@ -305,11 +266,13 @@ def _main(args: argparse.Namespace) -> int:
     space = load_search_space(find_space(args.defense, args.space))
     if space.defense != args.defense:
         raise ConfigError(f"{space.path} is a space for {space.defense!r}, not --defense {args.defense}")
-    if args.gpus_per_trial > 1:
-        # Data-parallel trials (Ray Train's TorchTrainer around the Accelerate loop) are not built
-        # yet; say so rather than hand a trial GPUs it would not use.
-        raise ConfigError(f"--gpus-per-trial {args.gpus_per_trial:g}: trials spanning several GPUs are not "
-                          f"supported yet; use a value <= 1 (fractions share a GPU)")
+    workers = args.workers_per_trial or max(1, math.ceil(args.gpus_per_trial))
+    if args.gpus_per_trial > 1 and args.gpus_per_trial % workers:
+        raise ConfigError(f"--gpus-per-trial {args.gpus_per_trial:g} does not split evenly over "
+                          f"{workers} workers; use a whole number of GPUs per worker")
+    if workers > 1 and args.gpus_per_trial and args.gpus_per_trial < workers:
+        raise ConfigError(f"--workers-per-trial {workers} needs at least one GPU each; "
+                          f"pass --gpus-per-trial {workers} (or 0 for CPU workers)")
     preset = TUNE_PRESETS[args.preset]
     num_samples = args.num_samples or preset["num_samples"]
     max_concurrent = args.max_concurrent or preset["max_concurrent"]
@@ -348,7 +311,7 @@ def _main(args: argparse.Namespace) -> int:
     ray.init(address=args.address, include_dashboard=False, configure_logging=False, log_to_driver=False,
              ignore_reinit_error=True)
     print(f"sweep {name}: {len(studies)} studies x {num_samples} trials, results in {root}", flush=True)
-    resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
+    resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial, "workers": workers}
     from .trial import prepare_artifacts
 
     for study, base in studies:

@@ -147,3 +147,24 @@ def test_sweep_runs_against_a_started_ray_cluster(tmp_path, tune_cache):
             if str(temp) in " ".join(p.info["cmdline"] or []):
                 p.kill()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_data_parallel_trials_run_through_ray_train_on_two_cpu_workers(tmp_path, tune_cache):
+    """`--workers-per-trial 2`: each trial is a Ray Train TorchTrainer whose two workers run the
+    same Accelerate loop data-parallel (the path `--gpus-per-trial 2` takes on GPUs)."""
+    r = run_tune(*tune_cmd(tmp_path, tune_cache, "dp", "--num-samples", "2", "--max-concurrent", "1",
+                           "--clean-fraction", "0.1", "--workers-per-trial", "2", "--cpus-per-trial", "1"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = read_table(tmp_path / "dp").to_pylist()
+    assert len(rows) == 2 and len({x["trial_id"] for x in rows}) == 2
+    for x in rows:
+        assert x["status"] == "ok" and x["processes"] == 2 and x["workers"] == 2 and 0 <= x["asr"] <= 1
+    # Each trial's Train run checkpointed its epochs where a resumed trial would look for them.
+    train_runs = list((tmp_path / "dp" / "_tune" / "_train").iterdir())
+    assert {p.name for p in train_runs} == {x["trial_id"] for x in rows}
+    assert all(any(p.glob("checkpoint_*/model.safetensors")) for p in train_runs)
+
+
+def test_gpu_worker_counts_that_cannot_work_are_refused(tmp_path, tune_cache):
+    r = run_tune(*tune_cmd(tmp_path, tune_cache, "bad", "--gpus-per-trial", "3", "--workers-per-trial", "2"))
+    assert r.returncode == 2 and "does not split evenly" in r.stderr

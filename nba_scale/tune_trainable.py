@@ -1,0 +1,130 @@
+"""What runs inside one Ray Tune trial: `run_trial` with per-epoch reports and checkpoints.
+
+One code path for every resource shape. `trial_loop(config, session)` is the trial; only the
+session differs:
+
+- one process (a CPU trial, a whole GPU, or a fraction such as `--gpus-per-trial 0.25` so that
+  several trials share a GPU): the Tune function trainable calls it with Tune's own session;
+- several processes (`--gpus-per-trial 2`, or `--workers-per-trial 2` on CPUs): the trainable
+  launches a Ray Train `TorchTrainer` whose every worker calls it with Ray Train's session.
+  Ray Train sets up `torch.distributed` and the env vars Accelerate reads, so the Accelerate
+  loop in `training.train` runs data-parallel unchanged (each rank takes a disjoint shard of the
+  batch, the global batch size stays what the config says). Rank 0's reports reach Tune through
+  `TuneReportCallback`; the Train run's own checkpoints live under the sweep's `_train/TRIAL_ID`
+  so a resumed Tune trial resumes its Train run from the last epoch.
+
+Every trial ends by reporting both objectives (failed ones their worst values); see tune.py.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .config import ConfigError, merge, nest
+
+WORST = {"asr": 1.0, "ba": 0.0}
+
+
+class Session:
+    """Where a trial reads its last checkpoint and sends its reports (Tune or Train)."""
+
+    def __init__(self, get_checkpoint: Callable[[], Any], report: Callable[..., None], checkpoint_cls,
+                 is_main: bool = True):
+        self.get_checkpoint, self._report, self.checkpoint_cls, self.is_main = (
+            get_checkpoint, report, checkpoint_cls, is_main)
+
+    def report(self, metrics: dict, checkpoint_dir: Optional[str] = None) -> None:
+        ckpt = self.checkpoint_cls.from_directory(checkpoint_dir) if checkpoint_dir else None
+        self._report(metrics, checkpoint=ckpt)
+
+    @classmethod
+    def tune(cls) -> "Session":
+        import ray.tune as tune
+
+        return cls(tune.get_checkpoint, tune.report, tune.Checkpoint)
+
+    @classmethod
+    def train(cls) -> "Session":
+        import ray.train as train
+
+        return cls(train.get_checkpoint, train.report, train.Checkpoint,
+                   is_main=train.get_context().get_world_rank() == 0)
+
+
+def config_hash(cfg: dict) -> str:
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def trial_loop(config: dict[str, Any], session: Session) -> None:
+    import torch
+
+    from .checkpoints import load_weights, save_weights
+    from .results_store import trial_row
+    from .search_space import decode
+    from .trial import run_trial
+
+    params = {k: decode(v) for k, v in config.items() if not k.startswith("__")}
+    cfg = merge(config["__base__"], nest(params))
+    resume = None
+    ckpt = session.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            meta = json.loads((Path(d) / "state.json").read_text())
+            resume = {"epoch": meta["epoch"], "model": load_weights(Path(d) / "model.safetensors"),
+                      "optimizer": torch.load(Path(d) / "optimizer.pt", weights_only=True)}
+
+    def report(epoch: int, state: dict, **metrics: float) -> None:
+        if not session.is_main:  # every rank reports (Train's barrier); rank 0 alone writes
+            session.report({"epoch": epoch, **metrics, "final": False})
+            return
+        with tempfile.TemporaryDirectory() as d:
+            save_weights(state["model"], Path(d) / "model.safetensors")
+            torch.save(state["optimizer"], Path(d) / "optimizer.pt")
+            (Path(d) / "state.json").write_text(json.dumps({"epoch": epoch}))
+            session.report({"epoch": epoch, **metrics, "final": False}, checkpoint_dir=d)
+
+    started = time.time()
+    try:
+        result = run_trial(cfg, report=report, resume=resume)
+    except ConfigError as e:  # a sampled value the trial rejects: recorded, the sweep goes on
+        result = {"status": "failed", "error": f"ConfigError: {e}", "config": {}}
+    row = trial_row(result)
+    sampled = {k: v for k, v in config.items() if not k.startswith("__")}
+    row.update({"started": started, "finished": time.time(), "workers": int(config.get("__workers__", 1)),
+                "is_default": sampled == config.get("__default__"), "config_hash": config_hash(cfg)})
+    for key, worst in WORST.items():  # both objectives, always finite: see tune.py's docstring
+        value = row.get(key)
+        if row.get("status") != "ok" or value is None or not math.isfinite(value):
+            row[key] = worst
+    session.report({**{k: v for k, v in row.items() if v is not None}, "final": True})
+
+
+def _train_worker(config: dict[str, Any]) -> None:
+    trial_loop(config, Session.train())
+
+
+def trainable(config: dict[str, Any]) -> None:
+    """The Ray Tune trainable: runs the trial here, or across `__workers__` Ray Train workers."""
+    workers = int(config.get("__workers__", 1))
+    if workers <= 1:
+        trial_loop(config, Session.tune())
+        return
+    import ray.tune as tune
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    gpus, cpus = float(config.get("__gpus__", 0)), float(config.get("__cpus__", 1))
+    per_worker = {"CPU": cpus / workers, **({"GPU": gpus / workers} if gpus else {})}
+    trainer = TorchTrainer(
+        _train_worker, train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus > 0, resources_per_worker=per_worker),
+        run_config=RunConfig(name=tune.get_context().get_trial_id(), storage_path=config["__train_storage__"],
+                             callbacks=[TuneReportCallback()], failure_config=FailureConfig(max_failures=0),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1)))
+    trainer.fit()
