@@ -128,8 +128,9 @@ def plot(table: pa.Table, by: list[str], path: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    from .checkpoints import save_figure
+
+    save_figure(fig, path)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -23,6 +23,9 @@ def small_config(cache_dir, **overrides):
         "teacher.epochs": 10, "teacher.milestones": [5], "nba.optim.epochs": 20,
     }
     cfg.update(overrides)
+    for plugin, key in (("attack", "badnets."), ("defense", "nba.")):  # sections of plug-ins not in use
+        if cfg[plugin] != key[:-1]:
+            cfg = {k: v for k, v in cfg.items() if not k.startswith(key) or k in overrides}
     return cfg
 
 

@@ -41,3 +41,126 @@ def test_badnets_parameters_are_checked():
         BadNets({"target": 12}, 10)
     with pytest.raises(ConfigError, match="unknown config key 'attack.size'"):
         BadNets({"size": 3}, 10)
+
+
+# --- the five other attacks -------------------------------------------------------------------
+
+from nba_scale.attacks import AttackContext  # noqa: E402
+from nba_scale.models import build_model  # noqa: E402
+
+
+def untrained_context():
+    """A context whose 'clean model' is an untrained WRN: enough to check bounds and bookkeeping."""
+    torch.manual_seed(0)
+    model = build_model("wrn-16-1", 10, (0.5,) * 3, (0.25,) * 3).eval()
+    return AttackContext(clean_model=lambda: model, artifact=lambda what, build: build())
+
+
+DATA = make_synthetic(1000, 300, seed=0)
+BOUNDS = {"blend": 0.2 * 255 + 0.5, "sig": 20.5, "refool": 0.4 * 255 + 0.5}
+
+
+@pytest.mark.parametrize("name", ["blend", "sig", "refool", "cla", "trojan"])
+def test_poisoning_touches_only_the_chosen_images_and_labels_follow_the_attack_kind(name):
+    x, y, xt, yt = DATA
+    cls = get_attack(name)
+    atk = cls({}, 10, seed=0)
+    p = atk.poison(x, y, xt, yt, untrained_context())
+    idx = p.poison_index
+    assert len(idx) > 0
+    if cls.clean_label:
+        assert (y[idx] == atk.params.target).all() and torch.equal(p.y_train, y)  # labels untouched
+        assert len(idx) == round(atk.params.rate * int((y == atk.params.target).sum()))
+    else:
+        assert (y[idx] != atk.params.target).all() and (p.y_train[idx] == atk.params.target).all()
+        assert len(idx) == round(atk.params.rate * len(y))
+    rest = torch.ones(len(y), dtype=torch.bool)
+    rest[idx] = False
+    assert torch.equal(p.x_train[rest], x[rest]) and torch.equal(p.y_train[rest], y[rest])
+    changed = (p.x_train[idx] != x[idx]).flatten(1).any(1)
+    assert changed.float().mean() > 0.95  # (a noise blend can leave a rare image unchanged: it cannot here)
+    # ASR set: every non-target test image, triggered.
+    assert len(p.x_test) == int((yt != atk.params.target).sum()) and not torch.equal(p.x_test, xt[yt != atk.params.target])
+    again = cls({}, 10, seed=0).poison(x, y, xt, yt, untrained_context())
+    assert torch.equal(again.x_train, p.x_train) and torch.equal(again.x_test, p.x_test)  # deterministic per seed
+
+
+@pytest.mark.parametrize("name", ["blend", "sig", "refool"])
+def test_perturbations_stay_within_their_stated_bounds(name):
+    x, y, xt, yt = DATA
+    p = get_attack(name)({}, 10, seed=0).poison(x, y, xt, yt)
+    diff = (p.x_train.int() - x.int()).abs()
+    assert diff.max() <= BOUNDS[name] and diff.max() > 0
+
+
+def test_cla_perturbation_is_within_eps_outside_the_four_corner_trigger():
+    x, y, xt, yt = DATA
+    atk = get_attack("cla")({}, 10, seed=0)
+    p = atk.poison(x, y, xt, yt, untrained_context())
+    idx = p.poison_index
+    diff = (p.x_train[idx].int() - x[idx].int()).abs()
+    corners = torch.zeros(32, 32, dtype=torch.bool)
+    for r in (slice(0, 3), slice(29, 32)):
+        for c in (slice(0, 3), slice(29, 32)):
+            corners[r, c] = True
+    assert diff[..., ~corners].max() <= 16 and diff[..., ~corners].float().mean() > 2  # the PGD step moved pixels
+    assert torch.equal(p.x_train[idx][..., 29:, 29:], checkerboard(3).flip(0).flip(1).expand(len(idx), 3, 3, 3))
+    assert torch.equal(p.x_test[..., :3, :3], checkerboard(3).expand(len(p.x_test), 3, 3, 3))  # no PGD at test
+    with pytest.raises(ConfigError, match="run it through"):
+        get_attack("cla")({}, 10).poison(x, y, xt, yt)
+
+
+def test_trojan_trigger_is_optimised_to_excite_the_selected_neuron():
+    from nba_scale.attacks.trojan import select_neuron
+
+    x, y, xt, yt = DATA
+    ctx = untrained_context()
+    atk = get_attack("trojan")({"steps": 60}, 10, seed=0)
+    p = atk.poison(x, y, xt, yt, ctx)
+    idx = p.poison_index
+    diff = (p.x_train[idx] != x[idx]).any(1).any(0)
+    assert diff[:25].sum() == 0 and diff[:, :25].sum() == 0  # only the bottom-right 7x7
+    model = ctx.clean_model()
+    neuron, acts = select_neuron(model), {}
+    model.bn.register_forward_hook(lambda m, i, o: acts.__setitem__("o", torch.relu(o)))
+
+    def activation(imgs):
+        with torch.no_grad():
+            model(imgs.float() / 255)
+        return acts["o"][:, neuron].mean().item()
+
+    random_patch = x[:200].clone()
+    random_patch[..., 25:, 25:] = torch.randint(0, 256, (200, 3, 7, 7), generator=torch.Generator().manual_seed(0),
+                                                dtype=torch.uint8)
+    assert activation(atk.apply_trigger(x[:200])) > 2 * activation(random_patch)
+
+
+def test_clean_label_attacks_default_to_the_largest_class_on_imbalanced_data():
+    counts = torch.tensor([210, 2220, 2250, 1410] + [100] * 39)  # GTSRB-like
+    assert get_attack("sig")({}, 43, class_counts=counts).params.target == 2
+    assert get_attack("blend")({}, 43, class_counts=counts).params.target == 0  # poison-label: class 0
+    assert get_attack("refool")({"target": 5}, 43, class_counts=counts).params.target == 5
+
+
+def test_blend_reads_an_image_file_and_names_a_bad_one(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (64, 48), (255, 0, 0)).save(tmp_path / "red.png")
+    atk = get_attack("blend")({"pattern": str(tmp_path / "red.png"), "alpha": 0.5}, 10)
+    out = atk.apply_trigger(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+    assert out[:, 0].float().mean() == 128 and out[:, 1:].max() == 0
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(ConfigError, match="cannot read image"):
+        get_attack("blend")({"pattern": str(tmp_path / "bad.png")}, 10).apply_trigger(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+
+
+def test_show_lists_every_attack_and_draws_a_grid(tmp_path):
+    from nba_scale.attacks.show import describe_all, main
+
+    text = describe_all()
+    for name in ("badnets", "trojan", "blend", "sig", "cla", "refool"):
+        assert f"{name}." in text
+    assert "sig.freq = 6.0" in text and "blend.alpha = 0.2" in text
+    out = tmp_path / "grid.png"
+    assert main(["--attack", "blend", "sig", "--out", str(out), "--device", "cpu", "--cache-dir", str(tmp_path)]) == 0
+    assert out.stat().st_size > 5000

@@ -3,7 +3,7 @@
 Names used everywhere: badnets, trojan, blend, sig, cla, refool.
 """
 from ..registry import Registry
-from .base import Attack, AttackParams, PoisonedData
+from .base import Attack, AttackContext, AttackParams, PoisonedData
 
 ATTACKS: Registry[Attack] = Registry("attack", planned=("badnets", "trojan", "blend", "sig", "cla", "refool"))
 register = ATTACKS.register
@@ -13,6 +13,6 @@ def get_attack(name: str) -> type[Attack]:
     return ATTACKS.get(name)
 
 
-from . import badnets  # noqa: E402,F401  (registers)
+from . import badnets, blend, cla, refool, sig, trojan  # noqa: E402,F401  (registers)
 
-__all__ = ["ATTACKS", "Attack", "AttackParams", "PoisonedData", "get_attack", "register"]
+__all__ = ["ATTACKS", "Attack", "AttackContext", "AttackParams", "PoisonedData", "get_attack", "register"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, Optional
 
 import torch
 
@@ -12,12 +12,28 @@ from ..config import build, require
 
 @dataclasses.dataclass
 class AttackParams:
-    target: int = 0  # all-to-one target label
-    rate: float = 0.1  # fraction of the training set poisoned
+    # All-to-one target label. None: class 0 for poison-label attacks; for clean-label attacks,
+    # which can only poison target-class images, the largest class (on GTSRB class 0 has 210 of
+    # 39,209 images, too few to poison; class 2 has 2,250).
+    target: Optional[int] = None
+    rate: float = 0.1  # poison-label: fraction of the training set; clean-label: of the target class
 
     def validate(self) -> None:
         require(0 < self.rate <= 1, f"attack.rate={self.rate} must be in (0, 1]")
-        require(self.target >= 0, f"attack.target={self.target} must be a class index >= 0")
+        require(self.target is None or self.target >= 0, f"attack.target={self.target} must be a class index >= 0")
+
+
+@dataclasses.dataclass
+class AttackContext:
+    """What an attack that learns from data may use (TrojanNN's trigger, CLA's perturbations).
+
+    clean_model(): a model trained on the clean training set with the backdoor recipe, built once
+    and cached, in eval mode with frozen parameters; artifact(what, build): tensors the attack computed, cached under the attack's
+    parameters and the data's fingerprint (`build() -> dict[str, Tensor]`).
+    """
+    clean_model: Callable[[], torch.nn.Module]
+    artifact: Callable[[str, Callable[[], dict[str, torch.Tensor]]], dict[str, torch.Tensor]]
+    device: torch.device = torch.device("cpu")
 
 
 @dataclasses.dataclass
@@ -42,8 +58,12 @@ class Attack(abc.ABC):
     Params: ClassVar[type[AttackParams]] = AttackParams
     clean_label: ClassVar[bool] = False
 
-    def __init__(self, params: dict[str, Any] | None, num_classes: int, seed: int = 0):
+    def __init__(self, params: dict[str, Any] | None, num_classes: int, seed: int = 0,
+                 class_counts: Optional[torch.Tensor] = None):
         self.params = build(self.Params, params, "attack")
+        if self.params.target is None:
+            big = int(torch.argmax(class_counts)) if class_counts is not None else 0
+            self.params.target = big if self.clean_label else 0
         require(self.params.target < num_classes,
                 f"attack.target={self.params.target} is not a class of this dataset (0..{num_classes - 1})")
         self.num_classes, self.seed = num_classes, seed
@@ -52,8 +72,17 @@ class Attack(abc.ABC):
     def apply_trigger(self, x: torch.Tensor) -> torch.Tensor:
         """Triggered copies of a uint8 (N,3,H,W) batch; works on any device."""
 
-    def prepare(self, x_train: torch.Tensor, y_train: torch.Tensor) -> None:
+    def prepare(self, x_train: torch.Tensor, y_train: torch.Tensor, ctx: Optional[AttackContext]) -> None:
         """Hook for attacks that learn something from the data first (e.g. an optimised trigger)."""
+
+    def poison_images(self, x: torch.Tensor, y: torch.Tensor, ctx: Optional[AttackContext]) -> torch.Tensor:
+        """The poisoned versions of the selected training images (default: the trigger alone)."""
+        return self.apply_trigger(x)
+
+    def needs_context(self, ctx: Optional[AttackContext]) -> AttackContext:
+        require(ctx is not None, f"attack {self.name} learns from a clean model: run it through "
+                                 f"nba_scale.run / run_trial or nba_scale.attacks.show")
+        return ctx
 
     def select(self, y: torch.Tensor) -> torch.Tensor:
         p = self.params
@@ -64,12 +93,12 @@ class Attack(abc.ABC):
         return torch.sort(pool[torch.randperm(len(pool), generator=g)[:k]]).values
 
     def poison(self, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
-               y_test: torch.Tensor) -> PoisonedData:
-        self.prepare(x_train, y_train)
+               y_test: torch.Tensor, ctx: Optional[AttackContext] = None) -> PoisonedData:
+        self.prepare(x_train, y_train, ctx)
         idx = self.select(y_train)
         x_p, y_p = x_train.clone(), y_train.clone()
         if len(idx):
-            x_p[idx] = self.apply_trigger(x_train[idx])
+            x_p[idx] = self.poison_images(x_train[idx], y_train[idx], ctx)
         if not self.clean_label:
             y_p[idx] = self.params.target
         keep = y_test != self.params.target  # ASR is measured on non-target images only
