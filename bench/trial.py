@@ -113,14 +113,14 @@ def main():
     cfg_nba = nba.cfg.optim
     teacher = WideResNet(16, 1, 10, (0.5,) * 3, (0.25,) * 3).to(dev).eval()
     ctx = DefenseContext(x[:args.clean], y[:args.clean], 10, True, acc)
-    loss = nba.loss_fn(teacher, ctx)
+    loss = nba.distill_loss(teacher, ctx)
     ours = bench_ours(WideResNet(16, 1, 10, (0.5,) * 3, (0.25,) * 3), x[:args.clean], y[:args.clean], cfg_nba, acc,
                       loss, args.epochs)
     teacher_ref = WideResNet(16, 1, 10).to(dev).eval()
     teacher_ref.mean.zero_()
     teacher_ref.std.fill_(1.0)
     ref = bench_reference(WideResNet(16, 1, 10), x[:args.clean], y[:args.clean], cfg_nba, dev,
-                          nba.loss_fn(teacher_ref, ctx), args.epochs, workers)
+                          nba.distill_loss(teacher_ref, ctx), args.epochs, workers)
     print(f"NBA defense epoch  (WRN-16-1, batch 64, PGD 5 steps): nba_scale {ours:8.0f} img/s   reference {ref:8.0f} img/s   ratio {ours / ref:5.2f}x")
 
 

@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--dataset", default="synthetic", help="synthetic | cifar10 | gtsrb | npz:PATH")
     p.add_argument("--attack", default="badnets")
-    p.add_argument("--defense", default="nba", help="nba | none")
+    p.add_argument("--defense", default="nba", help="nba | ft | fp | mcr | nad | argd | none")
     p.add_argument("--clean-fraction", type=float, default=None, help="defender's clean subset (default 0.05)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--arch", default=None, help="wrn-DEPTH-WIDTH (default wrn-16-1)")

@@ -32,7 +32,7 @@ import torch
 
 from . import __version__
 from .artifacts import ArtifactCache
-from .attacks import get_attack
+from .attacks import AttackContext, get_attack
 from .checkpoints import load_into, save_weights
 from .config import ConfigError, build, flatten, merge, nest, require
 from .data import DataConfig, load_dataset, stratified_indices
@@ -77,11 +77,12 @@ class TrialConfig:
 
 
 # Budgets, applied under the user's own overrides. `smoke`: seconds, for tests and CI; `quick`:
-# minutes on one GPU (or a CPU subset); `paper`: the defaults above.
+# minutes on one GPU (or a CPU subset); `paper`: the defaults above. `defense.` keys apply to the
+# defense in use, when it trains (all but `none`).
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {"data.synthetic_train": 1000, "data.synthetic_test": 300, "backdoor.epochs": 4,
-              "teacher.epochs": 2, "nba.optim.epochs": 2, "clean_fraction": 0.1},
-    "quick": {"backdoor.epochs": 30, "teacher.epochs": 10, "nba.optim.epochs": 10},
+              "teacher.epochs": 2, "defense.optim.epochs": 2, "clean_fraction": 0.1},
+    "quick": {"backdoor.epochs": 30, "teacher.epochs": 10, "defense.optim.epochs": 10},
     "paper": {},
 }
 
@@ -92,9 +93,16 @@ def with_preset(config: dict[str, Any], preset: Optional[str]) -> dict[str, Any]
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     cfg = nest(config)
-    base = nest({k: v for k, v in PRESETS[preset].items()
-                 if k.split(".")[0] not in ("nba",) or cfg.get("defense", "nba") == k.split(".")[0]})
-    return merge(base, cfg)
+    defense = cfg.get("defense", "nba")
+    trains = any(f.name == "optim" for f in dataclasses.fields(get_defense(defense).Config))
+    base = {}
+    for k, v in PRESETS[preset].items():
+        if k.startswith("defense."):
+            if not trains:
+                continue
+            k = defense + k[len("defense"):]
+        base[k] = v
+    return merge(nest(base), cfg)
 
 
 def parse_config(config: dict[str, Any]) -> TrialConfig:
@@ -135,7 +143,8 @@ def run_trial(config: dict[str, Any], report: Optional[Callable[..., None]] = No
     attack_cls, defense_cls = get_attack(cfg.attack), get_defense(cfg.defense)
     defense = defense_cls(cfg.defense_params)
     ds = load_dataset(cfg.dataset, cfg.data, cfg.seed)
-    attack = attack_cls(cfg.attack_params, ds.num_classes, cfg.seed)
+    attack = attack_cls(cfg.attack_params, ds.num_classes, cfg.seed,
+                        class_counts=torch.bincount(ds.y_train, minlength=ds.num_classes))
     result: dict[str, Any] = {
         "dataset": cfg.dataset, "attack": cfg.attack, "defense": cfg.defense,
         "clean_fraction": cfg.clean_fraction, "seed": cfg.seed,
@@ -155,14 +164,65 @@ def run_trial(config: dict[str, Any], report: Optional[Callable[..., None]] = No
     return result
 
 
+def dataset_spec(cfg: TrialConfig, ds) -> dict[str, Any]:
+    # An npz is keyed by its content, not its path: the same file elsewhere hits the same artifacts.
+    return {"dataset": "npz" if cfg.dataset.startswith("npz:") else cfg.dataset,
+            "fingerprint": _fingerprint(ds.x_train, ds.y_train),
+            "test_fingerprint": _fingerprint(ds.x_test, ds.y_test),
+            "data": {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "data_dir"}}
+
+
+def attack_context(cfg: TrialConfig, ds, data_spec: dict, attack, acc, cache: ArtifactCache,
+                   new_model: Callable[[], torch.nn.Module]) -> AttackContext:
+    """The attacker's side of the cache: a clean model (the backdoor recipe on clean data, the
+    surrogate TrojanNN and CLA learn from) and the attack's own computed tensors."""
+    clean_spec = {**data_spec, "arch": cfg.arch, "train": dataclasses.asdict(cfg.backdoor),
+                  "seed": cfg.seed, "precision": cfg.precision}
+
+    def clean_model() -> torch.nn.Module:
+        def build():
+            setup_run(cfg.seed + 7)
+            m = new_model()
+            train(m, ds.x_train, ds.y_train, cfg.backdoor, acc, flip=ds.flip, seed=cfg.seed + 7, desc="clean model")
+            return m.state_dict(), {}
+
+        state, meta, _ = cache.get_or_build("clean", clean_spec, build, acc)
+        m = new_model().to(acc.device)
+        m.load_state_dict(state)
+        for q in m.parameters():  # the attacker only reads it (gradients w.r.t. inputs)
+            q.requires_grad_(False)
+        return m.eval()
+
+    def artifact(what: str, build: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        spec = {**clean_spec, "attack": attack.describe(), "what": what}
+        return cache.get_or_build(f"attack-{attack.name}", spec, lambda: (build(), {}), acc)[0]
+
+    return AttackContext(clean_model, artifact, acc.device)
+
+
+def poison_only(config: dict[str, Any]):
+    """The attack alone, no training of the attacked model: (cfg, dataset, attack, poisoned data,
+    attack context). For looking at poisons (attacks.show) and measuring a clean model's ASR."""
+    cfg = parse_config(config)
+    ds = load_dataset(cfg.dataset, cfg.data, cfg.seed)
+    attack = get_attack(cfg.attack)(cfg.attack_params, ds.num_classes, cfg.seed,
+                                    class_counts=torch.bincount(ds.y_train, minlength=ds.num_classes))
+    acc = make_accelerator(cfg.device, cfg.precision)
+    ctx = attack_context(cfg, ds, dataset_spec(cfg, ds), attack, acc, ArtifactCache(cfg.cache_dir),
+                         lambda: build_model(cfg.arch, ds.num_classes, ds.mean, ds.std))
+    return cfg, ds, attack, attack.poison(ds.x_train, ds.y_train, ds.x_test, ds.y_test, ctx), ctx
+
+
 def _pipeline(cfg: TrialConfig, ds, attack, defense, report, resume, artifacts_only=False) -> dict[str, Any]:
     setup_run(cfg.seed)
     acc = make_accelerator(cfg.device, cfg.precision)
     dev = acc.device
     cache = ArtifactCache(cfg.cache_dir)
     timings: dict[str, float] = {}
-    poisoned = attack.poison(ds.x_train, ds.y_train, ds.x_test, ds.y_test)
     new_model = lambda: build_model(cfg.arch, ds.num_classes, ds.mean, ds.std)  # noqa: E731
+    data_spec = dataset_spec(cfg, ds)
+    ctx = attack_context(cfg, ds, data_spec, attack, acc, cache, new_model)
+    poisoned = attack.poison(ds.x_train, ds.y_train, ds.x_test, ds.y_test, ctx)
 
     def evaluate(model) -> dict[str, float]:
         return score(model, ds.x_test, ds.y_test, poisoned, dev, attack.params.target)
@@ -171,11 +231,6 @@ def _pipeline(cfg: TrialConfig, ds, attack, defense, report, resume, artifacts_o
         ba = metrics["ba_nontarget"] if cfg.eval_exclude_target else metrics["ba"]
         return {"ba": ba, "asr": metrics["asr"], "ra": metrics["ra"]}
 
-    # An npz is keyed by its content, not its path: the same file elsewhere hits the same artifacts.
-    data_spec = {"dataset": "npz" if cfg.dataset.startswith("npz:") else cfg.dataset,
-                 "fingerprint": _fingerprint(ds.x_train, ds.y_train),
-                 "test_fingerprint": _fingerprint(ds.x_test, ds.y_test),
-                 "data": {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "data_dir"}}
     bd_spec = {**data_spec, "attack": attack.describe(), "arch": cfg.arch,
                "train": dataclasses.asdict(cfg.backdoor), "seed": cfg.seed, "precision": cfg.precision}
 
@@ -234,7 +289,7 @@ def _pipeline(cfg: TrialConfig, ds, attack, defense, report, resume, artifacts_o
     t0 = time.time()
     ctx = DefenseContext(x_clean, y_clean, ds.num_classes, ds.flip, acc, cfg.seed, teacher, attack, on_epoch_end)
     if resume:
-        model.load_state_dict(resume["model"])
+        defense.restore(model, resume["model"])
         ctx.start_epoch, ctx.optimizer_state = int(resume["epoch"]), resume.get("optimizer")
     repaired = defense.repair(model, ctx)
     timings["defense_s"] = time.time() - t0
@@ -249,5 +304,6 @@ def _pipeline(cfg: TrialConfig, ds, attack, defense, report, resume, artifacts_o
         **after, "epochs": defense.epochs, "n_clean": len(subset), "n_train": len(ds.x_train),
         "n_test": len(ds.x_test), "n_poison_test": len(poisoned.x_test), "device": str(dev),
         "processes": acc.num_processes,
+        **{f"{cfg.defense}_{k}": v for k, v in defense.info.items()},
         "artifacts": artifacts, "timings": {k: round(v, 3) for k, v in timings.items()},
     }

@@ -41,11 +41,11 @@ def test_second_trial_reuses_every_artifact(first, cache_dir, monkeypatch):
         descs.append(k.get("desc"))
         return real_train(*a, **k)
 
-    import nba_scale.defenses.nba as nba_mod
+    import nba_scale.defenses.distill as distill_mod
     import nba_scale.trial as trial_mod
 
     monkeypatch.setattr(trial_mod, "train", spy)
-    monkeypatch.setattr(nba_mod, "train", spy)
+    monkeypatch.setattr(distill_mod, "train", spy)
     again = run_trial(small_config(cache_dir, **{"nba.beta": 1.0, "nba.optim.epochs": 1}))
     assert again["status"] == "ok"
     assert descs == ["nba"]  # neither the backdoored model nor the teacher was trained again

@@ -95,7 +95,7 @@ def _nba_loss(monkeypatch, **params):
     defense = get_defense("nba")(params)
     ctx = DefenseContext(torch.zeros(0), torch.zeros(0), 10, True, None)
     x, y = torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,))
-    return defense.loss_fn(teacher, ctx)(student, x, y).item(), calls["pgd"], F.cross_entropy(student(x), y).item()
+    return defense.distill_loss(teacher, ctx)(student, x, y).item(), calls["pgd"], F.cross_entropy(student(x), y).item()
 
 
 def test_loss_switches_ldl_udl_and_alpha(monkeypatch):

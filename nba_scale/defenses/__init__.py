@@ -13,6 +13,6 @@ def get_defense(name: str) -> type[Defense]:
     return DEFENSES.get(name)
 
 
-from . import nba, none  # noqa: E402,F401  (registers)
+from . import argd, fp, ft, mcr, nad, nba, none  # noqa: E402,F401  (registers)
 
 __all__ = ["DEFENSES", "Defense", "DefenseContext", "get_defense", "register"]

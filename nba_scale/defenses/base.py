@@ -37,6 +37,11 @@ class Defense(abc.ABC):
 
     def __init__(self, params: dict[str, Any] | None = None):
         self.cfg = build(self.Config, params, self.name)
+        self.info: dict[str, Any] = {}  # what the defense did (FP: channels pruned), for the result row
+
+    def restore(self, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Load the state an interrupted run reported after its last epoch (see DefenseContext)."""
+        model.load_state_dict(state)
 
     @property
     def epochs(self) -> int:

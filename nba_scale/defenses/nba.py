@@ -32,9 +32,10 @@ import torch
 import torch.nn.functional as F
 
 from ..config import finite_positive, require
-from ..training import OptimConfig, train
+from ..training import OptimConfig
 from . import register
-from .base import Defense, DefenseContext
+from .base import DefenseContext
+from .distill import TeacherDistillation
 from .nba_losses import TERMS, behaviour_loss, pgd_untargeted
 
 
@@ -77,11 +78,10 @@ class NBAConfig:
 
 
 @register("nba")
-class NBA(Defense):
+class NBA(TeacherDistillation):
     Config = NBAConfig
-    needs_teacher = True
 
-    def loss_fn(self, teacher: torch.nn.Module, ctx: DefenseContext):
+    def distill_loss(self, teacher: torch.nn.Module, ctx: DefenseContext):
         c = self.cfg
         require(c.udl_samples == "pseudo" or ctx.attack is not None,
                 "nba.udl_samples=poisoned needs the attack's trigger (an oracle); run through run_trial")
@@ -112,13 +112,3 @@ class NBA(Defense):
             return total
 
         return loss
-
-    def repair(self, model: torch.nn.Module, ctx: DefenseContext) -> torch.nn.Module:
-        require(ctx.teacher is not None, "nba needs a teacher model (DefenseContext.teacher)")
-        teacher = ctx.teacher.to(ctx.accelerator.device).eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        return train(model, ctx.x_clean, ctx.y_clean, self.cfg.optim, ctx.accelerator,
-                     loss_fn=self.loss_fn(teacher, ctx), flip=ctx.flip, seed=ctx.seed, desc="nba",
-                     on_epoch_end=ctx.on_epoch_end, start_epoch=ctx.start_epoch,
-                     optimizer_state=ctx.optimizer_state)

@@ -1,0 +1,112 @@
+"""FP: Fine-Pruning (Liu, Dolan-Gavitt & Garg, RAID 2018).
+
+Backdoor neurons stay dormant on clean inputs, so: rank the last convolutional layer's channels
+by their mean activation on the clean subset, prune the least active first, then fine-tune.
+
+The last convolution of a pre-activation WRN feeds the residual sum and the final BN + ReLU
+that the classifier reads; that representation is the layer's activation, and a channel is
+pruned by zeroing the final BN's scale and shift for it (its output is then exactly 0 for every
+input, as removing the neuron in Liu et al.'s plain conv nets). Stopping rule (BackdoorBench's):
+prune in steps of `step` (1 %) of the channels and keep the largest pruning whose clean accuracy,
+measured on the clean subset, stays within `max_acc_drop` (10 %, relative) of the unpruned
+model's. Fine-tuning: 10 epochs at lr 0.01 (choice: Liu et al. fine-tune briefly at a small rate
+so the pruned network keeps its clean accuracy). Pruned channels are held at zero while
+fine-tuning by zeroing their gradients (rather than torch.nn.utils.prune's reparametrisation, so
+checkpoints stay plain WRN state dicts that load and resume anywhere).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from ..config import require
+from ..training import OptimConfig, train
+from . import register
+from .base import Defense
+
+
+def fp_optim() -> OptimConfig:
+    return OptimConfig(epochs=10, lr=0.01, batch_size=64, weight_decay=1e-4, schedule="constant")
+
+
+@dataclasses.dataclass
+class FPConfig:
+    max_acc_drop: float = 0.10  # relative clean-accuracy drop allowed (BackdoorBench: 10 %)
+    step: float = 0.01  # pruning step, fraction of the channels (BackdoorBench: 1 %)
+    max_ratio: float = 0.95  # never prune more than this fraction (keeps the classifier alive)
+    optim: OptimConfig = dataclasses.field(default_factory=fp_optim)
+
+    def validate(self) -> None:
+        require(0 <= self.max_acc_drop < 1, f"fp.max_acc_drop={self.max_acc_drop} must be in [0, 1)")
+        require(0 < self.step <= 1, f"fp.step={self.step} must be in (0, 1]")
+        require(0 < self.max_ratio < 1, f"fp.max_ratio={self.max_ratio} must be in (0, 1)")
+
+
+@torch.no_grad()
+def final_activations(model, x: torch.Tensor, device, batch_size: int = 500) -> torch.Tensor:
+    """(N, C) spatially pooled output of the final BN + ReLU (what the classifier reads)."""
+    acts = []
+    hook = model.bn.register_forward_hook(lambda m, i, o: acts.append(torch.relu(o).mean((2, 3))))
+    was = model.training
+    model.eval()
+    try:
+        for i in range(0, len(x), batch_size):
+            model(x[i:i + batch_size].to(device).float().div_(255))
+    finally:
+        hook.remove()
+        model.train(was)
+    return torch.cat(acts)
+
+
+def choose_pruning(model, x, y, device, cfg: FPConfig) -> list[int]:
+    """Channels to prune, least active first, by the stopping rule."""
+    act = final_activations(model, x, device)  # (N, C)
+    order = torch.argsort(act.mean(0))
+    y = y.to(device)
+    c = act.shape[1]
+
+    def accuracy(pruned: torch.Tensor) -> float:
+        a = act.clone()
+        a[:, pruned] = 0
+        return (model.fc(a).argmax(1) == y).float().mean().item()
+
+    base = accuracy(order[:0])
+    step = max(1, math.ceil(cfg.step * c))
+    best = 0
+    for k in range(step, int(cfg.max_ratio * c) + 1, step):
+        if accuracy(order[:k]) < (1 - cfg.max_acc_drop) * base:
+            break
+        best = k
+    return sorted(order[:best].tolist())
+
+
+@register("fp")
+class FinePruning(Defense):
+    Config = FPConfig
+
+    def repair(self, model, ctx):
+        dev = ctx.accelerator.device
+        model = model.to(dev)
+        bn = model.bn
+        if ctx.start_epoch > 0:  # resumed: the pruning is already in the weights
+            pruned = torch.nonzero((bn.weight == 0) & (bn.bias == 0)).flatten().tolist()
+        else:
+            pruned = choose_pruning(model, ctx.x_clean, ctx.y_clean, dev, self.cfg)
+        mask = torch.ones_like(bn.weight)
+        mask[pruned] = 0
+        with torch.no_grad():
+            bn.weight.mul_(mask)
+            bn.bias.mul_(mask)
+        hooks = [bn.weight.register_hook(lambda g: g * mask), bn.bias.register_hook(lambda g: g * mask)]
+        try:
+            model = train(model, ctx.x_clean, ctx.y_clean, self.cfg.optim, ctx.accelerator, flip=ctx.flip,
+                          seed=ctx.seed, desc="fp", on_epoch_end=ctx.on_epoch_end, start_epoch=ctx.start_epoch,
+                          optimizer_state=ctx.optimizer_state)
+        finally:
+            for h in hooks:
+                h.remove()
+        self.info = {"pruned": len(pruned), "pruned_channels": ",".join(map(str, pruned)),
+                     "pruned_ratio": len(pruned) / len(mask)}
+        return model

@@ -1,0 +1,60 @@
+"""NAD: Neural Attention Distillation (Li et al., ICLR 2021).
+
+The teacher (the shared fine-tuned teacher artifact) is distilled into the backdoored student by
+matching attention maps at the three WRN group outputs:
+
+    loss = CE(z(x), y) + sum_l beta_l * mean((A_T,l - A_S,l)^2),   A = normalize(mean_c |F|^p)
+
+as in the official code (`AT` loss: `(am_s - am_t).pow(2).mean()`). Defaults from the official
+code's CIFAR WRN-16-1 setting: p = 2, beta = (500, 1000, 1000), 20 epochs, SGD lr 0.1 decayed
+x0.1 at epoch 2, momentum 0.9 nesterov, weight decay 1e-4, batch 64.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+from ..config import finite_positive, require
+from ..training import OptimConfig
+from . import register
+from .distill import TeacherDistillation, attention_map
+
+
+def nad_optim() -> OptimConfig:
+    return OptimConfig(epochs=20, lr=0.1, batch_size=64, weight_decay=1e-4, schedule="step", milestones=(2,))
+
+
+@dataclasses.dataclass
+class NADConfig:
+    p: float = 2.0  # attention power (NAD code: 2.0)
+    betas: tuple[float, ...] = (500.0, 1000.0, 1000.0)  # per group output (NAD code: beta1..3)
+    optim: OptimConfig = dataclasses.field(default_factory=nad_optim)
+
+    def validate(self) -> None:
+        finite_positive("nad.p", self.p)
+        require(len(self.betas) == 3, f"nad.betas={list(self.betas)} needs one weight per WRN group (3)")
+        for b in self.betas:
+            finite_positive("nad.betas", b, allow_zero=True)
+
+
+def nad_loss(feats_t, feats_s, p: float, betas) -> torch.Tensor:
+    return sum(b * (attention_map(fs, p) - attention_map(ft, p)).pow(2).mean()
+               for b, ft, fs in zip(betas, feats_t, feats_s))
+
+
+@register("nad")
+class NAD(TeacherDistillation):
+    Config = NADConfig
+
+    def distill_loss(self, teacher, ctx):
+        c = self.cfg
+
+        def loss(student, x, y):
+            with torch.no_grad():
+                _, feats_t = teacher(x, features=True)
+            logits, feats_s = student(x, features=True)
+            return F.cross_entropy(logits, y) + nad_loss(feats_t, feats_s, c.p, c.betas)
+
+        return loss
