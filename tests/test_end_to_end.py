@@ -23,7 +23,9 @@ def test_badnets_implants_a_backdoor(first):
     assert first["status"] == "ok", first["error"]
     assert first["asr_before"] >= 0.9  # the clean-tuned teacher scores 0.0-0.7 % on the same set
     assert first["ba_before"] >= 0.85
-    assert first["artifacts"]["backdoor"]["cached"] is False
+    # Built here or by an earlier test on the shared session cache (test_defenses uses the same
+    # model); either way it is in the cache now, which the next test relies on.
+    assert first["artifacts"]["backdoor"]["key"]
 
 
 def test_nba_removes_it_and_keeps_accuracy(first):
