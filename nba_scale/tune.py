@@ -62,7 +62,8 @@ def study_id(attack: str, clean_fraction: float) -> str:
 def default_name(args: argparse.Namespace) -> str:
     ds = re.sub(r"[^A-Za-z0-9]+", "-", Path(args.dataset[4:]).stem if args.dataset.startswith("npz:") else args.dataset)
     cfs = "-".join(f"{c:g}" for c in args.clean_fraction)
-    return f"{args.defense}_{ds}_{'-'.join(args.attack)}_cf{cfs}_{args.preset}_s{args.seed}"
+    worst = "_worst" if getattr(args, "objective", "") == "worst-case" else ""
+    return f"{args.defense}_{ds}_{'-'.join(args.attack)}_cf{cfs}_{args.preset}_s{args.seed}{worst}"
 
 
 class Progress:
@@ -157,7 +158,7 @@ def make_searcher(space, sampler: str, seed: int):
 
 def run_study(base: dict[str, Any], space, *, root: Path, sweep: str, study: str, num_samples: int,
               max_concurrent: int, resources: dict[str, float], sampler: str = "tpe", seed: int = 0,
-              resume: bool = False, progress_every_s: float = 30.0):
+              resume: bool = False, progress_every_s: float = 30.0, attacks: Optional[list[str]] = None):
     """Run (or resume) one Optuna study as a Ray Tune experiment; returns (ResultGrid, searcher)."""
     import ray.tune as tune
     from ray.tune.search import ConcurrencyLimiter
@@ -173,6 +174,8 @@ def run_study(base: dict[str, Any], space, *, root: Path, sweep: str, study: str
     resources = dict(resources)
     workers = int(resources.pop("workers", 1))
     consts = {"__base__": base, "__default__": space.default_point(), "__workers__": workers}
+    if attacks:
+        consts["__attacks__"] = list(attacks)
     if workers > 1:
         # The Tune trial only drives a Ray Train run whose workers hold the CPUs and GPUs; Tune
         # refuses an empty request, so the driver takes a token share of a CPU.
@@ -228,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="nba_results")
     p.add_argument("--name", default=None)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--objective", default="per-attack", choices=["per-attack", "worst-case"],
+                   help="per-attack: one study per attack; worst-case: one study whose trials run every "
+                        "--attack and score worst ASR and mean BA over them")
     p.add_argument("--preset", default="quick", choices=sorted(TUNE_PRESETS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", default="tpe", help="tpe | nsga2")
@@ -290,14 +296,21 @@ def _main(args: argparse.Namespace) -> int:
     from .attacks import get_attack
 
     studies = []
+    from .trial import parse_config
+
     for attack in args.attack:
         get_attack(attack)  # unknown name: one line listing the known ones, before Ray starts
         for cf in args.clean_fraction:
             base = with_preset(merge(fixed, {"attack": attack, "clean_fraction": cf}), args.preset)
-            from .trial import parse_config
-
             checked = parse_config(merge(base, nest(space.default_config())))  # fail fast, before Ray starts
-            studies.append((study_id(attack, cf), base))
+            studies.append((study_id(attack, cf), base, [attack]))
+    worst = args.objective == "worst-case"
+    if worst:  # one study per clean fraction, over every attack
+        if len(args.attack) < 2:
+            raise ConfigError("--objective worst-case needs two or more --attack names")
+        first_attack = studies[:len(args.clean_fraction)]  # (attack 0, each clean fraction)
+        studies = [(study_id("worst-" + "+".join(args.attack), cf), base, list(args.attack))
+                   for (_, base, _), cf in zip(first_attack, args.clean_fraction)]
     from .data import load_dataset
 
     load_dataset(checked.dataset, checked.data, checked.seed)  # offline without the files: one line, now
@@ -314,20 +327,21 @@ def _main(args: argparse.Namespace) -> int:
     resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial, "workers": workers}
     from .trial import prepare_artifacts
 
-    for study, base in studies:
-        if args.address is None:
+    for study, base, attacks in studies:
+        for attack in attacks if args.address is None else []:
             # Here, with every core, rather than in the first trial (one core, others waiting on
             # its lock). On a cluster the first trial that needs an artifact builds it on a GPU.
             t1 = time.time()
-            print(f"[{study}] backdoored model and teacher: building or loading from the cache ...", flush=True)
-            got = prepare_artifacts(merge(base, nest(space.default_config())))
+            print(f"[{study}] {attack}: backdoored model and teacher: building or loading from the cache ...",
+                  flush=True)
+            got = prepare_artifacts(merge(merge(base, {"attack": attack}), nest(space.default_config())))
             if got["status"] != "ok":
                 raise ConfigError(f"[{study}] could not build its artifacts: {got['error']}")
             print(f"[{study}] artifacts ready in {time.time() - t1:.0f}s: backdoored BA {got['ba_before']:.1%}, "
                   f"ASR {got['asr_before']:.1%}", flush=True)
         run_study(base, space, root=root, sweep=name, study=study, num_samples=num_samples,
                   max_concurrent=max_concurrent, resources=resources, sampler=args.sampler, seed=args.seed,
-                  resume=args.resume)
+                  resume=args.resume, attacks=attacks if worst else None)
     wall = time.time() - t0
     rows = len(parquet_files(root))
     print(f"done in {wall:.0f}s: {rows} rows in {root} (python -m nba_scale.results {root} --pareto)", flush=True)

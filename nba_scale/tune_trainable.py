@@ -90,7 +90,10 @@ def trial_loop(config: dict[str, Any], session: Session) -> None:
 
     started = time.time()
     try:
-        result = run_trial(cfg, report=report, resume=resume)
+        if config.get("__attacks__"):
+            result = run_across_attacks(cfg, config["__attacks__"])
+        else:
+            result = run_trial(cfg, report=report, resume=resume)
     except ConfigError as e:  # a sampled value the trial rejects: recorded, the sweep goes on
         result = {"status": "failed", "error": f"ConfigError: {e}", "config": {}}
     row = trial_row(result)
@@ -102,6 +105,34 @@ def trial_loop(config: dict[str, Any], session: Session) -> None:
         if row.get("status") != "ok" or value is None or not math.isfinite(value):
             row[key] = worst
     session.report({**{k: v for k, v in row.items() if v is not None}, "final": True})
+
+
+def run_across_attacks(cfg: dict[str, Any], attacks: list[str]) -> dict[str, Any]:
+    """One configuration against several attacks (`tune --objective worst-case`): the trial's
+    objectives are the worst ASR and the mean BA over them, with each attack's own ASR and BA as
+    `asr_<attack>` / `ba_<attack>` columns. No per-epoch checkpoints: a resumed trial restarts."""
+    import statistics
+
+    from .attacks import ATTACKS
+    from .trial import run_trial
+
+    parts = []
+    for a in attacks:
+        others = set(ATTACKS.names()) - {a}  # a --set blend.alpha=... belongs to blend's run only
+        parts.append(run_trial({k: v for k, v in merge(cfg, {"attack": a}).items() if k not in others}))
+    out = {**parts[0], "attack": "+".join(attacks), "artifacts": None,
+           "wall_s": round(sum(p["wall_s"] for p in parts), 3),
+           "timings": {"defense_s": round(sum(p.get("timings", {}).get("defense_s", 0.0) for p in parts), 3)}}
+    bad = [p for p in parts if p["status"] != "ok"]
+    if bad:
+        out.update(status="failed", error=f"{bad[0]['attack']}: {bad[0]['error']}")
+        return out
+    for key, agg in (("asr", max), ("ba", statistics.fmean), ("ra", statistics.fmean),
+                     ("asr_before", max), ("ba_before", statistics.fmean)):
+        out[key] = agg(p[key] for p in parts)
+    for p in parts:
+        out[f"asr_{p['attack']}"], out[f"ba_{p['attack']}"] = p["asr"], p["ba"]
+    return out
 
 
 def _train_worker(config: dict[str, Any]) -> None:

@@ -168,3 +168,23 @@ def test_data_parallel_trials_run_through_ray_train_on_two_cpu_workers(tmp_path,
 def test_gpu_worker_counts_that_cannot_work_are_refused(tmp_path, tune_cache):
     r = run_tune(*tune_cmd(tmp_path, tune_cache, "bad", "--gpus-per-trial", "3", "--workers-per-trial", "2"))
     assert r.returncode == 2 and "does not split evenly" in r.stderr
+
+
+def test_worst_case_objective_scores_every_attack_in_each_trial(tmp_path, tune_cache):
+    """`--objective worst-case`: one study; each trial runs both attacks and reports the worst ASR
+    and the mean BA, with each attack's own scores beside them."""
+    cmd = [sys.executable, "-m", "nba_scale.tune", "--attack", "badnets", "blend", "--dataset", "synthetic",
+           "--preset", "smoke", "--results", str(tmp_path), "--cache-dir", str(tune_cache), "--name", "worst",
+           "--device", "cpu", "--num-samples", "2", "--clean-fraction", "0.1", "--objective", "worst-case",
+           "--set", "nba.optim.epochs=1"]
+    r = run_tune(*cmd)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = read_table(tmp_path / "worst").to_pylist()
+    assert len(rows) == 2 and {x["study"] for x in rows} == {"worst-badnets+blend-cf0.1"}
+    for x in rows:
+        assert x["status"] == "ok" and x["attack"] == "badnets+blend"
+        assert x["asr"] == max(x["asr_badnets"], x["asr_blend"])
+        assert x["ba"] == pytest.approx((x["ba_badnets"] + x["ba_blend"]) / 2)
+    one = run_tune(sys.executable, "-m", "nba_scale.tune", "--attack", "badnets", "--dataset", "synthetic",
+                   "--results", str(tmp_path), "--objective", "worst-case")
+    assert one.returncode == 2 and "two or more --attack" in one.stderr

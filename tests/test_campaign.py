@@ -1,0 +1,203 @@
+"""Campaigns: grids expand to the right cells; tiny campaigns run through Ray Tune into Parquet
+and a report; a killed campaign resumes without recomputing finished cells; leave-one-attack-out."""
+import itertools
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nba_scale.campaign_grid import cell_config, list_campaigns, load_campaign
+from nba_scale.config import ConfigError
+from nba_scale.results_store import parquet_files, read_table
+from nba_scale.search_space import load_search_space
+from nba_scale.transfer import leave_one_out, worst_case
+
+REPO = Path(__file__).resolve().parent.parent
+SIX = ["badnets", "trojan", "blend", "sig", "cla", "refool"]
+DEFENSES = ["ft", "fp", "mcr", "nad", "argd", "nba"]
+
+
+def test_every_paper_campaign_exists_and_expands_to_its_grid():
+    assert set(list_campaigns()) >= {"table2", "clean-fraction", "ablation-terms", "ablation-losses",
+                                     "representation", "udl-samples", "transfer"}
+    t2 = load_campaign("table2").cells([0, 1, 2])
+    assert len(t2) == 6 * 6 * 3 and {(c.attack, c.defense, c.seed) for c in t2} == set(
+        itertools.product(SIX, DEFENSES, [0, 1, 2]))
+    assert len({c.id for c in t2}) == len(t2)  # ids name rows: they must be unique
+    cf = load_campaign("clean-fraction").cells([0])
+    assert {c.clean_fraction for c in cf} == {0.01, 0.05, 0.1, 0.2} and len(cf) == 6 * 6 * 4
+
+    terms = load_campaign("ablation-terms").cells([0])
+    subsets = {frozenset(dict(c.overrides)["nba.terms"]) for c in terms}
+    assert len(terms) == 6 * 7 and subsets == {frozenset(s) for n in (1, 2, 3)
+                                               for s in itertools.combinations(["rnb", "lnb", "pnb"], n)}
+    losses = {c.variant: dict(c.overrides) for c in load_campaign("ablation-losses").cells([0])}
+    assert losses["ldl"]["nba.losses"] == "ldl" and losses["udl"]["nba.losses"] == "udl"
+    assert {v.get("nba.beta") for v in losses.values()} >= {0.1, 1.0, 2.0}
+    rep = {dict(c.overrides)["nba.representation"] for c in load_campaign("representation").cells([0])}
+    assert rep == {"gram", "feature"}
+    udl = {c.variant: dict(c.overrides) for c in load_campaign("udl-samples").cells([0])}
+    assert udl["none"]["nba.losses"] == "ldl" and udl["poisoned"]["nba.udl_samples"] == "poisoned"
+    assert udl["pseudo"]["nba.udl_samples"] == "pseudo"
+
+
+def test_transfer_pool_starts_with_the_paper_default_and_draws_inside_the_space():
+    camp = load_campaign("transfer")
+    space = load_search_space(REPO / "search_spaces" / "nba.yaml")
+    assert len(camp.variants) == 8 and len(camp.cells([0])) == 6 * 8
+    assert {k: camp.variants["cfg0"][k] for k in space.default_config()} == space.default_config()
+    for name, over in camp.variants.items():
+        for p in space.params:
+            assert p.low <= over[p.name] <= p.high, (name, p.name)
+    assert len({tuple(sorted(v.items())) for v in camp.variants.values()}) == 8
+    assert load_campaign("transfer").variants == camp.variants  # seeded: the same pool every time
+
+
+def test_cell_config_layers_and_drops_sections_of_plugins_not_in_use():
+    camp = load_campaign("ablation-losses")
+    cell = next(c for c in camp.cells([3]) if c.attack == "blend" and c.variant == "beta2")
+    cfg = cell_config(camp, cell, {"dataset": "synthetic"}, {"badnets": {"rate": 0.3}, "blend": {"alpha": 0.1}},
+                      preset="quick")
+    assert cfg["attack"] == "blend" and cfg["seed"] == 3 and cfg["nba"]["beta"] == 2.0
+    assert cfg["blend"] == {"alpha": 0.1} and "badnets" not in cfg  # another attack's --set is not this cell's
+    assert cfg["nba"]["optim"]["epochs"] == 10 and cfg["backdoor"]["epochs"] == 30  # quick preset, under the rest
+    over = cell_config(camp, cell, {"dataset": "synthetic"}, {"nba": {"beta": 0.7}})
+    assert over["nba"]["beta"] == 0.7  # the user's --set has the last word
+
+
+@pytest.mark.parametrize("doc, needle", [
+    ({"attacks": ["badnets"], "defenses": ["nba"], "colour": 1}, "unknown key 'colour'"),
+    ({"attacks": ["nope"], "defenses": ["nba"]}, "unknown attack 'nope'"),
+    ({"attacks": ["badnets"], "defenses": []}, "'defenses' must be a non-empty list"),
+    ({"attacks": ["badnets"], "defenses": ["nba"], "variants": {"x": {"nba.betta": 1}}}, "cell badnets-nba-cf0.05-x-s0"),
+    ({"attacks": ["badnets"], "defenses": ["nba"], "clean_fractions": [2]}, "'clean_fractions' must be"),
+])
+def test_malformed_campaigns_fail_in_one_line(tmp_path, doc, needle):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError) as e:
+        load_campaign(str(path))
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_leave_one_out_never_looks_at_the_held_out_attack():
+    # cfg_a is perfect on a and b but useless on c; cfg_c the reverse; cfg_mid is decent everywhere.
+    m = {"cfg_a": {"a": (0.0, 0.9), "b": (0.0, 0.9), "c": (1.0, 0.9)},
+         "cfg_c": {"a": (1.0, 0.9), "b": (1.0, 0.9), "c": (0.0, 0.9)},
+         "cfg_mid": {"a": (0.2, 0.8), "b": (0.2, 0.8), "c": (0.2, 0.8)}}
+    loo = {r["held_out"]: r for r in leave_one_out(m)}
+    assert loo["c"]["chosen"] == "cfg_a" and loo["c"]["tuned_on_it"] == "cfg_c"
+    assert loo["c"]["chosen_asr"] == 1.0 and loo["c"]["asr_loss"] == pytest.approx(1.0)
+    assert loo["c"]["utility_loss"] == pytest.approx(1.0)
+    assert loo["a"]["chosen"] == "cfg_mid" and loo["a"]["utility_loss"] == pytest.approx(0.3)
+    wc = worst_case(m)
+    assert wc[0]["variant"] == "cfg_mid" and wc[0]["pareto"] and wc[0]["worst_asr"] == 0.2
+
+
+# --------------------------------------------------------------------------------------------
+# through Ray Tune, on synthetic data
+
+
+def campaign_cmd(yaml_path, results, cache, *extra):
+    return [sys.executable, "-m", "nba_scale.campaign", str(yaml_path), "--dataset", "synthetic", "--preset", "smoke",
+            "--results", str(results), "--cache-dir", str(cache), "--device", "cpu", "--max-concurrent", "1", *extra]
+
+
+def env():
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def write_yaml(tmp_path, name, **doc):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "clean_fractions": [0.1], **doc}))
+    return path
+
+
+def report_cell(text, row_label, after=""):
+    lines = text.splitlines()
+    start = next(i for i, ln in enumerate(lines) if after in ln)
+    line = next(ln for ln in lines[start:] if ln.startswith(f"| {row_label} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+@pytest.mark.slow
+def test_a_killed_campaign_resumes_without_recomputing_and_reports_the_measured_numbers(tmp_path):
+    path = write_yaml(tmp_path, "tiny", attacks=["badnets"], defenses=["ft", "nba"],
+                      report={"rows": "attack", "columns": "defense"})
+    results, cache = tmp_path / "results", tmp_path / "cache"
+    root = results / "tiny"
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(campaign_cmd(path, results, cache), cwd=REPO, env=env(), start_new_session=True,
+                            stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 600
+    while time.time() < deadline and not (root.exists() and parquet_files(root)) and proc.poll() is None:
+        time.sleep(0.5)
+    assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)  # the first cell has landed, the second is running
+    proc.wait()
+    first = read_table(root).to_pylist()
+    assert len(first) == 1 and first[0]["status"] == "ok"
+
+    again = subprocess.run(campaign_cmd(path, results, cache), cwd=REPO, env=env(), capture_output=True, text=True)
+    assert again.returncode == 2 and "pass --resume" in again.stderr
+
+    r = subprocess.run(campaign_cmd(path, results, cache, "--resume"), cwd=REPO, env=env(), capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "finished already: 1; to run: 1 trials" in r.stdout
+    rows = {x["trial_id"]: x for x in read_table(root).to_pylist()}
+    assert set(rows) == {"badnets-ft-cf0.1-s0", "badnets-nba-cf0.1-s0"}
+    kept = rows[first[0]["trial_id"]]
+    assert (kept["started"], kept["finished"]) == (first[0]["started"], first[0]["finished"])  # not recomputed
+    assert all(x["status"] == "ok" and x["campaign"] == "tiny" for x in rows.values())
+
+    done = subprocess.run(campaign_cmd(path, results, cache, "--resume"), cwd=REPO, env=env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "to run: 0 trials" in done.stdout and "nothing to run" in done.stdout
+
+    out = tmp_path / "report"
+    rep = subprocess.run([sys.executable, "-m", "nba_scale.report", str(results), "--out", str(out)], cwd=REPO,
+                         env=env(), capture_output=True, text=True, timeout=300)
+    assert rep.returncode == 0, rep.stderr
+    text = (out / "README.md").read_text()
+    cells = report_cell(text, "badnets")
+    ft, nba = rows["badnets-ft-cf0.1-s0"], rows["badnets-nba-cf0.1-s0"]
+    assert cells[1] == f"{100 * ft['asr_before']:.1f} / {100 * ft['ba_before']:.1f}"
+    assert cells[2] == f"{100 * ft['asr']:.1f} / {100 * ft['ba']:.1f}"
+    assert cells[3] == f"{100 * nba['asr']:.1f} / {100 * nba['ba']:.1f}"
+    assert "python -m nba_scale.campaign" in text and "--resume" in text  # the commands that made it
+    for png in ("tiny_bars.png", "tiny_pareto.png"):
+        assert (out / png).stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_leave_one_attack_out_on_two_synthetic_attacks_reports_held_out_scores(tmp_path):
+    path = write_yaml(tmp_path, "loao", attacks=["badnets", "blend"], defenses=["nba"],
+                      sample={"space": "nba", "n": 2, "seed": 0},
+                      report={"rows": "attack", "columns": "variant", "transfer": True})
+    results, cache = tmp_path / "results", tmp_path / "cache"
+    r = subprocess.run(campaign_cmd(path, results, cache, "--set", "nba.optim.epochs=1"), cwd=REPO, env=env(),
+                       capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = read_table(results / "loao").to_pylist()
+    assert len(rows) == 4 and all(x["status"] == "ok" for x in rows)
+    score = {(x["variant"], x["attack"]): (x["asr"], x["ba"]) for x in rows}
+    out = tmp_path / "report"
+    rep = subprocess.run([sys.executable, "-m", "nba_scale.report", str(results / "loao"), "--out", str(out)],
+                         cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    assert rep.returncode == 0, rep.stderr
+    text = (out / "README.md").read_text()
+    for held, other in (("badnets", "blend"), ("blend", "badnets")):
+        cells = report_cell(text, held, after="Leave-one-attack-out")
+        chosen = cells[1]
+        # chosen on the other attack alone: its BA - ASR there is the best of the pool
+        assert chosen == max(("cfg0", "cfg1"), key=lambda v: (score[(v, other)][1] - score[(v, other)][0], v == "cfg0"))
+        asr, ba = score[(chosen, held)]
+        assert cells[2] == f"{100 * asr:.1f} / {100 * ba:.1f}"
+    assert re.search(r"\| cfg[01] \| [\d.]+ \| (badnets|blend) \| [\d.]+ \|", text)  # worst-case table
