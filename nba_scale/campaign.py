@@ -123,7 +123,7 @@ def cell_trainable(config: dict[str, Any]) -> None:
     from .tune_trainable import trainable
 
     trainable({**{k: v for k, v in config.items() if k != "cell"}, "__base__": config["cell"]["config"],
-               "__default__": {}})
+               "__default__": {}, "__cell__": config["cell"]["id"]})
 
 
 def run_cells(name: str, root: Path, todo: list[tuple[Cell, dict]], resources: dict[str, float],

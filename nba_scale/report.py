@@ -75,7 +75,7 @@ def pivot(rows: list[dict], row_axis: str, col_axis: str, orders: dict[str, list
             return f"{pct([a for a, _ in per])} / {pct([b for _, b in per])}" if per else "-"
         cells = ([mean_of(_before(rows), "asr_before", "ba_before")] if with_before else [])
         cells += [mean_of([r for r in rows if r[col_axis] == cv]) for cv in cvals]
-        lines.append("| " + " | ".join([f"**mean over {row_axis}s**", *cells]) + " |")
+        lines.append("| " + " | ".join([f"**mean over {row_axis}s** (± across them)", *cells]) + " |")
     return lines
 
 
@@ -243,9 +243,10 @@ def campaign_section(root: Path, out: Path) -> list[str]:
         if r.get("time_defense_s") is not None:
             walls.setdefault(str(r[ca] if ca in ("defense", "variant") else r["defense"]), []).append(r["time_defense_s"])
     if walls:
-        lines += ["Defense wall time per cell (s, mean): " + ", ".join(
-            f"{k} {statistics.fmean(v):.0f}" for k, v in walls.items()) + "; whole trials (artifacts cached): "
-            f"{statistics.fmean(r['wall_s'] for r in rows):.0f} s mean.", ""]
+        # Medians: a cell that waited behind another job on the same machine says little.
+        lines += ["Defense wall time per cell (s, median): " + ", ".join(
+            f"{k} {statistics.median(v):.0f}" for k, v in walls.items()) + "; whole trials (artifacts cached): "
+            f"{statistics.median(r['wall_s'] for r in rows):.0f} s median.", ""]
     if ra in ("attack", "defense") and ca in ("defense", "variant", "clean_fraction"):
         bars(rows, ra, ca, orders, f"{name}: {meta.get('title', '')}", out / f"{name}_bars.png")
         lines += [f"![{name} bars]({name}_bars.png)", ""]

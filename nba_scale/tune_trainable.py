@@ -93,7 +93,8 @@ def trial_loop(config: dict[str, Any], session: Session) -> None:
         if config.get("__attacks__"):
             result = run_across_attacks(cfg, config["__attacks__"])
         else:
-            result = run_trial(cfg, report=report, resume=resume)
+            # Campaigns resume by cell, not by epoch: no per-epoch evaluation or checkpoint to pay for.
+            result = run_trial(cfg, report=None if config.get("__cell__") else report, resume=resume)
     except ConfigError as e:  # a sampled value the trial rejects: recorded, the sweep goes on
         result = {"status": "failed", "error": f"ConfigError: {e}", "config": {}}
     row = trial_row(result)
