@@ -107,7 +107,7 @@ def bars(rows: list[dict], row_axis: str, col_axis: str, orders: dict, title: st
     save_figure(fig, path)
 
 
-def pareto_grid(rows: list[dict], label_axis: str, path: Path) -> None:
+def pareto_grid(rows: list[dict], label_axis: str, orders: dict, path: Path) -> None:
     """ASR vs BA per (attack, clean fraction); each point one column value (mean over seeds),
     the front in red, the backdoored model as a cross."""
     import matplotlib
@@ -118,14 +118,15 @@ def pareto_grid(rows: list[dict], label_axis: str, path: Path) -> None:
     from .checkpoints import save_figure
     from .results_store import pareto_mask
 
-    groups = sorted({(r["attack"], r["clean_fraction"]) for r in rows}, key=str)
+    groups = [(a, cf) for a in _values(rows, "attack", orders.get("attack")) for cf in _values(rows, "clean_fraction")
+              if any(r["attack"] == a and r["clean_fraction"] == cf for r in rows)]
     n = len(groups)
     cols = min(3, n)
     fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(4.2 * cols, 3.6 * ((n + cols - 1) // cols)),
                              squeeze=False)
     for ax, (attack, cf) in zip(axes.flat, groups):
         g = [r for r in rows if r["attack"] == attack and r["clean_fraction"] == cf]
-        labels = _values(g, label_axis)
+        labels = _values(g, label_axis, orders.get(label_axis))
         pts = [(100 * statistics.fmean(r["asr"] for r in g if r[label_axis] == lv),
                 100 * statistics.fmean(r["ba"] for r in g if r[label_axis] == lv)) for lv in labels]
         keep = pareto_mask([a for a, _ in pts], [b for _, b in pts])
@@ -251,7 +252,7 @@ def campaign_section(root: Path, out: Path) -> list[str]:
         bars(rows, ra, ca, orders, f"{name}: {meta.get('title', '')}", out / f"{name}_bars.png")
         lines += [f"![{name} bars]({name}_bars.png)", ""]
     label = ca if ca in ("defense", "variant") else "defense"
-    pareto_grid(rows, label, out / f"{name}_pareto.png")
+    pareto_grid(rows, label, orders, out / f"{name}_pareto.png")
     lines += [f"Pareto fronts (ASR vs BA) per attack x clean fraction, each point one {label}:", "",
               f"![{name} Pareto fronts]({name}_pareto.png)", ""]
     if rep.get("curves") == "clean_fraction" and len({r["clean_fraction"] for r in rows}) > 1:
