@@ -265,14 +265,16 @@ def campaign_section(root: Path, out: Path) -> list[str]:
 
 
 def _orders(meta: dict) -> dict[str, list]:
+    """Axis orders from the campaign's YAML (and its current published numbers into `meta`)."""
     try:
         from .campaign_grid import load_campaign
 
         c = load_campaign(meta.get("file") or meta["campaign"])
-        return {"attack": c.attacks, "defense": c.defenses, "clean_fraction": c.clean_fractions,
-                "variant": list(c.variants)}
-    except ConfigError:
+    except ConfigError:  # the YAML moved: alphabetical order, the published numbers as recorded
         return {}
+    meta["published"] = c.published
+    return {"attack": c.attacks, "defense": c.defenses, "clean_fraction": c.clean_fractions,
+            "variant": list(c.variants)}
 
 
 def write_report(src: Path, out: Path) -> Path:
