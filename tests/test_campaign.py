@@ -201,3 +201,33 @@ def test_leave_one_attack_out_on_two_synthetic_attacks_reports_held_out_scores(t
         asr, ba = score[(chosen, held)]
         assert cells[2] == f"{100 * asr:.1f} / {100 * ba:.1f}"
     assert re.search(r"\| cfg[01] \| [\d.]+ \| (badnets|blend) \| [\d.]+ \|", text)  # worst-case table
+
+
+def test_report_of_a_clean_fraction_grid_groups_by_attack_and_draws_curves(tmp_path):
+    """Rows written straight to Parquet (no training): the report's layout for a campaign whose
+    columns are clean fractions, one table per attack, plus the curves figure."""
+    import json
+
+    from nba_scale.report import write_report
+    from nba_scale.results_store import write_row
+
+    root = tmp_path / "results" / "clean-fraction"
+    rows = []
+    for attack, defense, cf, seed in itertools.product(["badnets", "blend"], ["ft", "nba"], [0.01, 0.1], [0, 1]):
+        r = {"dataset": "synthetic", "attack": attack, "defense": defense, "clean_fraction": cf, "seed": seed,
+             "variant": "default", "status": "ok", "asr": 0.5 - cf - 0.01 * seed, "ba": 0.6 + cf + 0.01 * seed,
+             "asr_before": 0.99, "ba_before": 0.9, "wall_s": 5.0, "time_defense_s": 4.0,
+             "trial_id": f"{attack}-{defense}-cf{cf:g}-s{seed}"}
+        write_row(root, r)
+        rows.append(r)
+    (root / "campaign.json").write_text(json.dumps({
+        "campaign": "clean-fraction", "file": "clean-fraction", "title": "t", "paper": "Figs 6-7",
+        "report": {"rows": "defense", "columns": "clean_fraction", "curves": "clean_fraction"},
+        "dataset": "synthetic", "preset": "smoke", "seeds": [0, 1], "set": [], "commands": ["python -m x"]}))
+    path = write_report(tmp_path / "results", tmp_path / "out")
+    text = path.read_text()
+    assert "### attack badnets" in text and "### attack blend" in text
+    cells = report_cell(text, "nba", after="### attack blend")
+    assert cells[1:3] == ["48.5±0.7 / 61.5±0.7", "39.5±0.7 / 70.5±0.7"]  # cf 0.01, cf 0.1 over seeds 0 and 1
+    for png in ("clean-fraction_bars.png", "clean-fraction_pareto.png", "clean-fraction_curves.png"):
+        assert (tmp_path / "out" / png).stat().st_size > 5000
