@@ -64,10 +64,12 @@ BOUNDS = {"blend": 0.2 * 255 + 0.5, "sig": 20.5, "refool": 0.4 * 255 + 0.5}
 def test_poisoning_touches_only_the_chosen_images_and_labels_follow_the_attack_kind(name):
     x, y, xt, yt = DATA
     cls = get_attack(name)
-    atk = cls({}, 10, seed=0)
+    params = {"steps": 20} if name == "trojan" else {}  # its trigger optimisation is tested on its own below
+    atk = cls(params, 10, seed=0)
     p = atk.poison(x, y, xt, yt, untrained_context())
     idx = p.poison_index
     assert len(idx) > 0
+    x0, y0, (x, y) = x, y, (x[p.train_index], y[p.train_index])  # the rows trained on (Refool holds some out)
     if cls.clean_label:
         assert (y[idx] == atk.params.target).all() and torch.equal(p.y_train, y)  # labels untouched
         assert len(idx) == round(atk.params.rate * int((y == atk.params.target).sum()))
@@ -81,7 +83,7 @@ def test_poisoning_touches_only_the_chosen_images_and_labels_follow_the_attack_k
     assert changed.float().mean() > 0.95  # (a noise blend can leave a rare image unchanged: it cannot here)
     # ASR set: every non-target test image, triggered.
     assert len(p.x_test) == int((yt != atk.params.target).sum()) and not torch.equal(p.x_test, xt[yt != atk.params.target])
-    again = cls({}, 10, seed=0).poison(x, y, xt, yt, untrained_context())
+    again = cls(params, 10, seed=0).poison(x0, y0, xt, yt, untrained_context())
     assert torch.equal(again.x_train, p.x_train) and torch.equal(again.x_test, p.x_test)  # deterministic per seed
 
 
@@ -89,8 +91,26 @@ def test_poisoning_touches_only_the_chosen_images_and_labels_follow_the_attack_k
 def test_perturbations_stay_within_their_stated_bounds(name):
     x, y, xt, yt = DATA
     p = get_attack(name)({}, 10, seed=0).poison(x, y, xt, yt)
-    diff = (p.x_train.int() - x.int()).abs()
+    diff = (p.x_train.int() - x[p.train_index].int()).abs()
     assert diff.max() <= BOUNDS[name] and diff.max() > 0
+
+
+def test_refool_draws_its_fallback_reflections_from_a_held_out_split(tmp_path):
+    x, y, xt, yt = DATA
+    atk = get_attack("refool")({"n_reflections": 30}, 10, seed=0)
+    p = atk.poison(x, y, xt, yt)
+    held = atk.held_out
+    assert len(held) == 30 and (y[held] != atk.params.target).all()  # other classes' images
+    assert torch.equal(atk.pool, x[held])
+    assert len(p.x_train) == len(x) - 30 and not torch.isin(held, p.train_index).any()  # not trained on
+    assert torch.equal(p.x_train, get_attack("refool")({"n_reflections": 30}, 10, seed=0).poison(x, y, xt, yt).x_train)
+    # From an image directory: those images, and every training image stays.
+    from PIL import Image
+
+    for k in range(3):
+        Image.new("RGB", (40, 40), (80 * k, 0, 255)).save(tmp_path / f"r{k}.png")
+    p = get_attack("refool")({"reflection_dir": str(tmp_path)}, 10, seed=0).poison(x, y, xt, yt)
+    assert torch.equal(p.train_index, torch.arange(len(x))) and len(p.x_train) == len(x)
 
 
 def test_cla_perturbation_is_within_eps_outside_the_four_corner_trigger():

@@ -40,10 +40,13 @@ class AttackContext:
 class PoisonedData:
     x_train: torch.Tensor  # (N,3,H,W) uint8, clean images with the poisoned ones replaced
     y_train: torch.Tensor  # labels after poisoning
-    poison_index: torch.Tensor  # indices of the poisoned training images
+    poison_index: torch.Tensor  # indices of the poisoned training images (rows of x_train)
     x_test: torch.Tensor  # every non-target test image, triggered
     y_test_target: torch.Tensor  # the attack's target label (ASR)
     y_test_true: torch.Tensor  # the true label (RA: robust accuracy)
+    # Row i of x_train is clean training image train_index[i]: all of them, unless the attack held
+    # some out of the attacked training set (Refool's fallback reflections).
+    train_index: torch.Tensor
 
 
 class Attack(abc.ABC):
@@ -57,6 +60,12 @@ class Attack(abc.ABC):
     name: ClassVar[str]
     Params: ClassVar[type[AttackParams]] = AttackParams
     clean_label: ClassVar[bool] = False
+    # Training images the attacker keeps for itself (set by prepare): removed from the attacked
+    # training set, never poisoned, so whatever it draws from them is a held-out split.
+    held_out: Optional[torch.Tensor] = None
+    # Bumped when an attack's poisoning changes under the same parameters, so cached models keyed
+    # by describe() are rebuilt (Refool 1: fallback reflections held out of the training set).
+    revision: ClassVar[int] = 0
 
     def __init__(self, params: dict[str, Any] | None, num_classes: int, seed: int = 0,
                  class_counts: Optional[torch.Tensor] = None):
@@ -86,7 +95,10 @@ class Attack(abc.ABC):
 
     def select(self, y: torch.Tensor) -> torch.Tensor:
         p = self.params
-        pool = torch.nonzero((y == p.target) if self.clean_label else (y != p.target)).flatten()
+        eligible = (y == p.target) if self.clean_label else (y != p.target)
+        if self.held_out is not None:
+            eligible[self.held_out] = False
+        pool = torch.nonzero(eligible).flatten()
         base = len(pool) if self.clean_label else len(y)
         k = min(len(pool), int(round(p.rate * base)))
         g = torch.Generator().manual_seed(1_000_003 + self.seed)
@@ -101,9 +113,16 @@ class Attack(abc.ABC):
             x_p[idx] = self.poison_images(x_train[idx], y_train[idx], ctx)
         if not self.clean_label:
             y_p[idx] = self.params.target
+        rows = torch.ones(len(y_train), dtype=torch.bool)
+        if self.held_out is not None:
+            rows[self.held_out] = False
+            idx = (torch.cumsum(rows, 0) - 1)[idx]  # positions among the rows that stay
+            x_p, y_p = x_p[rows], y_p[rows]
         keep = y_test != self.params.target  # ASR is measured on non-target images only
         xt = self.apply_trigger(x_test[keep])
-        return PoisonedData(x_p, y_p, idx, xt, torch.full_like(y_test[keep], self.params.target), y_test[keep])
+        return PoisonedData(x_p, y_p, idx, xt, torch.full_like(y_test[keep], self.params.target), y_test[keep],
+                            train_index=torch.nonzero(rows).flatten())
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "clean_label": self.clean_label, **dataclasses.asdict(self.params)}
+        rev = {"revision": self.revision} if self.revision else {}  # absent at 0: older cache keys stay valid
+        return {"name": self.name, "clean_label": self.clean_label, **rev, **dataclasses.asdict(self.params)}

@@ -11,8 +11,9 @@ blend keeps pixel values in range without a per-image rescale. Choice, stated.)
 Reflections: the original draws them from PascalVOC and keeps the ones that raise ASR most on a
 surrogate (adversarial reflection selection). Nothing can be downloaded here, so `reflection_dir`
 names any directory of images; without it, reflections are `n_reflections` images of the
-dataset's non-target classes (the training split; images a real attacker would hold out), and
-no selection round is run. Each image's reflection, model, a, sigma and offset are a
+dataset's non-target classes held out of the training set: drawn from the training split and
+removed from the set the attacked model trains on, so the network never sees a reflection as an
+image of its own. No selection round is run. Each image's reflection, model, a, sigma and offset are a
 deterministic function of its pixels and the seed, so a test set is triggered the same way
 every time.
 """
@@ -41,7 +42,7 @@ class RefoolParams(AttackParams):
     alpha_min: float = 0.2  # reflection weight range (choice; the paper's ghost/blur weights lie in 0.2-0.5)
     alpha_max: float = 0.4
     models: tuple[str, ...] = MODELS  # reflection models drawn from (paper: all three)
-    reflection_dir: Optional[str] = None  # directory of reflection images (paper: PascalVOC)
+    reflection_dir: Optional[str] = None  # directory of reflection images (paper: PascalVOC); None: held-out images
     n_reflections: int = 200  # candidate reflections (paper: 200 before selection)
 
     def validate(self) -> None:
@@ -57,6 +58,7 @@ class RefoolParams(AttackParams):
 class Refool(Attack):
     Params = RefoolParams
     clean_label: ClassVar[bool] = True
+    revision: ClassVar[int] = 1
     pool: torch.Tensor | None = None  # (R,3,H,W) uint8 reflection images
 
     def prepare(self, x_train, y_train, ctx):
@@ -70,7 +72,8 @@ class Refool(Attack):
             return
         others = torch.nonzero(y_train != p.target).flatten()
         g = torch.Generator().manual_seed(7_000_003 + self.seed)
-        self.pool = x_train[others[torch.randperm(len(others), generator=g)[:p.n_reflections]]].clone()
+        self.held_out = torch.sort(others[torch.randperm(len(others), generator=g)[:p.n_reflections]]).values
+        self.pool = x_train[self.held_out].clone()
 
     def apply_trigger(self, x: torch.Tensor) -> torch.Tensor:
         require(self.pool is not None, "refool: the reflections are chosen by prepare(); call poison() first")

@@ -42,7 +42,7 @@ def poisoned_examples(config: dict, n: int = 6):
 
     _, ds, attack, p, _ = poison_only(config)
     idx = p.poison_index[:n]
-    return attack.name, ds.x_train[idx], p.x_train[idx]
+    return attack.name, ds.x_train[p.train_index[idx]], p.x_train[idx]
 
 
 def draw(rows: list[tuple[str, "torch.Tensor", "torch.Tensor"]], out: str) -> None:
