@@ -1,16 +1,26 @@
 """Every attack implants a backdoor on synthetic data (tests/conftest.py:small_config).
 
 "Chance" is what a clean model (no poison, same recipe) scores on the same triggered test set;
-each attack must beat it by a wide margin and keep BA. Thresholds sit well under what seed 1
-measured here (docs/ATTACKS.md lists the runs): blend 99.6 %, trojan 100 %, sig 64.6 %,
-cla 80.4 %, refool 28.3 %, with chance <= 2 % for all.
+each attack must beat it by a wide margin and keep BA. Measured here with these settings, seeds
+1 / 2 / 3 (the test runs seed 1; the spread across seeds also covers the run-to-run float
+nondeterminism of two threads, which moved one CLA run from 80 % to 46 %):
+
+    attack   ASR before (%)        BA before (%)        chance (%)   threshold
+    blend    99.3 / 100.0 / 99.1   100 / 100 / 100      0 / 0 / 0    80
+    trojan   99.6 / 100.0 / 100.0  100 / 100 / 100      0 / 0 / 0    80
+    sig      54.0 / 87.3 / 77.2    100 / 100 / 100      0 / 0 / 0    30
+    cla      81.1 / 67.5 / 94.3    92.0 / 99.6 / 91.2   0 / 0 / 0    40
+    refool   53.3 / 46.7 / 40.6    92.4 / 100 / 98.4    0 / 0 / 0    20
 
 Clean-label attacks are weak on this easy synthetic task (every class is learnt perfectly from
-its own object, so the network needs no trigger to fit the poisoned images): CLA runs at the
-strong end of its paper's settings (all target-class images, eps 32/255: at the defaults, half
-the class and 16/255, ASR stayed 0.0 %) and Refool with one strong reflection (the image its
-selection round would keep; with the defaults ASR was 0.0 %, with 10 reflections 1.3 %, with 4
-at weight 0.3-0.5 11.5 %).
+its own object, so the network needs no trigger to fit the poisoned images), so they run at the
+strong end of their papers' settings:
+- SIG targets class 2: class 0's object is a vertical grating close to SIG's vertical stripes,
+  and a clean model of seed 3 already sent 69 % of SIG-stamped images to it.
+- CLA poisons the whole target class at eps 32/255 with a 4x4 four-corner trigger: at 3x3 ASR was
+  46 / 23 / 81 %, at the defaults (half the class, 16/255) 0 %.
+- Refool blends one reflection (the one a selection round would keep) at weight 0.5-0.6: at
+  0.4-0.5 ASR was 25 / 14 / 13 %, with the defaults (200 reflections, 0.2-0.4) 0 %.
 """
 import pytest
 
@@ -23,9 +33,9 @@ pytestmark = pytest.mark.slow
 OVERRIDES = {
     "blend": ({}, 0.8),
     "trojan": ({}, 0.8),
-    "sig": ({}, 0.3),
-    "cla": ({"cla.rate": 1.0, "cla.eps": 0.1255}, 0.4),  # 32/255
-    "refool": ({"refool.rate": 1.0, "refool.n_reflections": 1, "refool.alpha_min": 0.4, "refool.alpha_max": 0.5}, 0.12),
+    "sig": ({"sig.target": 2}, 0.3),
+    "cla": ({"cla.rate": 1.0, "cla.eps": 0.1255, "cla.patch_size": 4}, 0.4),  # eps 32/255
+    "refool": ({"refool.rate": 1.0, "refool.n_reflections": 1, "refool.alpha_min": 0.5, "refool.alpha_max": 0.6}, 0.2),
 }
 
 
