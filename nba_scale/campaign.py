@@ -84,6 +84,22 @@ def write_manifest(root: Path, camp: Campaign, args: argparse.Namespace, argv: l
                              "preset": args.preset, "seeds": args.seeds, "set": args.set, "commands": commands})
 
 
+def check_same_settings(root: Path, args: argparse.Namespace) -> None:
+    """A cell id names attack, defense, clean fraction, variant and seed, not the dataset or the
+    --set overrides: resuming under other settings would mix two configurations in one table."""
+    path = root / "campaign.json"
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    for key, now in (("dataset", args.dataset), ("preset", args.preset), ("set", args.set)):
+        was = old.get(key)
+        if key == "set":
+            was, now = sorted(was or []), sorted(now or [])
+        if was != now:
+            raise ConfigError(f"{root} was run with {key} {was!r}, not {now!r}: --resume must keep the dataset, "
+                              f"preset and --set of its finished cells (or use --name-suffix for a new campaign)")
+
+
 def _quote(a: str) -> str:
     return a if a and all(ch.isalnum() or ch in "-_=.,:/~+" for ch in a) else json.dumps(a)
 
@@ -245,6 +261,8 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     if root.exists() and any(root.iterdir()) and not args.resume and not args.dry_run:
         raise ConfigError(f"{root} already holds campaign results; pass --resume to finish it "
                           f"(finished cells are kept) or --name-suffix to start another")
+    if args.resume:
+        check_same_settings(root, args)
     todo = [(c, cfg) for c, cfg in configs if c.id not in done]
     workers = args.workers_per_trial or max(1, math.ceil(args.gpus_per_trial))
     cpus = os.cpu_count() or 1

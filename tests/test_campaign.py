@@ -160,6 +160,9 @@ def test_a_killed_campaign_resumes_without_recomputing_and_reports_the_measured_
     done = subprocess.run(campaign_cmd(path, results, cache, "--resume"), cwd=REPO, env=env(),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "to run: 0 trials" in done.stdout and "nothing to run" in done.stdout
+    mixed = subprocess.run(campaign_cmd(path, results, cache, "--resume", "--set", "badnets.rate=0.3"), cwd=REPO,
+                           env=env(), capture_output=True, text=True, timeout=300)
+    assert mixed.returncode == 2 and "was run with set" in mixed.stderr  # no silent mix of two configurations
 
     out = tmp_path / "report"
     rep = subprocess.run([sys.executable, "-m", "nba_scale.report", str(results), "--out", str(out)], cwd=REPO,
