@@ -7,12 +7,14 @@ host-device sync: loss sums and the non-finite flag stay on the device until the
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import math
 import random
 import sys
+import time
 from typing import Callable, Literal, Optional
 
 import numpy as np
@@ -92,6 +94,22 @@ def show_progress() -> bool:
     return sys.stderr.isatty()
 
 
+_plain_every_s: Optional[float] = None
+
+
+@contextlib.contextmanager
+def plain_progress(every_s: float = 30.0):
+    """Inside, a loop whose stderr is no terminal (nohup, a log file, CI) prints a line per epoch,
+    at most one every `every_s` seconds, instead of the terminal's bar. For the long work a driver
+    does itself (artifact builds); trials stay quiet, their drivers report them."""
+    global _plain_every_s
+    before, _plain_every_s = _plain_every_s, every_s
+    try:
+        yield
+    finally:
+        _plain_every_s = before
+
+
 LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -120,6 +138,8 @@ def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: OptimCo
     steps = len(batches) * max(0, cfg.epochs - start_epoch)
     bar = tqdm(total=steps, desc=desc, disable=not (show_progress() and accelerator.is_main_process),
                leave=False, mininterval=1.0)
+    plain = bar.disable and _plain_every_s is not None and accelerator.is_main_process
+    t0 = last_line = time.time()
     for epoch in range(start_epoch, cfg.epochs):
         # Per-epoch seeding (data order, augmentation, PGD starts, dropout): resuming at an epoch
         # boundary replays exactly what the uninterrupted run would have done.
@@ -152,6 +172,10 @@ def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: OptimCo
         mean_loss = loss_sum.item() / max(1, n)
         bar.set_postfix(epoch=epoch + 1, loss=f"{mean_loss:.3f}")
         log.info("%s epoch %d/%d loss %.4f lr %.4g", desc, epoch + 1, cfg.epochs, mean_loss, cfg.lr_at(epoch))
+        if plain and (time.time() - last_line >= _plain_every_s or epoch + 1 == cfg.epochs):
+            last_line = time.time()
+            print(f"  {desc}: epoch {epoch + 1}/{cfg.epochs}, loss {mean_loss:.3f}, {last_line - t0:.0f}s",
+                  file=sys.stderr, flush=True)
         if on_epoch_end is not None:
             on_epoch_end(epoch, accelerator.unwrap_model(model), optimizer)
     bar.close()

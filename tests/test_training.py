@@ -1,0 +1,25 @@
+import torch
+
+from nba_scale.training import OptimConfig, make_accelerator, plain_progress, train
+
+
+def _tiny_run():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+    x = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    y = torch.randint(0, 2, (16,))
+    cfg = OptimConfig(epochs=3, lr=0.01, batch_size=8, augment=False)
+    train(model, x, y, cfg, make_accelerator("cpu"), desc="tiny")
+
+
+def test_plain_progress_prints_epoch_lines_only_where_a_driver_asks(capsys):
+    # stderr is captured (no terminal): the bar is off, so without the context the loop is silent
+    _tiny_run()
+    assert "tiny" not in capsys.readouterr().err
+    with plain_progress(every_s=0.0):
+        _tiny_run()
+    lines = [line for line in capsys.readouterr().err.splitlines() if "tiny: epoch" in line]
+    assert [line.split(",")[0].strip() for line in lines] == [f"tiny: epoch {e}/3" for e in (1, 2, 3)]
+    with plain_progress(every_s=3600.0):  # throttled: only the last epoch's line
+        _tiny_run()
+    assert [line.split(",")[0].strip() for line in capsys.readouterr().err.splitlines()] == ["tiny: epoch 3/3"]
