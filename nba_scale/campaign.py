@@ -310,7 +310,6 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
 def prebuild(name: str, todo: list[tuple[Cell, dict]]) -> None:
     """Backdoored models and teachers, once each, here with every core, before the trials start
     (otherwise the first trials build them on one core each while the others wait on the lock)."""
-    from .training import plain_progress
     from .trial import prepare_artifacts
 
     groups: dict[str, dict] = {}
@@ -321,8 +320,7 @@ def prebuild(name: str, todo: list[tuple[Cell, dict]]) -> None:
         t0 = time.time()
         print(f"[{name}] artifacts {i}/{len(groups)}: {cfg['attack']} cf {cfg['clean_fraction']:g} seed {cfg['seed']} "
               f"(building or loading from the cache) ...", flush=True)
-        with plain_progress():
-            got = prepare_artifacts(cfg)
+        got = prepare_artifacts(cfg)
         if got["status"] != "ok":
             raise ConfigError(f"[{name}] could not build the artifacts of {cfg['attack']}: {got['error']}")
         print(f"[{name}]   ready in {time.time() - t0:.0f}s: backdoored BA {got['ba_before']:.1%}, "

@@ -39,7 +39,7 @@ from .data import DataConfig, load_dataset, stratified_indices
 from .defenses import DefenseContext, get_defense
 from .metrics import score
 from .models import build_model
-from .training import OptimConfig, make_accelerator, setup_run, train
+from .training import OptimConfig, make_accelerator, plain_progress, setup_run, train
 
 log = logging.getLogger("nba_scale")
 
@@ -125,8 +125,10 @@ def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
 
 def prepare_artifacts(config: dict[str, Any]) -> dict[str, Any]:
     """Build (or find) the trial's backdoored model and teacher without defending: a sweep driver
-    calls this once per study so that its trials all start from the cache."""
-    return run_trial(config, artifacts_only=True)
+    calls this once per study so that its trials all start from the cache. Its stderr is often a
+    log file: epoch lines, not the terminal's bar, show that the minutes of training progress."""
+    with plain_progress():
+        return run_trial(config, artifacts_only=True)
 
 
 def run_trial(config: dict[str, Any], report: Optional[Callable[..., None]] = None,

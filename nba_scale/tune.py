@@ -325,7 +325,6 @@ def _main(args: argparse.Namespace) -> int:
              ignore_reinit_error=True)
     print(f"sweep {name}: {len(studies)} studies x {num_samples} trials, results in {root}", flush=True)
     resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial, "workers": workers}
-    from .training import plain_progress
     from .trial import prepare_artifacts
 
     for study, base, attacks in studies:
@@ -335,8 +334,7 @@ def _main(args: argparse.Namespace) -> int:
             t1 = time.time()
             print(f"[{study}] {attack}: backdoored model and teacher: building or loading from the cache ...",
                   flush=True)
-            with plain_progress():
-                got = prepare_artifacts(merge(merge(base, {"attack": attack}), nest(space.default_config())))
+            got = prepare_artifacts(merge(merge(base, {"attack": attack}), nest(space.default_config())))
             if got["status"] != "ok":
                 raise ConfigError(f"[{study}] could not build its artifacts: {got['error']}")
             print(f"[{study}] artifacts ready in {time.time() - t1:.0f}s: backdoored BA {got['ba_before']:.1%}, "

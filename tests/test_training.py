@@ -23,3 +23,14 @@ def test_plain_progress_prints_epoch_lines_only_where_a_driver_asks(capsys):
     with plain_progress(every_s=3600.0):  # throttled: only the last epoch's line
         _tiny_run()
     assert [line.split(",")[0].strip() for line in capsys.readouterr().err.splitlines()] == ["tiny: epoch 3/3"]
+
+
+def test_a_driver_building_artifacts_prints_each_trainings_epochs(tmp_path, capsys):
+    from conftest import small_config
+    from nba_scale.trial import prepare_artifacts
+
+    cfg = small_config(tmp_path, **{"data.synthetic_train": 200, "data.synthetic_test": 50,
+                                    "backdoor.epochs": 2, "teacher.epochs": 1, "teacher.milestones": []})
+    assert prepare_artifacts(cfg)["status"] == "ok"
+    err = capsys.readouterr().err
+    assert "backdoor[badnets]: epoch 2/2" in err and "teacher: epoch 1/1" in err
