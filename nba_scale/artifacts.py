@@ -21,7 +21,8 @@ from typing import Any, Callable
 import torch
 from filelock import FileLock, Timeout
 
-from .checkpoints import CheckpointError, atomic_write_json, load_weights, save_weights
+from .atomic import write_json
+from .checkpoints import CheckpointError, load_weights, save_weights
 
 FORMAT_VERSION = 1
 log = logging.getLogger("nba_scale")
@@ -104,7 +105,7 @@ class ArtifactCache:
         meta = {**meta, "kind": kind, "key": key, "spec": spec, "format": FORMAT_VERSION,
                 "build_s": round(build_s, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         save_weights(tensors, weights, metadata={"key": key, "kind": kind})
-        atomic_write_json(sidecar, meta)  # last: its presence marks the artifact complete
+        write_json(sidecar, meta)  # last: its presence marks the artifact complete
         return json.loads(json.dumps(meta, default=str))
 
 

@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import math
 import typing
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -143,6 +144,21 @@ def build(cls: type, data: dict[str, Any] | None, where: str = "") -> Any:
     if check:
         check()
     return obj
+
+
+def read_yaml_mapping(path, keys: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping (a search space, a campaign): a syntax error or another
+    shape is one line naming the file (and the line), `keys` what the mapping should hold."""
+    where = str(path)
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{where}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{where}: expected a mapping with keys {keys}")
+    return doc
 
 
 def require(cond: bool, message: str) -> None:

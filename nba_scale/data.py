@@ -19,6 +19,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
+from .atomic import atomic_write
 from .config import ConfigError, require
 
 # Per-channel statistics for the model's input normalisation (the model normalises internally so
@@ -55,6 +56,21 @@ class Dataset:
     mean: tuple
     std: tuple
     flip: bool  # horizontal flip is a valid augmentation (not for traffic signs)
+
+
+@dataclasses.dataclass
+class PoisonedData:
+    """What an attack makes of a Dataset (see attacks/base.py): the attacked training set and the
+    triggered test set on which ASR and RA are measured."""
+    x_train: torch.Tensor  # (N,3,H,W) uint8, clean images with the poisoned ones replaced
+    y_train: torch.Tensor  # labels after poisoning
+    poison_index: torch.Tensor  # indices of the poisoned training images (rows of x_train)
+    x_test: torch.Tensor  # every non-target test image, triggered
+    y_test_target: torch.Tensor  # the attack's target label (ASR)
+    y_test_true: torch.Tensor  # the true label (RA: robust accuracy)
+    # Row i of x_train is clean training image train_index[i]: all of them, unless the attack held
+    # some out of the attacked training set (Refool's fallback reflections).
+    train_index: torch.Tensor
 
 
 def default_data_dir() -> Path:
@@ -173,9 +189,8 @@ def _load_gtsrb(root: Path):
         xs = [np.asarray(ds[i][0].convert("RGB").resize((32, 32))) for i in range(len(ds))]
         arrays[f"x_{split}"] = np.stack(xs).astype(np.uint8)
         arrays[f"y_{split}"] = np.array([t for _, t in ds._samples], dtype=np.int64)
-    tmp = cached.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, cached)
+    with atomic_write(cached) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
     return arrays
 
 

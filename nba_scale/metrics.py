@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .attacks import PoisonedData
+from .data import PoisonedData
 
 
 @torch.no_grad()

@@ -13,27 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 
-from .config import ConfigError, merge, nest, parse_set
+from . import cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m nba_scale.run", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--dataset", default="synthetic", help="synthetic | cifar10 | gtsrb | npz:PATH")
+    p = cli.parser("python -m nba_scale.run", __doc__)
+    cli.add_trial_flags(p, dataset="synthetic")
     p.add_argument("--attack", default="badnets")
     p.add_argument("--defense", default="nba", help="nba | ft | fp | mcr | nad | argd | none")
     p.add_argument("--clean-fraction", type=float, default=None, help="defender's clean subset (default 0.05)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--arch", default=None, help="wrn-DEPTH-WIDTH (default wrn-16-1)")
-    p.add_argument("--preset", default=None, help="smoke | quick | paper (budgets; --set overrides them)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    p.add_argument("--device", default=None, help="auto | cpu | cuda")
-    p.add_argument("--precision", default=None, help="no | bf16")
-    p.add_argument("--data-dir", default=None, help="where real datasets live (default $NBA_DATA_DIR)")
-    p.add_argument("--cache-dir", default=None, help="artifact cache (default $NBA_CACHE_DIR)")
     p.add_argument("--model", default=None, help="defend these weights (.safetensors or state_dict .pt)")
     p.add_argument("--save", default=None, help="write the repaired model to this .safetensors file")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
@@ -42,16 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> dict:
-    from .trial import with_preset
-
-    flat = {"dataset": args.dataset, "attack": args.attack, "defense": args.defense, "seed": args.seed}
-    for key, value in (("clean_fraction", args.clean_fraction), ("arch", args.arch), ("device", args.device),
-                       ("precision", args.precision), ("data.data_dir", args.data_dir),
-                       ("cache_dir", args.cache_dir), ("model_path", args.model), ("save_path", args.save)):
+    trial = {"attack": args.attack, "defense": args.defense, "seed": args.seed}
+    for key, value in (("clean_fraction", args.clean_fraction), ("arch", args.arch), ("model_path", args.model),
+                       ("save_path", args.save)):
         if value is not None:
-            flat[key] = value
-    cfg = nest(flat)
-    return with_preset(merge(cfg, parse_set(args.set)), args.preset)
+            trial[key] = value
+    sets = cli.user_set(args)
+    cfg = cli.trial_config(cli.base_config(args), trial, sets, preset=args.preset)
+    cli.check_run([cfg], sets)
+    return cfg
 
 
 def format_summary(r: dict) -> str:
@@ -69,23 +59,19 @@ def format_summary(r: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        from .trial import run_trial
+def run(args: argparse.Namespace) -> int:
+    from .trial import run_trial
 
-        result = run_trial(config_from_args(args))
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    result = run_trial(config_from_args(args))
     if args.json:
         print(format_summary(result), file=sys.stderr)
         print(json.dumps(result, default=str))
     else:
         print(format_summary(result))
     return 0 if result["status"] == "ok" else 1
+
+
+main = cli.entry(build_parser, run)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,15 @@ class OptimConfig:
         return self.lr
 
 
+def nad_schedule(**changes) -> OptimConfig:
+    """The defense schedule of the official NAD code, which NBA builds on and which every
+    fine-tuning here follows (teacher, FT, NAD, ARGD, NBA): 20 epochs, SGD lr 0.1 for 2 epochs then
+    0.01, nesterov momentum 0.9, weight decay 1e-4, batch 64. `changes` replace fields (the
+    teacher's 10 epochs, NBA's and ARGD's gradient clip)."""
+    return dataclasses.replace(OptimConfig(epochs=20, lr=0.1, batch_size=64, weight_decay=1e-4, schedule="step",
+                                           milestones=(2,)), **changes)
+
+
 def setup_run(seed: int, deterministic: bool = False) -> None:
     """Seed every RNG once per run or trial."""
     random.seed(seed)

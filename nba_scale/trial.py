@@ -4,7 +4,7 @@ spec -> artifacts (attack -> backdoored model -> teacher, from the cache) -> def
 
 Config (nested dict or dotted keys). Plug-in parameters live in a section named after the
 plug-in in use: `{"attack": "badnets", "badnets": {"rate": 0.05}, "defense": "nba", "nba": {"beta": 1}}`
-(CLI: `--set badnets.rate=0.05 --set nba.beta=1`).
+(CLI: `--set badnets.rate=0.05 --set nba.beta=1`). Drivers build it with `nba_scale.cli.trial_config`.
 
 Backdoored model (`backdoor.*`): 100 epochs, SGD lr 0.1 nesterov momentum 0.9, weight decay
 5e-4, batch 128, cosine decay, crop + flip augmentation: the standard WRN CIFAR recipe, cosine
@@ -15,11 +15,16 @@ for 10 epochs (NAD: 5-10) with the NAD defense schedule: lr 0.1 for 2 epochs the
 weight decay 1e-4, batch 64, augmentation. A gentler constant lr 0.01 left the backdoor in the
 teacher (ASR 85 % on synthetic data, vs 0 % with this schedule), and a teacher that keeps the
 backdoor gives NBA nothing to align to.
+
+The steps (`_setup`, `_backdoored`, `_teacher`, `_defend`) are shared by `run_trial` and
+`prepare_artifacts` (a driver building a study's artifacts before its trials start); the cache
+keys of every artifact come from `artifact_specs` alone.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import logging
 import math
@@ -30,26 +35,22 @@ from typing import Any, Callable, Literal, Optional
 
 import torch
 
-from . import __version__
-from .artifacts import ArtifactCache
-from .attacks import AttackContext, get_attack
+from .artifacts import ArtifactCache, spec_key
+from .attacks import Attack, AttackContext, get_attack
 from .checkpoints import load_into, save_weights
 from .config import ConfigError, build, flatten, merge, nest, require
-from .data import DataConfig, load_dataset, stratified_indices
-from .defenses import DefenseContext, get_defense
+from .data import DataConfig, Dataset, PoisonedData, load_dataset, stratified_indices
+from .defenses import Defense, DefenseContext, get_defense
 from .metrics import score
 from .models import build_model
-from .training import OptimConfig, make_accelerator, plain_progress, setup_run, train
+from .provenance import code_version
+from .training import OptimConfig, make_accelerator, nad_schedule, plain_progress, setup_run, train
 
 log = logging.getLogger("nba_scale")
 
 
 def backdoor_optim() -> OptimConfig:
     return OptimConfig(epochs=100, lr=0.1, batch_size=128, weight_decay=5e-4, schedule="cosine")
-
-
-def teacher_optim() -> OptimConfig:
-    return OptimConfig(epochs=10, lr=0.1, batch_size=64, weight_decay=1e-4, schedule="step", milestones=(2,))
 
 
 @dataclasses.dataclass
@@ -68,7 +69,7 @@ class TrialConfig:
     eval_exclude_target: bool = False  # NAD's clean accuracy drops target-class test images
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     backdoor: OptimConfig = dataclasses.field(default_factory=backdoor_optim)
-    teacher: OptimConfig = dataclasses.field(default_factory=teacher_optim)
+    teacher: OptimConfig = dataclasses.field(default_factory=functools.partial(nad_schedule, epochs=10))
     attack_params: dict = dataclasses.field(default_factory=dict)  # from the section named after the attack
     defense_params: dict = dataclasses.field(default_factory=dict)  # from the section named after the defense
 
@@ -115,6 +116,15 @@ def parse_config(config: dict[str, Any]) -> TrialConfig:
     return build(TrialConfig, cfg)
 
 
+def check_config(config: dict[str, Any]) -> TrialConfig:
+    """parse_config plus the plug-ins' own keys and types: a driver calls this before any trial
+    starts, so that a typo fails in one line rather than in a worker."""
+    cfg = parse_config(config)
+    build(get_attack(cfg.attack).Params, cfg.attack_params, "attack")
+    get_defense(cfg.defense)(cfg.defense_params)
+    return cfg
+
+
 def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
     h = hashlib.sha256()
     h.update(str(tuple(x.shape)).encode())
@@ -123,16 +133,203 @@ def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
-def prepare_artifacts(config: dict[str, Any]) -> dict[str, Any]:
-    """Build (or find) the trial's backdoored model and teacher without defending: a sweep driver
-    calls this once per study so that its trials all start from the cache. Its stderr is often a
-    log file: epoch lines, not the terminal's bar, show that the minutes of training progress."""
-    with plain_progress():
-        return run_trial(config, artifacts_only=True)
+def artifact_specs(cfg: TrialConfig, ds: Dataset, attack: Attack) -> dict[str, dict[str, Any]]:
+    """What decides each cached artifact of a trial, hence its key: `clean` (the attacker's clean
+    model, the recipe on clean data), `backdoor` (the attacked model) and `teacher` (the backdoored
+    model, or the brought `model_path`, fine-tuned on the clean subset). An npz is keyed by its
+    content, not its path: the same file elsewhere hits the same artifacts."""
+    data = {"dataset": "npz" if cfg.dataset.startswith("npz:") else cfg.dataset,
+            "fingerprint": _fingerprint(ds.x_train, ds.y_train),
+            "test_fingerprint": _fingerprint(ds.x_test, ds.y_test),
+            "data": {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "data_dir"}}
+    clean = {**data, "arch": cfg.arch, "train": dataclasses.asdict(cfg.backdoor), "seed": cfg.seed,
+             "precision": cfg.precision}
+    backdoor = {**clean, "attack": attack.describe()}
+    parent = ("file:" + hashlib.sha256(Path(cfg.model_path).read_bytes()).hexdigest()[:32] if cfg.model_path
+              else spec_key(backdoor))
+    teacher = {"parent": parent, "clean_fraction": cfg.clean_fraction, "train": dataclasses.asdict(cfg.teacher),
+               "seed": cfg.seed, "precision": cfg.precision}
+    return {"clean": clean, "backdoor": backdoor, "teacher": teacher}
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything a trial's steps share: the data, the attack and its poisoned data, the device,
+    the cache and the artifacts' specs; `timings` collects what each step measured."""
+    cfg: TrialConfig
+    ds: Dataset
+    attack: Attack
+    acc: Any
+    cache: ArtifactCache
+    specs: dict[str, dict[str, Any]]
+    timings: dict[str, float]
+    poisoned: Optional[PoisonedData] = None
+
+    def new_model(self) -> torch.nn.Module:
+        return build_model(self.cfg.arch, self.ds.num_classes, self.ds.mean, self.ds.std)
+
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        return score(model, self.ds.x_test, self.ds.y_test, self.poisoned, self.acc.device, self.attack.params.target)
+
+    @functools.cached_property
+    def clean_subset(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The defender's clean images with their true labels (stratified, seeded)."""
+        idx = stratified_indices(self.ds.y_train, fraction=self.cfg.clean_fraction, seed=self.cfg.seed)
+        return self.ds.x_train[idx], self.ds.y_train[idx]
+
+    def pick(self, metrics: dict[str, float]) -> dict[str, float]:
+        ba = metrics["ba_nontarget"] if self.cfg.eval_exclude_target else metrics["ba"]
+        return {"ba": ba, "asr": metrics["asr"], "ra": metrics["ra"]}
+
+    def attack_context(self) -> AttackContext:
+        """The attacker's side of the cache: a clean model (the backdoor recipe on clean data, the
+        surrogate TrojanNN and CLA learn from) and the attack's own computed tensors."""
+        cfg, ds = self.cfg, self.ds
+
+        def clean_model() -> torch.nn.Module:
+            def build_clean():
+                setup_run(cfg.seed + 7)
+                m = self.new_model()
+                train(m, ds.x_train, ds.y_train, cfg.backdoor, self.acc, flip=ds.flip, seed=cfg.seed + 7,
+                      desc="clean model")
+                return m.state_dict(), {}
+
+            state, _, _ = self.cache.get_or_build("clean", self.specs["clean"], build_clean, self.acc)
+            m = self.new_model().to(self.acc.device)
+            m.load_state_dict(state)
+            for q in m.parameters():  # the attacker only reads it (gradients w.r.t. inputs)
+                q.requires_grad_(False)
+            return m.eval()
+
+        def artifact(what: str, build_it: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+            spec = {**self.specs["backdoor"], "what": what}
+            return self.cache.get_or_build(f"attack-{self.attack.name}", spec, lambda: (build_it(), {}), self.acc)[0]
+
+        return AttackContext(clean_model, artifact, self.acc.device)
+
+
+def _setup(cfg: TrialConfig, timings: dict[str, float]) -> Setup:
+    """Data, attack (parameters checked: a ConfigError here is the caller's), device, cache, poison."""
+    ds = load_dataset(cfg.dataset, cfg.data, cfg.seed)
+    attack = get_attack(cfg.attack)(cfg.attack_params, ds.num_classes, cfg.seed,
+                                    class_counts=torch.bincount(ds.y_train, minlength=ds.num_classes))
+    setup_run(cfg.seed)
+    acc = make_accelerator(cfg.device, cfg.precision)
+    s = Setup(cfg, ds, attack, acc, ArtifactCache(cfg.cache_dir), artifact_specs(cfg, ds, attack), timings)
+    s.poisoned = attack.poison(ds.x_train, ds.y_train, ds.x_test, ds.y_test, s.attack_context())
+    return s
+
+
+def _backdoored(s: Setup) -> tuple[torch.nn.Module, dict[str, float], dict[str, Any]]:
+    """(the model to defend, its metrics, its artifacts entry): the brought `model_path`, or the
+    attacked model from the cache, trained on the poisoned data if the cache lacks it."""
+    cfg, ds = s.cfg, s.ds
+    model = s.new_model().to(s.acc.device)
+    if cfg.model_path:
+        load_into(model, cfg.model_path)
+        return model, s.evaluate(model), {}
+
+    def build_backdoor():
+        setup_run(cfg.seed)
+        m = s.new_model()
+        t0 = time.time()
+        train(m, s.poisoned.x_train, s.poisoned.y_train, cfg.backdoor, s.acc, flip=ds.flip, seed=cfg.seed,
+              desc=f"backdoor[{s.attack.name}]")
+        s.timings["backdoor_train_s"] = time.time() - t0
+        return m.state_dict(), {"metrics": s.evaluate(m)}
+
+    state, meta, built = s.cache.get_or_build("backdoor", s.specs["backdoor"], build_backdoor, s.acc)
+    model.load_state_dict(state)
+    return model, meta["metrics"], {"backdoor": {"key": meta["key"], "cached": not built}}
+
+
+def _teacher(s: Setup, model: torch.nn.Module) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The backdoored model fine-tuned on the clean subset (from the cache when it holds it)."""
+    cfg = s.cfg
+
+    def build_teacher():
+        setup_run(cfg.seed)
+        t = copy.deepcopy(model)
+        x_clean, y_clean = s.clean_subset
+        t0 = time.time()
+        train(t, x_clean, y_clean, cfg.teacher, s.acc, flip=s.ds.flip, seed=cfg.seed + 1, desc="teacher")
+        s.timings["teacher_train_s"] = time.time() - t0
+        return t.state_dict(), {"metrics": s.evaluate(t)}
+
+    state, meta, built = s.cache.get_or_build("teacher", s.specs["teacher"], build_teacher, s.acc)
+    teacher = s.new_model().to(s.acc.device)
+    teacher.load_state_dict(state)
+    return teacher, {"teacher": {"key": meta["key"], "cached": not built, **s.pick(meta["metrics"])}}
+
+
+def _defend(s: Setup, defense: Defense, report, resume) -> dict[str, Any]:
+    cfg = s.cfg
+    model, before, artifacts = _backdoored(s)
+    teacher = None
+    if defense.needs_teacher:
+        teacher, entry = _teacher(s, model)
+        artifacts.update(entry)
+
+    def on_epoch_end(epoch: int, m: torch.nn.Module, optimizer) -> None:
+        if report is not None:
+            # Copies: the caller may keep them while training goes on (0.7 MB for WRN-16-1).
+            state = {"epoch": epoch + 1, "model": {k: v.detach().clone() for k, v in m.state_dict().items()},
+                     "optimizer": copy.deepcopy(optimizer.state_dict())}
+            report(epoch=epoch + 1, **s.pick(s.evaluate(m)), state=state)
+
+    setup_run(cfg.seed)
+    x_clean, y_clean = s.clean_subset
+    t0 = time.time()
+    ctx = DefenseContext(x_clean, y_clean, s.ds.num_classes, s.ds.flip, s.acc, cfg.seed, teacher, s.attack,
+                         on_epoch_end)
+    if resume:
+        defense.restore(model, resume["model"])
+        ctx.start_epoch, ctx.optimizer_state = int(resume["epoch"]), resume.get("optimizer")
+    repaired = defense.repair(model, ctx)
+    s.timings["defense_s"] = time.time() - t0
+    after = s.pick(s.evaluate(repaired))
+    if cfg.save_path:
+        save_weights(repaired.state_dict(), cfg.save_path, metadata={"arch": cfg.arch, "defense": cfg.defense})
+    if not all(math.isfinite(v) for v in after.values()):
+        raise FloatingPointError("metrics are not finite after the defense")
+    return {
+        **{f"{k}_before": v for k, v in s.pick(before).items()}, **after,
+        "epochs": defense.epochs, "n_clean": len(x_clean), "n_train": len(s.ds.x_train),
+        "n_test": len(s.ds.x_test), "n_poison_test": len(s.poisoned.x_test), "device": str(s.acc.device),
+        "processes": s.acc.num_processes, **{f"{cfg.defense}_{k}": v for k, v in defense.info.items()},
+        "artifacts": artifacts,
+    }
+
+
+def _attempt(step: Callable[[], dict[str, Any]], timings: dict[str, float]) -> dict[str, Any]:
+    """Runs a trial's steps; failures inside training (NaN losses, OOM, a broken plug-in) become
+    status "failed" with the reason, bad configuration (`ConfigError`) propagates."""
+    try:
+        out = {"status": "ok", "error": None, **step()}
+    except ConfigError:
+        raise
+    except Exception as e:
+        log.debug("trial failed:\n%s", traceback.format_exc())
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        out = {"status": "failed", "error": f"{type(e).__name__}: {first}"}
+    out["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    return out
+
+
+def _identity(cfg: TrialConfig, attack_params: Any, defense_cfg: Any) -> dict[str, Any]:
+    """What every result starts with: the trial's axes, its whole configuration (dotted keys, plug-in
+    parameters under the plug-in's name: `nba.lambda1`, the Parquet column `nba_lambda1`) and the
+    code that ran it."""
+    plain = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("attack_params", "defense_params")}
+    return {"dataset": cfg.dataset, "attack": cfg.attack, "defense": cfg.defense,
+            "clean_fraction": cfg.clean_fraction, "seed": cfg.seed,
+            "config": flatten(plain | {cfg.attack: dataclasses.asdict(attack_params),
+                                       cfg.defense: dataclasses.asdict(defense_cfg)}),
+            **code_version()}
 
 
 def run_trial(config: dict[str, Any], report: Optional[Callable[..., None]] = None,
-              resume: Optional[dict[str, Any]] = None, artifacts_only: bool = False) -> dict[str, Any]:
+              resume: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Run one trial; never raises for failures inside training (status "failed" + error), only
     for bad configuration (`ConfigError`, one line naming the fix).
 
@@ -142,170 +339,40 @@ def run_trial(config: dict[str, Any], report: Optional[Callable[..., None]] = No
     """
     t_start = time.time()
     cfg = parse_config(config)
-    attack_cls, defense_cls = get_attack(cfg.attack), get_defense(cfg.defense)
-    defense = defense_cls(cfg.defense_params)
-    ds = load_dataset(cfg.dataset, cfg.data, cfg.seed)
-    attack = attack_cls(cfg.attack_params, ds.num_classes, cfg.seed,
-                        class_counts=torch.bincount(ds.y_train, minlength=ds.num_classes))
-    result: dict[str, Any] = {
-        "dataset": cfg.dataset, "attack": cfg.attack, "defense": cfg.defense,
-        "clean_fraction": cfg.clean_fraction, "seed": cfg.seed,
-        "config": flatten({k: v for k, v in dataclasses.asdict(cfg).items()
-                           if k not in ("attack_params", "defense_params")}
-                          | {cfg.attack: dataclasses.asdict(attack.params), cfg.defense: dataclasses.asdict(defense.cfg)}),
-        "version": __version__, "status": "ok", "error": None,
-    }
-    try:
-        result.update(_pipeline(cfg, ds, attack, defense, report, resume, artifacts_only))
-    except ConfigError:
-        raise
-    except Exception as e:  # NaN losses, OOM, a broken plug-in: the trial fails, the caller goes on
-        log.debug("trial failed:\n%s", traceback.format_exc())
-        result.update(status="failed", error=f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
-    result["wall_s"] = round(time.time() - t_start, 3)
-    return result
+    defense = get_defense(cfg.defense)(cfg.defense_params)
+    params = {"attack": build(get_attack(cfg.attack).Params, cfg.attack_params, "attack")}
+    timings: dict[str, float] = {}
+
+    def steps() -> dict[str, Any]:
+        s = _setup(cfg, timings)
+        params["attack"] = s.attack.params  # resolved: the dataset may have chosen the target
+        return _defend(s, defense, report, resume)
+
+    outcome = _attempt(steps, timings)
+    return {**_identity(cfg, params["attack"], defense.cfg), **outcome, "wall_s": round(time.time() - t_start, 3)}
 
 
-def dataset_spec(cfg: TrialConfig, ds) -> dict[str, Any]:
-    # An npz is keyed by its content, not its path: the same file elsewhere hits the same artifacts.
-    return {"dataset": "npz" if cfg.dataset.startswith("npz:") else cfg.dataset,
-            "fingerprint": _fingerprint(ds.x_train, ds.y_train),
-            "test_fingerprint": _fingerprint(ds.x_test, ds.y_test),
-            "data": {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "data_dir"}}
+def prepare_artifacts(config: dict[str, Any]) -> dict[str, Any]:
+    """Build (or find) a trial's backdoored model and, if its defense needs one, its teacher,
+    without defending: a driver calls this once per distinct artifact so that its trials all start
+    from the cache. Its stderr is often a log file: epoch lines, not the terminal's bar, show that
+    the minutes of training progress."""
+    cfg = parse_config(config)
+    timings: dict[str, float] = {}
+
+    def steps() -> dict[str, Any]:
+        s = _setup(cfg, timings)
+        model, before, artifacts = _backdoored(s)
+        if get_defense(cfg.defense).needs_teacher:
+            artifacts.update(_teacher(s, model)[1])
+        return {"artifacts": artifacts, **{f"{k}_before": v for k, v in s.pick(before).items()}}
+
+    with plain_progress():
+        return _attempt(steps, timings)
 
 
-def attack_context(cfg: TrialConfig, ds, data_spec: dict, attack, acc, cache: ArtifactCache,
-                   new_model: Callable[[], torch.nn.Module]) -> AttackContext:
-    """The attacker's side of the cache: a clean model (the backdoor recipe on clean data, the
-    surrogate TrojanNN and CLA learn from) and the attack's own computed tensors."""
-    clean_spec = {**data_spec, "arch": cfg.arch, "train": dataclasses.asdict(cfg.backdoor),
-                  "seed": cfg.seed, "precision": cfg.precision}
-
-    def clean_model() -> torch.nn.Module:
-        def build():
-            setup_run(cfg.seed + 7)
-            m = new_model()
-            train(m, ds.x_train, ds.y_train, cfg.backdoor, acc, flip=ds.flip, seed=cfg.seed + 7, desc="clean model")
-            return m.state_dict(), {}
-
-        state, meta, _ = cache.get_or_build("clean", clean_spec, build, acc)
-        m = new_model().to(acc.device)
-        m.load_state_dict(state)
-        for q in m.parameters():  # the attacker only reads it (gradients w.r.t. inputs)
-            q.requires_grad_(False)
-        return m.eval()
-
-    def artifact(what: str, build: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        spec = {**clean_spec, "attack": attack.describe(), "what": what}
-        return cache.get_or_build(f"attack-{attack.name}", spec, lambda: (build(), {}), acc)[0]
-
-    return AttackContext(clean_model, artifact, acc.device)
-
-
-def poison_only(config: dict[str, Any]):
+def poison_only(config: dict[str, Any]) -> tuple[TrialConfig, Dataset, Attack, PoisonedData, AttackContext]:
     """The attack alone, no training of the attacked model: (cfg, dataset, attack, poisoned data,
     attack context). For looking at poisons (attacks.show) and measuring a clean model's ASR."""
-    cfg = parse_config(config)
-    ds = load_dataset(cfg.dataset, cfg.data, cfg.seed)
-    attack = get_attack(cfg.attack)(cfg.attack_params, ds.num_classes, cfg.seed,
-                                    class_counts=torch.bincount(ds.y_train, minlength=ds.num_classes))
-    acc = make_accelerator(cfg.device, cfg.precision)
-    ctx = attack_context(cfg, ds, dataset_spec(cfg, ds), attack, acc, ArtifactCache(cfg.cache_dir),
-                         lambda: build_model(cfg.arch, ds.num_classes, ds.mean, ds.std))
-    return cfg, ds, attack, attack.poison(ds.x_train, ds.y_train, ds.x_test, ds.y_test, ctx), ctx
-
-
-def _pipeline(cfg: TrialConfig, ds, attack, defense, report, resume, artifacts_only=False) -> dict[str, Any]:
-    setup_run(cfg.seed)
-    acc = make_accelerator(cfg.device, cfg.precision)
-    dev = acc.device
-    cache = ArtifactCache(cfg.cache_dir)
-    timings: dict[str, float] = {}
-    new_model = lambda: build_model(cfg.arch, ds.num_classes, ds.mean, ds.std)  # noqa: E731
-    data_spec = dataset_spec(cfg, ds)
-    ctx = attack_context(cfg, ds, data_spec, attack, acc, cache, new_model)
-    poisoned = attack.poison(ds.x_train, ds.y_train, ds.x_test, ds.y_test, ctx)
-
-    def evaluate(model) -> dict[str, float]:
-        return score(model, ds.x_test, ds.y_test, poisoned, dev, attack.params.target)
-
-    def pick(metrics: dict[str, float]) -> dict[str, float]:
-        ba = metrics["ba_nontarget"] if cfg.eval_exclude_target else metrics["ba"]
-        return {"ba": ba, "asr": metrics["asr"], "ra": metrics["ra"]}
-
-    bd_spec = {**data_spec, "attack": attack.describe(), "arch": cfg.arch,
-               "train": dataclasses.asdict(cfg.backdoor), "seed": cfg.seed, "precision": cfg.precision}
-
-    def build_backdoor():
-        setup_run(cfg.seed)
-        model = new_model()
-        t0 = time.time()
-        train(model, poisoned.x_train, poisoned.y_train, cfg.backdoor, acc, flip=ds.flip, seed=cfg.seed,
-              desc=f"backdoor[{attack.name}]")
-        timings["backdoor_train_s"] = time.time() - t0
-        return model.state_dict(), {"metrics": evaluate(model)}
-
-    artifacts: dict[str, Any] = {}
-    model = new_model().to(dev)
-    if cfg.model_path:
-        load_into(model, cfg.model_path)
-        before = evaluate(model)
-        bd_key = "file:" + hashlib.sha256(Path(cfg.model_path).read_bytes()).hexdigest()[:32]
-    else:
-        state, meta, built = cache.get_or_build("backdoor", bd_spec, build_backdoor, acc)
-        model.load_state_dict(state)
-        before, bd_key = meta["metrics"], meta["key"]
-        artifacts["backdoor"] = {"key": bd_key, "cached": not built}
-
-    subset = stratified_indices(ds.y_train, fraction=cfg.clean_fraction, seed=cfg.seed)
-    x_clean, y_clean = ds.x_train[subset], ds.y_train[subset]  # clean images, true labels
-    teacher = None
-    if defense.needs_teacher:
-        t_spec = {"parent": bd_key, "clean_fraction": cfg.clean_fraction, "train": dataclasses.asdict(cfg.teacher),
-                  "seed": cfg.seed, "precision": cfg.precision}
-
-        def build_teacher():
-            setup_run(cfg.seed)
-            t = copy.deepcopy(model)
-            t0 = time.time()
-            train(t, x_clean, y_clean, cfg.teacher, acc, flip=ds.flip, seed=cfg.seed + 1, desc="teacher")
-            timings["teacher_train_s"] = time.time() - t0
-            return t.state_dict(), {"metrics": evaluate(t)}
-
-        t_state, t_meta, built = cache.get_or_build("teacher", t_spec, build_teacher, acc)
-        teacher = new_model().to(dev)
-        teacher.load_state_dict(t_state)
-        artifacts["teacher"] = {"key": t_meta["key"], "cached": not built, **pick(t_meta["metrics"])}
-    if artifacts_only:
-        return {"artifacts": artifacts, "timings": {k: round(v, 3) for k, v in timings.items()},
-                **{f"{k}_before": v for k, v in pick(before).items()}}
-
-    def on_epoch_end(epoch: int, m: torch.nn.Module, optimizer) -> None:
-        if report is not None:
-            # Copies: the caller may keep them while training goes on (0.7 MB for WRN-16-1).
-            state = {"epoch": epoch + 1, "model": {k: v.detach().clone() for k, v in m.state_dict().items()},
-                     "optimizer": copy.deepcopy(optimizer.state_dict())}
-            report(epoch=epoch + 1, **pick(evaluate(m)), state=state)
-
-    setup_run(cfg.seed)
-    t0 = time.time()
-    ctx = DefenseContext(x_clean, y_clean, ds.num_classes, ds.flip, acc, cfg.seed, teacher, attack, on_epoch_end)
-    if resume:
-        defense.restore(model, resume["model"])
-        ctx.start_epoch, ctx.optimizer_state = int(resume["epoch"]), resume.get("optimizer")
-    repaired = defense.repair(model, ctx)
-    timings["defense_s"] = time.time() - t0
-    after = pick(evaluate(repaired))
-    if cfg.save_path:
-        save_weights(repaired.state_dict(), cfg.save_path, metadata={"arch": cfg.arch, "defense": cfg.defense})
-    before = pick(before)
-    if not all(math.isfinite(v) for v in after.values()):
-        raise FloatingPointError("metrics are not finite after the defense")
-    return {
-        "ba_before": before["ba"], "asr_before": before["asr"], "ra_before": before["ra"],
-        **after, "epochs": defense.epochs, "n_clean": len(subset), "n_train": len(ds.x_train),
-        "n_test": len(ds.x_test), "n_poison_test": len(poisoned.x_test), "device": str(dev),
-        "processes": acc.num_processes,
-        **{f"{cfg.defense}_{k}": v for k, v in defense.info.items()},
-        "artifacts": artifacts, "timings": {k: round(v, 3) for k, v in timings.items()},
-    }
+    s = _setup(parse_config(config), {})
+    return s.cfg, s.ds, s.attack, s.poisoned, s.attack_context()

@@ -6,15 +6,18 @@ import torch
 from nba_scale.artifacts import ArtifactCache, spec_key
 
 
-def _build_in_process(root, log_path, spec):
+def _build_in_process(root, log_path, spec, barrier, results):
     def build():
         with open(log_path, "a") as f:
             f.write("built\n")
-        time.sleep(1.0)  # long enough for the other process to arrive while this one builds
+        time.sleep(1.0)  # the other process asks while this one still builds
         return {"w": torch.arange(6.0)}, {"metrics": {"ba": 0.5}}
 
+    barrier.wait()  # both ask for the missing artifact at the same moment: the lock is contended
+    t0 = time.time()
     tensors, meta, built = ArtifactCache(root).get_or_build("backdoor", spec, build)
     assert torch.equal(tensors["w"], torch.arange(6.0)) and meta["metrics"]["ba"] == 0.5
+    results.put((built, time.time() - t0))
 
 
 def test_second_request_builds_nothing(tmp_path):
@@ -37,13 +40,18 @@ def test_second_request_builds_nothing(tmp_path):
 def test_two_processes_produce_one_artifact(tmp_path):
     log = tmp_path / "builds.log"
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_build_in_process, args=(str(tmp_path / "c"), str(log), {"k": 1})) for _ in range(2)]
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_build_in_process, args=(str(tmp_path / "c"), str(log), {"k": 1}, barrier, results))
+             for _ in range(2)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(120)
     assert [p.exitcode for p in procs] == [0, 0]
-    assert log.read_text().count("built") == 1
+    outcomes = sorted(results.get(timeout=5) for _ in procs)
+    (waited, waited_s), (builder, _) = outcomes  # False sorts first: the process that loaded
+    assert (waited, builder) == (False, True) and log.read_text().count("built") == 1
+    assert waited_s >= 0.5  # it blocked on the builder's lock, it did not arrive after the build
     assert len(list((tmp_path / "c" / "backdoor").glob("*.safetensors"))) == 1
 
 

@@ -60,7 +60,7 @@ DATA = make_synthetic(1000, 300, seed=0)
 BOUNDS = {"blend": 0.2 * 255 + 0.5, "sig": 20.5, "refool": 0.4 * 255 + 0.5}
 
 
-@pytest.mark.parametrize("name", ["blend", "sig", "refool", "cla", "trojan"])
+@pytest.mark.parametrize("name", ["blend", "sig", "refool", "cla", pytest.param("trojan", marks=pytest.mark.slow)])
 def test_poisoning_touches_only_the_chosen_images_and_labels_follow_the_attack_kind(name):
     x, y, xt, yt = DATA
     cls = get_attack(name)
@@ -130,6 +130,7 @@ def test_cla_perturbation_is_within_eps_outside_the_four_corner_trigger():
         get_attack("cla")({}, 10).poison(x, y, xt, yt)
 
 
+@pytest.mark.slow
 def test_trojan_trigger_is_optimised_to_excite_the_selected_neuron():
     from nba_scale.attacks.trojan import select_neuron
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nba_scale.campaign_grid import cell_config, list_campaigns, load_campaign
+from nba_scale.sweep.grid import cell_config, list_campaigns, load_campaign
 from nba_scale.config import ConfigError
-from nba_scale.results_store import parquet_files, read_table
-from nba_scale.search_space import load_search_space
-from nba_scale.transfer import leave_one_out, worst_case
+from nba_scale.sweep.store import parquet_files, read_table
+from nba_scale.sweep.search_space import load_search_space
+from nba_scale.sweep.transfer import leave_one_out, worst_case
 
 REPO = Path(__file__).resolve().parent.parent
 SIX = ["badnets", "trojan", "blend", "sig", "cla", "refool"]
@@ -206,13 +206,14 @@ def test_leave_one_attack_out_on_two_synthetic_attacks_reports_held_out_scores(t
     assert re.search(r"\| cfg[01] \| [\d.]+ \| (badnets|blend) \| [\d.]+ \|", text)  # worst-case table
 
 
-def test_report_of_a_clean_fraction_grid_groups_by_attack_and_draws_curves(tmp_path):
+def test_report_of_a_clean_fraction_grid_groups_by_attack_and_draws_curves(tmp_path, monkeypatch):
     """Rows written straight to Parquet (no training): the report's layout for a campaign whose
-    columns are clean fractions, one table per attack, plus the curves figure."""
+    columns are clean fractions, one table per attack, plus the curves figure; the machine's
+    paths are shown relative to the home folder."""
     import json
 
-    from nba_scale.report import write_report
-    from nba_scale.results_store import write_row
+    from nba_scale.sweep.report import write_report
+    from nba_scale.sweep.store import write_row
 
     root = tmp_path / "results" / "clean-fraction"
     rows = []
@@ -226,11 +227,38 @@ def test_report_of_a_clean_fraction_grid_groups_by_attack_and_draws_curves(tmp_p
     (root / "campaign.json").write_text(json.dumps({
         "campaign": "clean-fraction", "file": "clean-fraction", "title": "t", "paper": "Figs 6-7",
         "report": {"rows": "defense", "columns": "clean_fraction", "curves": "clean_fraction"},
-        "dataset": "synthetic", "preset": "smoke", "seeds": [0, 1], "set": [], "commands": ["python -m x"]}))
+        "dataset": f"npz:{tmp_path}/d.npz", "preset": "smoke", "seeds": [0, 1], "set": [],
+        "commands": [f"python -m x --results {tmp_path}/results"]}))
+    monkeypatch.setenv("HOME", str(tmp_path))
     path = write_report(tmp_path / "results", tmp_path / "out")
     text = path.read_text()
+    assert str(tmp_path) not in text and "--results ~/results" in text and "`npz:~/d.npz`" in text
     assert "### attack badnets" in text and "### attack blend" in text
     cells = report_cell(text, "nba", after="### attack blend")
     assert cells[1:3] == ["48.5±0.7 / 61.5±0.7", "39.5±0.7 / 70.5±0.7"]  # cf 0.01, cf 0.1 over seeds 0 and 1
     for png in ("clean-fraction_bars.png", "clean-fraction_pareto.png", "clean-fraction_curves.png"):
         assert (tmp_path / "out" / png).stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_compare_runs_the_table2_grid_serially_with_the_reports_table(tmp_path, capsys):
+    from nba_scale.sweep.compare import main
+    from nba_scale.sweep.report import write_report
+
+    args = ["--dataset", "synthetic", "--attack", "badnets", "--defenses", "ft", "nad", "--preset", "smoke",
+            "--results", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "c"), "--device", "cpu"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    root = tmp_path / "r" / "compare_synthetic"
+    rows = {x["trial_id"]: x for x in read_table(root).to_pylist()}
+    assert set(rows) == {"badnets-ft-cf0.05-s0", "badnets-nad-cf0.05-s0"}
+    assert all(x["status"] == "ok" and x["sweep"] == "compare_synthetic" for x in rows.values())
+    cells = report_cell(out, "badnets")
+    ft, nad = rows["badnets-ft-cf0.05-s0"], rows["badnets-nad-cf0.05-s0"]
+    assert cells[1] == f"{100 * ft['asr_before']:.1f} / {100 * ft['ba_before']:.1f}"
+    assert cells[2:4] == [f"{100 * r['asr']:.1f} / {100 * r['ba']:.1f}" for r in (ft, nad)]
+    assert main(args) == 0 and "2 cells (2 already in" in capsys.readouterr().out  # nothing recomputed
+    assert main(args + ["--set", "badnets.rate=0.3"]) == 2  # no silent mix of two configurations
+    assert "was run with set" in capsys.readouterr().err
+    text = write_report(root, tmp_path / "out").read_text()  # the same folder, as a campaign report
+    assert report_cell(text, "badnets")[2] == cells[2]

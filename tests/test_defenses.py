@@ -96,3 +96,49 @@ def test_mcr_endpoints_are_the_backdoored_model_and_its_fine_tuned_copy(t, cache
     else:
         teacher = r["artifacts"]["teacher"]
         assert (r["ba"], r["asr"]) == (teacher["ba"], teacher["asr"])
+
+
+def test_mcr_interior_point_lies_on_the_trained_curve_with_its_own_batchnorm_statistics(monkeypatch):
+    """t = 0.5: the repaired model is (1-t)^2 w0 + 2t(1-t) theta + t^2 w1 with the control point
+    theta trained away from its start (the endpoints' midpoint), and its BatchNorm statistics
+    are those of the clean set at that point, not either endpoint's."""
+    import copy
+
+    from nba_scale.defenses.base import DefenseContext
+    from nba_scale.defenses.mcr import BezierCurve
+    from nba_scale.models import WideResNet
+    from nba_scale.training import make_accelerator
+
+    torch.manual_seed(0)
+    w0 = WideResNet(10, 1)
+    w1 = copy.deepcopy(w0)
+    with torch.no_grad():
+        for q in w1.parameters():
+            q.add_(0.05 * torch.randn_like(q))
+    x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    y = torch.randint(0, 10, (64,))
+    curves = []
+    real_point = BezierCurve.point
+
+    def spy(self, t, x_clean, batch_size=128):
+        curves.append(self)
+        return real_point(self, t, x_clean, batch_size)
+
+    monkeypatch.setattr(BezierCurve, "point", spy)
+    ctx = DefenseContext(x, y, 10, True, make_accelerator("cpu"), seed=0, teacher=w1)
+    start = {n: q.detach().clone() for n, q in w0.named_parameters()}
+    end = {n: q.detach().clone() for n, q in w1.named_parameters()}
+    out = get_defense("mcr")({"t": 0.5, "optim": {"epochs": 2, "batch_size": 16}}).repair(copy.deepcopy(w0), ctx)
+    (curve,) = curves
+    theta = dict(zip(curve.names, curve.theta))
+    moved = max((theta[n] - (start[n] + end[n]) / 2).abs().max().item() for n in curve.names)
+    assert moved > 1e-4  # the control point was trained
+    for n, q in out.named_parameters():
+        expected = 0.25 * start[n] + 0.5 * theta[n] + 0.25 * end[n]
+        assert torch.allclose(q, expected, atol=1e-6), n
+    # The first BatchNorm sees conv1 of the normalised input: its running mean is that mean over x.
+    with torch.no_grad():
+        o = out.conv1((x.float() / 255 - out.mean) / out.std)
+    bn = out.groups[0][0].bn1
+    assert torch.allclose(bn.running_mean, o.mean((0, 2, 3)), atol=1e-5)
+    assert not torch.allclose(bn.running_mean, w0.groups[0][0].bn1.running_mean, atol=1e-3)

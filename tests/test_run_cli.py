@@ -31,6 +31,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragment):
     assert fragment in r.stderr and r.stderr.strip().count("\n") == 0 and r.stdout == ""
 
 
+@pytest.mark.slow
 def test_json_result_on_last_line_and_defense_none(tmp_path):
     r = cli("--preset", "smoke", "--defense", "none", "--json", cache=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -48,6 +49,7 @@ def test_json_result_on_last_line_and_defense_none(tmp_path):
     assert again["ba_before"] == out["ba_before"]
 
 
+@pytest.mark.slow
 def test_nan_loss_marks_the_trial_failed_and_returns(tmp_path):
     cfg = small_config(tmp_path, **{"data.synthetic_train": 200, "data.synthetic_test": 50, "backdoor.epochs": 1,
                                     "teacher.epochs": 1, "nba.optim.epochs": 1, "clean_fraction": 0.2,

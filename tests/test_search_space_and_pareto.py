@@ -1,8 +1,8 @@
 import pytest
 
 from nba_scale.config import ConfigError
-from nba_scale.results_store import pareto_mask
-from nba_scale.search_space import decode, load_search_space
+from nba_scale.sweep.store import pareto_mask
+from nba_scale.sweep.search_space import decode, load_search_space
 
 
 def test_shipped_nba_space_holds_the_paper_defaults():

@@ -11,10 +11,11 @@ import duckdb
 import pyarrow.dataset as pads
 import pytest
 
-from nba_scale.results_store import parquet_files, read_table
+from nba_scale.sweep.store import parquet_files, read_table
 
-pytestmark = pytest.mark.slow
+slow = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
+HEAD = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
 
 
 def tune_cmd(results, cache, name, *extra):
@@ -41,6 +42,7 @@ def smoke_sweep(tmp_path_factory, tune_cache):
     return results / "smoke", r
 
 
+@slow
 def test_smoke_sweep_writes_readable_rows_with_the_paper_default(smoke_sweep):
     root, r = smoke_sweep
     table = read_table(root)
@@ -52,6 +54,7 @@ def test_smoke_sweep_writes_readable_rows_with_the_paper_default(smoke_sweep):
     for x in rows:
         assert x["status"] == "ok" and 0 <= x["asr"] <= 1 and 0 <= x["ba"] <= 1 and x["sweep"] == "smoke"
         assert x["attack"] == "badnets" and x["clean_fraction"] == 0.1 and x["finished"] >= x["started"]
+        assert x["git_commit"] == HEAD and x["version"]  # the code that produced the row
     # The same rows through pyarrow.dataset (hive partitions) and duckdb.
     ds = pads.dataset(str(root), format="parquet", partitioning="hive", exclude_invalid_files=True)
     assert ds.to_table().num_rows == 3
@@ -61,6 +64,7 @@ def test_smoke_sweep_writes_readable_rows_with_the_paper_default(smoke_sweep):
     assert "Pareto front" in r.stdout and "rows in" in r.stdout
 
 
+@slow
 def test_results_cli_pareto_sql_and_plot(smoke_sweep, tmp_path):
     root, _ = smoke_sweep
     out = run_tune(sys.executable, "-m", "nba_scale.results", str(root), "--pareto", "--plot", str(tmp_path / "f.png"))
@@ -73,37 +77,47 @@ def test_results_cli_pareto_sql_and_plot(smoke_sweep, tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith("error: SQL failed")
 
 
+@slow
 def test_a_sweep_name_is_not_silently_reused(smoke_sweep, tune_cache):
     root, _ = smoke_sweep
     r = run_tune(*tune_cmd(root.parent, tune_cache, "smoke", "--num-samples", "3", "--clean-fraction", "0.1"))
     assert r.returncode == 2 and "pass --resume" in r.stderr
 
 
+@slow
 def test_study_counts_every_trial_and_failures_are_recorded(tmp_path, tune_cache):
-    """In-process: the Optuna study must hold as many trials as the sweep ran, failed ones too."""
+    """In-process: the Optuna study must hold as many trials as the sweep ran, failed ones too,
+    with the worst objectives; their Parquet rows hold NaN, never those invented values."""
+    import math
+
+    import optuna
     import ray
 
-    from nba_scale.search_space import load_search_space
+    from nba_scale.sweep.execution import Shape
+    from nba_scale.sweep.search_space import load_search_space
+    from nba_scale.sweep.tune import run_study
     from nba_scale.trial import with_preset
-    from nba_scale.tune import run_study
 
     space = load_search_space(REPO / "search_spaces" / "nba.yaml")
     base = with_preset({"dataset": "synthetic", "attack": "badnets", "defense": "nba", "device": "cpu",
                         "cache_dir": str(tune_cache), "clean_fraction": 0.1,
                         "nba": {"optim": {"lr": float("nan")}}}, "smoke")  # every trial's loss goes NaN
+    storage = optuna.storages.InMemoryStorage()
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     try:
-        _, searcher = run_study(base, space, root=tmp_path, sweep="nan", study="badnets-nan", num_samples=3,
-                                max_concurrent=2, resources={"cpu": 1})
+        run_study(base, space, root=tmp_path, sweep="nan", study="badnets-nan", num_samples=3, max_concurrent=2,
+                  shape=Shape(cpus=1, gpus=0, workers=1), storage=storage)
     finally:
         ray.shutdown()
-    trials = searcher._ot_study.trials
+    trials = optuna.load_study(study_name="nan/badnets-nan", storage=storage).trials
     assert len(trials) == 3 and all(t.state.name == "COMPLETE" for t in trials)
     assert all(t.values == [1.0, 0.0] for t in trials)  # failed trials report the worst objectives
     rows = read_table(tmp_path).to_pylist()
     assert len(rows) == 3 and all(r["status"] == "failed" and "NonFiniteLoss" in r["error"] for r in rows)
+    assert all(math.isnan(r[m]) for r in rows for m in ("asr", "ba", "ra"))  # not ASR 1 / BA 0
 
 
+@slow
 def test_killed_sweep_resumes_without_losing_or_repeating_trials(tmp_path, tune_cache):
     cmd = tune_cmd(tmp_path, tune_cache, "kill", "--num-samples", "4", "--max-concurrent", "1",
                    "--clean-fraction", "0.1", "--set", "nba.optim.epochs=3")
@@ -125,20 +139,30 @@ def test_killed_sweep_resumes_without_losing_or_repeating_trials(tmp_path, tune_
     assert sum(bool(x) for x in table["is_default"].to_pylist()) == 1
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@slow
 def test_sweep_runs_against_a_started_ray_cluster(tmp_path, tune_cache):
     """`ray start --head` + `--address`: the cluster path (no driver-side build), on this machine."""
     import psutil
 
+    port = str(free_port())
     temp = Path("/tmp") / f"nbaray{os.getpid()}"  # unique: tells our cluster's processes from any other
     env = {**os.environ, "RAY_ADDRESS": ""}
     ray_bin = str(Path(sys.executable).parent / "ray")
-    start = subprocess.run([ray_bin, "start", "--head", "--num-cpus", "2", "--port", "6391", "--temp-dir", str(temp),
+    start = subprocess.run([ray_bin, "start", "--head", "--num-cpus", "2", "--port", port, "--temp-dir", str(temp),
                             "--include-dashboard=false", "--disable-usage-stats"],
                            capture_output=True, text=True, env=env, timeout=120)
     assert start.returncode == 0, start.stderr[-2000:]
     try:
         r = run_tune(*tune_cmd(tmp_path, tune_cache, "cluster", "--num-samples", "2", "--clean-fraction", "0.1",
-                               "--address", "127.0.0.1:6391"))
+                               "--address", f"127.0.0.1:{port}"))
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         assert len(read_table(tmp_path / "cluster")) == 2
     finally:
@@ -149,6 +173,7 @@ def test_sweep_runs_against_a_started_ray_cluster(tmp_path, tune_cache):
         shutil.rmtree(temp, ignore_errors=True)
 
 
+@slow
 def test_data_parallel_trials_run_through_ray_train_on_two_cpu_workers(tmp_path, tune_cache):
     """`--workers-per-trial 2`: each trial is a Ray Train TorchTrainer whose two workers run the
     same Accelerate loop data-parallel (the path `--gpus-per-trial 2` takes on GPUs)."""
@@ -170,13 +195,15 @@ def test_gpu_worker_counts_that_cannot_work_are_refused(tmp_path, tune_cache):
     assert r.returncode == 2 and "does not split evenly" in r.stderr
 
 
+@slow
 def test_worst_case_objective_scores_every_attack_in_each_trial(tmp_path, tune_cache):
     """`--objective worst-case`: one study; each trial runs both attacks and reports the worst ASR
-    and the mean BA, with each attack's own scores beside them."""
+    and the mean BA, with each attack's own scores beside them. A --set section of one attack
+    applies to that attack's runs (and is recorded in the row)."""
     cmd = [sys.executable, "-m", "nba_scale.tune", "--attack", "badnets", "blend", "--dataset", "synthetic",
            "--preset", "smoke", "--results", str(tmp_path), "--cache-dir", str(tune_cache), "--name", "worst",
            "--device", "cpu", "--num-samples", "2", "--clean-fraction", "0.1", "--objective", "worst-case",
-           "--set", "nba.optim.epochs=1"]
+           "--set", "nba.optim.epochs=1", "--set", "blend.alpha=0.1"]
     r = run_tune(*cmd)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = read_table(tmp_path / "worst").to_pylist()
@@ -185,6 +212,7 @@ def test_worst_case_objective_scores_every_attack_in_each_trial(tmp_path, tune_c
         assert x["status"] == "ok" and x["attack"] == "badnets+blend"
         assert x["asr"] == max(x["asr_badnets"], x["asr_blend"])
         assert x["ba"] == pytest.approx((x["ba_badnets"] + x["ba_blend"]) / 2)
+        assert x["blend_alpha"] == 0.1 and x["badnets_patch_size"] == 3
     one = run_tune(sys.executable, "-m", "nba_scale.tune", "--attack", "badnets", "--dataset", "synthetic",
                    "--results", str(tmp_path), "--objective", "worst-case")
     assert one.returncode == 2 and "two or more --attack" in one.stderr

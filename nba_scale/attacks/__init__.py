@@ -1,18 +1,6 @@
-"""Attack registry. A new attack is one file here that subclasses `Attack` and registers a name.
+"""Attacks. A new attack is one file here that subclasses `Attack` and registers a name with
+`@register` (from .base); importing it below adds it to every listing, in this order (the paper's)."""
+from . import badnets, trojan, blend, sig, cla, refool  # noqa: F401  (registers, in this order)
+from .base import ATTACKS, Attack, AttackContext, AttackParams, get_attack, register
 
-Names used everywhere: badnets, trojan, blend, sig, cla, refool.
-"""
-from ..registry import Registry
-from .base import Attack, AttackContext, AttackParams, PoisonedData
-
-ATTACKS: Registry[Attack] = Registry("attack", planned=("badnets", "trojan", "blend", "sig", "cla", "refool"))
-register = ATTACKS.register
-
-
-def get_attack(name: str) -> type[Attack]:
-    return ATTACKS.get(name)
-
-
-from . import badnets, blend, cla, refool, sig, trojan  # noqa: E402,F401  (registers)
-
-__all__ = ["ATTACKS", "Attack", "AttackContext", "AttackParams", "PoisonedData", "get_attack", "register"]
+__all__ = ["ATTACKS", "Attack", "AttackContext", "AttackParams", "get_attack", "register"]

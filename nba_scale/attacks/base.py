@@ -8,6 +8,11 @@ from typing import Any, Callable, ClassVar, Optional
 import torch
 
 from ..config import build, require
+from ..data import PoisonedData
+from ..registry import Registry
+
+ATTACKS: Registry["Attack"] = Registry("attack")
+register, get_attack = ATTACKS.register, ATTACKS.get
 
 
 @dataclasses.dataclass
@@ -34,19 +39,6 @@ class AttackContext:
     clean_model: Callable[[], torch.nn.Module]
     artifact: Callable[[str, Callable[[], dict[str, torch.Tensor]]], dict[str, torch.Tensor]]
     device: torch.device = torch.device("cpu")
-
-
-@dataclasses.dataclass
-class PoisonedData:
-    x_train: torch.Tensor  # (N,3,H,W) uint8, clean images with the poisoned ones replaced
-    y_train: torch.Tensor  # labels after poisoning
-    poison_index: torch.Tensor  # indices of the poisoned training images (rows of x_train)
-    x_test: torch.Tensor  # every non-target test image, triggered
-    y_test_target: torch.Tensor  # the attack's target label (ASR)
-    y_test_true: torch.Tensor  # the true label (RA: robust accuracy)
-    # Row i of x_train is clean training image train_index[i]: all of them, unless the attack held
-    # some out of the attacked training set (Refool's fallback reflections).
-    train_index: torch.Tensor
 
 
 class Attack(abc.ABC):

@@ -16,8 +16,7 @@ from typing import Optional
 import torch
 
 from ..config import require
-from . import register
-from .base import Attack, AttackParams
+from .base import Attack, AttackParams, register
 
 
 @dataclasses.dataclass

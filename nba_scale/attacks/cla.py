@@ -16,9 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import require
-from . import register
 from .badnets import checkerboard
-from .base import Attack, AttackParams
+from .base import Attack, AttackParams, register
 
 
 @dataclasses.dataclass

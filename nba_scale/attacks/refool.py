@@ -27,8 +27,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from ..config import require
-from . import register
-from .base import Attack, AttackParams
+from .base import Attack, AttackParams, register
 from .blend import load_image
 
 MODELS = ("in_focus", "out_of_focus", "ghost")

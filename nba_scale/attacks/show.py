@@ -10,15 +10,15 @@ TrojanNN and CLA learn from a clean model: the first call trains one (the backdo
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
 
-from ..config import ConfigError, merge, parse_set
+from .. import cli
+from ..config import ConfigError
 
 
 def describe_all() -> str:
@@ -51,7 +51,7 @@ def draw(rows: list[tuple[str, "torch.Tensor", "torch.Tensor"]], out: str) -> No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..checkpoints import save_figure
+    from ..atomic import save_figure
 
     n = max(len(c) for _, c, _ in rows)
     fig, axes = plt.subplots(2 * len(rows), n, figsize=(1.1 * n, 2.3 * len(rows)), squeeze=False)
@@ -68,41 +68,37 @@ def draw(rows: list[tuple[str, "torch.Tensor", "torch.Tensor"]], out: str) -> No
     save_figure(fig, out, dpi=110)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def run(args) -> int:
     from . import ATTACKS
-    from ..trial import with_preset
 
-    ap = argparse.ArgumentParser(prog="python -m nba_scale.attacks.show", description=__doc__.splitlines()[0])
-    ap.add_argument("--list", action="store_true", help="print every attack with its defaults")
-    ap.add_argument("--attack", nargs="+", default=["all"], help="names, or all")
-    ap.add_argument("--dataset", default="synthetic")
-    ap.add_argument("--preset", default=None, help="budget of the clean model TrojanNN/CLA learn from")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--n", type=int, default=6, help="images per attack")
-    ap.add_argument("--out", default=None, help="PNG file to write")
-    ap.add_argument("--cache-dir", default=None)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = ap.parse_args(argv)
     if args.list:
         print(describe_all())
         return 0
-    try:
-        if not args.out:
-            raise ConfigError("pass --out FILE.png (or --list)")
-        names = ATTACKS.names() if args.attack == ["all"] else args.attack
-        rows = []
-        for name in names:
-            base = {"dataset": args.dataset, "attack": name, "seed": args.seed, "device": args.device,
-                    "defense": "none", **({"cache_dir": args.cache_dir} if args.cache_dir else {})}
-            rows.append(poisoned_examples(with_preset(merge(base, parse_set(args.set)), args.preset), args.n))
-            print(f"{name}: {len(rows[-1][1])} poisoned training images", flush=True)
-        draw(rows, args.out)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if not args.out:
+        raise ConfigError("pass --out FILE.png (or --list)")
+    names = ATTACKS.names() if args.attack == ["all"] else args.attack
+    base, sets = cli.base_config(args), cli.user_set(args)
+    rows = []
+    for name in names:
+        trial = {"attack": name, "seed": args.seed, "defense": "none"}
+        rows.append(poisoned_examples(cli.trial_config(base, trial, sets, preset=args.preset), args.n))
+        print(f"{name}: {len(rows[-1][1])} poisoned training images", flush=True)
+    draw(rows, args.out)
     print(f"wrote {args.out}")
     return 0
+
+
+def build_parser():
+    ap = cli.parser("python -m nba_scale.attacks.show", __doc__)
+    ap.add_argument("--list", action="store_true", help="print every attack with its defaults")
+    ap.add_argument("--attack", nargs="+", default=["all"], help="names, or all")
+    cli.add_trial_flags(ap, dataset="synthetic")
+    ap.add_argument("--n", type=int, default=6, help="images per attack")
+    ap.add_argument("--out", default=None, help="PNG file to write")
+    return ap
+
+
+main = cli.entry(build_parser, run)
 
 
 if __name__ == "__main__":

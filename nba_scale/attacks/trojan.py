@@ -19,8 +19,7 @@ import dataclasses
 import torch
 
 from ..config import require
-from . import register
-from .base import Attack, AttackParams
+from .base import Attack, AttackParams, register
 
 
 @dataclasses.dataclass

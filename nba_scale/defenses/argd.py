@@ -24,19 +24,15 @@ nearly flat.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 import torch.nn.functional as F
 
 from ..config import finite_positive, require
-from ..training import OptimConfig
-from . import register
-from .distill import TeacherDistillation, attention_map
-from .nad import nad_optim
-
-
-def argd_optim() -> OptimConfig:
-    return dataclasses.replace(nad_optim(), grad_clip=5.0)
+from ..training import OptimConfig, nad_schedule
+from .base import register
+from .distill import TeacherDistillation, attention_map, forward_both
 
 
 @dataclasses.dataclass
@@ -45,7 +41,7 @@ class ARGDConfig:
     betas: tuple[float, ...] = (500.0, 1000.0, 1000.0)  # vertex weights (NAD's)
     gamma_edge: float = 1000.0  # edge weight (choice, see the module docstring)
     gamma_embed: float = 1000.0  # embedding weight (choice)
-    optim: OptimConfig = dataclasses.field(default_factory=argd_optim)
+    optim: OptimConfig = dataclasses.field(default_factory=functools.partial(nad_schedule, grad_clip=5.0))
 
     def validate(self) -> None:
         finite_positive("argd.p", self.p)
@@ -82,9 +78,7 @@ class ARGD(TeacherDistillation):
         betas = torch.tensor(c.betas)
 
         def loss(student, x, y):
-            with torch.no_grad():
-                _, feats_t = teacher(x, features=True)
-            logits, feats_s = student(x, features=True)
+            (_, feats_t), (logits, feats_s) = forward_both(teacher, student, x)
             t = argd_terms(feats_t, feats_s, c.p)
             return (F.cross_entropy(logits, y) + (betas.to(x.device) * t["vertex"]).sum()
                     + c.gamma_edge * t["edge"] + c.gamma_embed * t["embed"])

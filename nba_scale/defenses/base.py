@@ -7,8 +7,12 @@ from typing import Any, Callable, ClassVar, Optional
 
 import torch
 
-from ..attacks import Attack
+from ..attacks.base import Attack
 from ..config import build
+from ..registry import Registry
+
+DEFENSES: Registry["Defense"] = Registry("defense")
+register, get_defense = DEFENSES.register, DEFENSES.get
 
 
 @dataclasses.dataclass

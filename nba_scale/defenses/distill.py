@@ -19,6 +19,13 @@ def attention_map(f: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     return F.normalize(f.float().abs().pow(p).mean(1).flatten(1), dim=1)
 
 
+def forward_both(teacher: torch.nn.Module, student: torch.nn.Module, x: torch.Tensor):
+    """((teacher logits, taps), (student logits, taps)) on `x`; no gradient through the teacher."""
+    with torch.no_grad():
+        out_t = teacher(x, features=True)
+    return out_t, student(x, features=True)
+
+
 class TeacherDistillation(Defense):
     """Subclasses give `distill_loss(teacher, ctx)`; `cfg.optim` is the run's optimiser."""
 

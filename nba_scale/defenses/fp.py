@@ -23,8 +23,7 @@ import torch
 
 from ..config import require
 from ..training import OptimConfig, train
-from . import register
-from .base import Defense
+from .base import Defense, register
 
 
 def fp_optim() -> OptimConfig:

@@ -9,18 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..training import OptimConfig, train
-from . import register
-from .base import Defense
-
-
-def ft_optim() -> OptimConfig:
-    return OptimConfig(epochs=20, lr=0.1, batch_size=64, weight_decay=1e-4, schedule="step", milestones=(2,))
+from ..training import OptimConfig, nad_schedule, train
+from .base import Defense, register
 
 
 @dataclasses.dataclass
 class FTConfig:
-    optim: OptimConfig = dataclasses.field(default_factory=ft_optim)
+    optim: OptimConfig = dataclasses.field(default_factory=nad_schedule)
 
 
 @register("ft")

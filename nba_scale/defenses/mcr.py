@@ -28,8 +28,7 @@ from torch.func import functional_call
 from ..config import require
 from ..data import Batches
 from ..training import OptimConfig, train
-from . import register
-from .base import Defense
+from .base import Defense, register
 
 
 def mcr_optim() -> OptimConfig:

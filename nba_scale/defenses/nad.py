@@ -17,20 +17,16 @@ import torch
 import torch.nn.functional as F
 
 from ..config import finite_positive, require
-from ..training import OptimConfig
-from . import register
-from .distill import TeacherDistillation, attention_map
-
-
-def nad_optim() -> OptimConfig:
-    return OptimConfig(epochs=20, lr=0.1, batch_size=64, weight_decay=1e-4, schedule="step", milestones=(2,))
+from ..training import OptimConfig, nad_schedule
+from .base import register
+from .distill import TeacherDistillation, attention_map, forward_both
 
 
 @dataclasses.dataclass
 class NADConfig:
     p: float = 2.0  # attention power (NAD code: 2.0)
     betas: tuple[float, ...] = (500.0, 1000.0, 1000.0)  # per group output (NAD code: beta1..3)
-    optim: OptimConfig = dataclasses.field(default_factory=nad_optim)
+    optim: OptimConfig = dataclasses.field(default_factory=nad_schedule)
 
     def validate(self) -> None:
         finite_positive("nad.p", self.p)
@@ -52,9 +48,7 @@ class NAD(TeacherDistillation):
         c = self.cfg
 
         def loss(student, x, y):
-            with torch.no_grad():
-                _, feats_t = teacher(x, features=True)
-            logits, feats_s = student(x, features=True)
+            (_, feats_t), (logits, feats_s) = forward_both(teacher, student, x)
             return F.cross_entropy(logits, y) + nad_loss(feats_t, feats_s, c.p, c.betas)
 
         return loss

@@ -26,22 +26,17 @@ start (choice: the paper gives no budget; 8/255 is the standard CIFAR L∞ budge
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
 
 from ..config import finite_positive, require
-from ..training import OptimConfig
-from . import register
-from .base import DefenseContext
-from .distill import TeacherDistillation
+from ..training import OptimConfig, nad_schedule
+from .base import DefenseContext, register
+from .distill import TeacherDistillation, forward_both
 from .nba_losses import TERMS, behaviour_loss, pgd_untargeted
-
-
-def nba_optim() -> OptimConfig:
-    return OptimConfig(epochs=20, lr=0.1, batch_size=64, weight_decay=1e-4, momentum=0.9, nesterov=True,
-                       schedule="step", milestones=(2,), gamma=0.1, grad_clip=5.0)
 
 
 @dataclasses.dataclass
@@ -61,7 +56,7 @@ class NBAConfig:
     pgd_steps: int = 5
     pgd_step_size: Optional[float] = None  # default eps / 4
     pgd_random_start: bool = True
-    optim: OptimConfig = dataclasses.field(default_factory=nba_optim)
+    optim: OptimConfig = dataclasses.field(default_factory=functools.partial(nad_schedule, grad_clip=5.0))
 
     def validate(self) -> None:
         require(len(self.terms) > 0 and set(self.terms) <= set(TERMS),
@@ -85,7 +80,7 @@ class NBA(TeacherDistillation):
         c = self.cfg
         require(c.udl_samples == "pseudo" or ctx.attack is not None,
                 "nba.udl_samples=poisoned needs the attack's trigger (an oracle); run through run_trial")
-        kw = dict(lambdas=(c.lambda1, c.lambda2, c.lambda3), T=c.T, terms=c.terms,
+        kw = dict(weights={"rnb": c.lambda1, "lnb": c.lambda2, "pnb": c.lambda3}, T=c.T, terms=c.terms,
                   representation=c.representation, kd_t2=c.kd_t2)
         use_ldl, use_udl = c.losses in ("both", "ldl"), c.losses in ("both", "udl")
 
@@ -98,9 +93,7 @@ class NBA(TeacherDistillation):
                                   c.step_size, c.pgd_random_start)
 
         def loss(student: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                logits_t, feats_t = teacher(x, features=True)
-            logits_s, feats_s = student(x, features=True)
+            (logits_t, feats_t), (logits_s, feats_s) = forward_both(teacher, student, x)
             total = F.cross_entropy(logits_s, y)
             if use_ldl:
                 ldl, _ = behaviour_loss(feats_t, logits_t, feats_s, logits_s, **kw)

@@ -85,10 +85,11 @@ def pnb(logits_t: torch.Tensor, logits_s: torch.Tensor, T: float, t2: bool = Fal
     return loss * (T * T) if t2 else loss
 
 
-def behaviour_loss(feats_t, logits_t, feats_s, logits_s, *, lambdas: tuple[float, float, float], T: float,
+def behaviour_loss(feats_t, logits_t, feats_s, logits_s, *, weights: dict[str, float], T: float,
                    terms: Iterable[str] = TERMS, representation: str = "gram", kd_t2: bool = False
                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """λ1·RNB + λ2·LNB + λ3·PNB over the enabled `terms` (LDL, or UDL when the student saw x+δ).
+    """λ1·RNB + λ2·LNB + λ3·PNB over the enabled `terms` (LDL, or UDL when the student saw x+δ);
+    `weights` maps each term's name to its λ ({"rnb": λ1, "lnb": λ2, "pnb": λ3}).
 
     A disabled term is not computed at all, so it cannot leak a gradient. Computed with autocast
     off, so the Gram matmuls run in fp32 even under bf16 autocast (in bf16 their rounding noise is
@@ -96,10 +97,10 @@ def behaviour_loss(feats_t, logits_t, feats_s, logits_s, *, lambdas: tuple[float
     collapsed the weak smoke-preset model (BA 46 % -> 6.7 %, vs 31.7 % in fp32) with this in
     place, so the cause lies upstream (bf16 features); use fp32 for NBA until it is understood."""
     with torch.autocast(device_type=logits_s.device.type, enabled=False):
-        return _weighted(feats_t, logits_t, feats_s, logits_s, lambdas, T, set(terms), representation, kd_t2)
+        return _weighted(feats_t, logits_t, feats_s, logits_s, weights, T, set(terms), representation, kd_t2)
 
 
-def _weighted(feats_t, logits_t, feats_s, logits_s, lambdas, T, terms, representation, kd_t2):
+def _weighted(feats_t, logits_t, feats_s, logits_s, weights, T, terms, representation, kd_t2):
     feats_t, feats_s = [f.float() for f in feats_t], [f.float() for f in feats_s]
     parts: dict[str, torch.Tensor] = {}
     if "rnb" in terms:
@@ -108,10 +109,9 @@ def _weighted(feats_t, logits_t, feats_s, logits_s, lambdas, T, terms, represent
         parts["lnb"] = lnb(feats_t, feats_s, representation)
     if "pnb" in terms:
         parts["pnb"] = pnb(logits_t, logits_s, T, kd_t2)
-    weight = dict(zip(TERMS, lambdas))
     total = logits_s.new_zeros((), dtype=torch.float32)
     for name, value in parts.items():
-        total = total + weight[name] * value
+        total = total + weights[name] * value
     return total, parts
 
 

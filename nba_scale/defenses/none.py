@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from . import register
-from .base import Defense
+from .base import Defense, register
 
 
 @dataclasses.dataclass

@@ -26,14 +26,13 @@ import random
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
 
-from .config import ConfigError
+from ..config import ConfigError, read_yaml_mapping
 
 KEYS = {"name", "title", "paper", "attacks", "defenses", "clean_fractions", "variants", "sample", "set",
         "report", "published", "description"}
 AXES = ("attack", "defense", "clean_fraction", "variant")
-CAMPAIGN_DIR = Path(__file__).resolve().parent.parent / "search_spaces" / "campaigns"
+CAMPAIGN_DIR = Path(__file__).resolve().parents[2] / "search_spaces" / "campaigns"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +97,7 @@ class Campaign:
 
     @staticmethod
     def variant_defense(over: dict[str, Any], default: str) -> str:
-        from .defenses import DEFENSES
+        from ..defenses import DEFENSES
 
         owners = {k.split(".")[0] for k in over} & set(DEFENSES.names())
         return owners.pop() if len(owners) == 1 else default
@@ -120,18 +119,12 @@ def find_campaign(name: str) -> Path:
 
 
 def load_campaign(name_or_path: str) -> Campaign:
-    from .attacks import get_attack
-    from .defenses import get_defense
+    from ..attacks import get_attack
+    from ..defenses import get_defense
 
     path = find_campaign(name_or_path)
     where = str(path)
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise ConfigError(f"{where}{f' line {mark.line + 1}' if mark else ''}: not valid YAML") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{where}: expected a mapping with keys {', '.join(sorted(KEYS))}")
+    doc = read_yaml_mapping(path, ", ".join(sorted(KEYS)))
     unknown = set(doc) - KEYS
     if unknown:
         raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}; expected {', '.join(sorted(KEYS))}")
@@ -179,12 +172,11 @@ def load_campaign(name_or_path: str) -> Campaign:
 def _sampled_variants(where: str, spec: Any) -> dict[str, dict[str, Any]]:
     """`sample: {space: nba, n: 8, seed: 0}`: the space's default point plus n-1 random points,
     the shared candidate pool a leave-one-attack-out analysis selects from."""
-    from .search_space import load_search_space
-    from .tune import find_space
+    from .search_space import find_space, load_search_space
 
     if not isinstance(spec, dict) or not isinstance(spec.get("space"), str) or int(spec.get("n", 0)) < 1:
         raise ConfigError(f"{where}: 'sample' must be {{space: DEFENSE, n: COUNT >= 1, seed: S}}")
-    space = load_search_space(find_space(spec["space"], None))
+    space = load_search_space(find_space(spec["space"]))
     rng = random.Random(int(spec.get("seed", 0)))
     out = {"cfg0": space.default_config()}
     for i in range(1, int(spec["n"])):
@@ -204,16 +196,11 @@ def _sampled_variants(where: str, spec: Any) -> dict[str, dict[str, Any]]:
 
 def _check_configs(camp: Campaign, where: str) -> None:
     """Every cell's trial config must parse: a typo in a variant fails here, not in a worker."""
-    from .attacks import get_attack
-    from .config import build
-    from .defenses import get_defense
-    from .trial import parse_config
+    from ..trial import check_config
 
     for cell in camp.cells([0]):
         try:
-            cfg = parse_config(cell_config(camp, cell, {}))
-            get_defense(cfg.defense)(cfg.defense_params)  # the plug-ins' own keys and types
-            build(get_attack(cfg.attack).Params, cfg.attack_params, cfg.attack)
+            check_config(cell_config(camp, cell, {}))
         except ConfigError as e:
             raise ConfigError(f"{where}: cell {cell.id}: {e}") from None
 
@@ -222,16 +209,19 @@ def cell_config(camp: Campaign, cell: Cell, base: dict[str, Any], user_set: Opti
                 preset: Optional[str] = None) -> dict[str, Any]:
     """The trial config of one cell: base (dataset, device, cache) < campaign `set` < the cell's
     axes and variant < the user's --set; then the preset's budgets under all of them."""
-    from .attacks import ATTACKS
-    from .config import merge, nest
-    from .defenses import DEFENSES
-    from .trial import with_preset
+    from ..cli import trial_config
 
-    cfg = merge(nest(base), nest(camp.fixed))
-    cfg = merge(cfg, nest({"attack": cell.attack, "defense": cell.defense, "clean_fraction": cell.clean_fraction,
-                           "seed": cell.seed, **dict(cell.overrides)}))
-    cfg = merge(cfg, nest(user_set or {}))
-    cfg = with_preset(cfg, preset)
-    # Sections of plug-ins this cell does not use (a --set blend.alpha=0.1 in a 6-attack grid).
-    unused = (set(ATTACKS.names()) - {cell.attack}) | (set(DEFENSES.names()) - {cell.defense})
-    return {k: v for k, v in cfg.items() if k not in unused}
+    axes = {"attack": cell.attack, "defense": cell.defense, "clean_fraction": cell.clean_fraction,
+            "seed": cell.seed, **dict(cell.overrides)}
+    return trial_config(base, camp.fixed, axes, user_set or {}, preset=preset)
+
+
+def cell_row(run: str, cell: Cell) -> dict[str, Any]:
+    """What names a cell's Parquet row (beside the trial's own result)."""
+    import json
+
+    from .store import study_id
+
+    return {"sweep": run, "campaign": run, "study": study_id(cell.attack, cell.clean_fraction), "trial_id": cell.id,
+            "variant": cell.variant, "seed": cell.seed, "is_default": cell.variant in ("default", "cfg0"),
+            "variant_overrides": json.dumps(dict(cell.overrides), sort_keys=True)}

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import yaml
 
-from .config import ConfigError
+from ..config import ConfigError, read_yaml_mapping
 
 TYPES = {"float", "int", "categorical"}
 SPEC_KEYS = {"type", "low", "high", "log", "choices", "default"}
@@ -82,14 +82,7 @@ def load_search_space(path: str | Path) -> SearchSpace:
     where = str(path)
     if not path.is_file():
         raise ConfigError(f"search space {where!r} not found; pass --space search_spaces/<defense>.yaml")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{where}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{where}: expected a mapping with keys defense, params, fixed")
+    doc = read_yaml_mapping(path, "defense, params, fixed")
     unknown = set(doc) - {"defense", "params", "fixed"}
     if unknown:
         raise ConfigError(f"{where}: unknown top-level key {sorted(unknown)[0]!r}; expected defense, params, fixed")
@@ -146,12 +139,19 @@ def _param(where: str, name: str, spec: Any) -> Param:
 
 
 def _check_against_trial_config(space: SearchSpace) -> None:
-    from .defenses import get_defense
-    from .trial import parse_config
+    from ..trial import check_config
 
-    point = {"defense": space.defense, **space.fixed, **space.default_config()}
     try:
-        cfg = parse_config(point)
-        get_defense(cfg.defense)(cfg.defense_params)  # the defense's own keys and types
+        check_config({"defense": space.defense, **space.fixed, **space.default_config()})
     except ConfigError as e:
         raise ConfigError(f"{space.path}: {e}") from None
+
+
+def find_space(defense: str, given: Optional[str] = None) -> Path:
+    """`given`, or search_spaces/<defense>.yaml (in the working directory, then beside the package)."""
+    if given:
+        return Path(given)
+    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        if (base / "search_spaces" / f"{defense}.yaml").is_file():
+            return base / "search_spaces" / f"{defense}.yaml"
+    raise ConfigError(f"no search space for defense {defense!r}: pass --space PATH.yaml")

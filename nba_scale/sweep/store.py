@@ -3,22 +3,34 @@
 Layout: `DIR/dataset=D/attack=A/defense=F/clean_fraction=C/trial-<trial_id>.parquet`. One file
 per trial makes a row's write atomic (temp file + rename) and idempotent: a trial written again
 after a resume replaces its own file, so a sweep never holds duplicate rows. Config keys become
-columns with dots replaced by underscores (`nba.lambda1` -> `nba_lambda1`). Files may differ in
-columns (a new hyper-parameter, a new metric): readers unify schemas by name.
+columns by one rule, `column_name`: dots become underscores (`nba.lambda1` -> `nba_lambda1`).
+Files may differ in columns (a new hyper-parameter, a new metric): readers unify schemas by name.
+
+Rows are the record, so a row never holds an invented metric: a trial that did not finish (status
+other than "ok") has NaN ASR, BA and RA, whatever its searcher was told (see sweep/trainable.py),
+and its `error` says why.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..atomic import atomic_write
+
 PARTITIONS = ("dataset", "attack", "defense", "clean_fraction")
+METRICS = ("asr", "ba", "ra")  # a trial's results after the defense: NaN unless it finished
+
+
+def study_id(attack: str, clean_fraction: float) -> str:
+    """One Optuna study, one Pareto group: an attack (or attacks joined by +) at a clean fraction."""
+    return f"{attack}-cf{clean_fraction:g}"
 
 
 def column_name(key: str) -> str:
@@ -52,20 +64,14 @@ def trial_row(result: dict[str, Any], **extra: Any) -> dict[str, Any]:
 
 def write_row(root: str | os.PathLike, row: dict[str, Any]) -> Path:
     root = Path(root)
-    part = root.joinpath(*(f"{k}={partition_value(row[k])}" for k in PARTITIONS))
-    part.mkdir(parents=True, exist_ok=True)
+    row = dict(row)
+    if row.get("status") != "ok":
+        row.update({m: math.nan for m in METRICS})
+    part = root.joinpath(*(f"{k}={partition_value(row.get(k))}" for k in PARTITIONS))
     body = {k: v for k, v in row.items() if k not in PARTITIONS}
-    table = pa.Table.from_pylist([body])
     path = part / f"trial-{partition_value(row['trial_id'])}.parquet"
-    fd, tmp = tempfile.mkstemp(dir=part, prefix=".tmp-", suffix=".parquet")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp:
+        pq.write_table(pa.Table.from_pylist([body]), tmp)
     return path
 
 

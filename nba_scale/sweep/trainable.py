@@ -13,7 +13,13 @@ session differs:
   `TuneReportCallback`; the Train run's own checkpoints live under the sweep's `_train/TRIAL_ID`
   so a resumed Tune trial resumes its Train run from the last epoch.
 
-Every trial ends by reporting both objectives (failed ones their worst values); see tune.py.
+A trial's config holds either `__base__` (a sweep: the study's base config, plus the parameters
+its searcher sampled as top-level dotted keys) or `cell` (a campaign: the cell's whole config
+and the identity of its row; no per-epoch checkpoints, a campaign resumes by cell).
+
+Every trial ends by reporting both objectives, always finite: a failed one its worst values
+(ASR 1, BA 0), so that Optuna keeps it in the study (see sweep/tune.py). The Parquet row of
+that trial holds NaN instead (sweep/store.py): the worst values are for the searcher alone.
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .config import ConfigError, merge, nest
+from ..config import ConfigError, flatten, merge, nest
 
 WORST = {"asr": 1.0, "ba": 0.0}
 
@@ -60,16 +66,34 @@ def config_hash(cfg: dict) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def trial_base(config: dict[str, Any]) -> dict[str, Any]:
+    """The trial's config before sampling: a campaign cell's, or a sweep study's base."""
+    return config["cell"]["config"] if "cell" in config else config["__base__"]
+
+
+def sampled(config: dict[str, Any]) -> dict[str, Any]:
+    """The parameters the searcher chose for this trial (dotted keys, searcher encoding)."""
+    return {k: v for k, v in config.items() if not k.startswith("__") and k != "cell"}
+
+
+def trial_axes(config: dict[str, Any]) -> dict[str, Any]:
+    """What partitions the trial's row, known before it runs (a failed trial's row needs them)."""
+    base = trial_base(config)
+    attacks = config.get("__attacks__")
+    return {"dataset": base.get("dataset"), "attack": "+".join(attacks) if attacks else base.get("attack"),
+            "defense": base.get("defense"), "clean_fraction": base.get("clean_fraction"), "seed": base.get("seed")}
+
+
 def trial_loop(config: dict[str, Any], session: Session) -> None:
     import torch
 
-    from .checkpoints import load_weights, save_weights
-    from .results_store import trial_row
+    from ..checkpoints import load_weights, save_weights
+    from ..trial import run_trial
     from .search_space import decode
-    from .trial import run_trial
+    from .store import trial_row
 
-    params = {k: decode(v) for k, v in config.items() if not k.startswith("__")}
-    cfg = merge(config["__base__"], nest(params))
+    params = {k: decode(v) for k, v in sampled(config).items()}
+    cfg = merge(trial_base(config), nest(params))
     resume = None
     ckpt = session.get_checkpoint()
     if ckpt is not None:
@@ -94,34 +118,37 @@ def trial_loop(config: dict[str, Any], session: Session) -> None:
             result = run_across_attacks(cfg, config["__attacks__"])
         else:
             # Campaigns resume by cell, not by epoch: no per-epoch evaluation or checkpoint to pay for.
-            result = run_trial(cfg, report=None if config.get("__cell__") else report, resume=resume)
+            result = run_trial(cfg, report=None if "cell" in config else report, resume=resume)
     except ConfigError as e:  # a sampled value the trial rejects: recorded, the sweep goes on
-        result = {"status": "failed", "error": f"ConfigError: {e}", "config": {}}
+        result = {**trial_axes(config), "status": "failed", "error": f"ConfigError: {e}",
+                  "config": flatten(nest(params))}
     row = trial_row(result)
-    sampled = {k: v for k, v in config.items() if not k.startswith("__")}
     row.update({"started": started, "finished": time.time(), "workers": int(config.get("__workers__", 1)),
-                "is_default": sampled == config.get("__default__"), "config_hash": config_hash(cfg)})
-    for key, worst in WORST.items():  # both objectives, always finite: see tune.py's docstring
-        value = row.get(key)
-        if row.get("status") != "ok" or value is None or not math.isfinite(value):
-            row[key] = worst
-    session.report({**{k: v for k, v in row.items() if v is not None}, "final": True})
+                "config_hash": config_hash(cfg)})
+    if "cell" not in config:
+        row["is_default"] = sampled(config) == config.get("__default__")
+    if row.get("status") == "ok" and not all(math.isfinite(row.get(k, math.nan)) for k in WORST):
+        row.update(status="failed", error="the trial's ASR or BA is not a finite number")
+    objectives = {k: (row[k] if row.get("status") == "ok" else worst) for k, worst in WORST.items()}
+    session.report({**{k: v for k, v in row.items() if v is not None}, **objectives, "final": True})
 
 
 def run_across_attacks(cfg: dict[str, Any], attacks: list[str]) -> dict[str, Any]:
     """One configuration against several attacks (`tune --objective worst-case`): the trial's
     objectives are the worst ASR and the mean BA over them, with each attack's own ASR and BA as
-    `asr_<attack>` / `ba_<attack>` columns. No per-epoch checkpoints: a resumed trial restarts."""
+    `asr_<attack>` / `ba_<attack>` columns. Each attack's trial keeps its own `--set` section
+    (`cli.drop_unused_sections`); the row's config holds them all. No per-epoch checkpoints: a
+    resumed trial restarts."""
     import statistics
 
-    from .attacks import ATTACKS
-    from .trial import run_trial
+    from ..cli import drop_unused_sections
+    from ..trial import run_trial
 
-    parts = []
-    for a in attacks:
-        others = set(ATTACKS.names()) - {a}  # a --set blend.alpha=... belongs to blend's run only
-        parts.append(run_trial({k: v for k, v in merge(cfg, {"attack": a}).items() if k not in others}))
-    out = {**parts[0], "attack": "+".join(attacks), "artifacts": None,
+    parts = [run_trial(drop_unused_sections(merge(cfg, {"attack": a}))) for a in attacks]
+    config: dict[str, Any] = {}
+    for p in parts:
+        config.update(p.get("config") or {})
+    out = {**parts[0], "attack": "+".join(attacks), "artifacts": None, "config": config,
            "wall_s": round(sum(p["wall_s"] for p in parts), 3),
            "timings": {"defense_s": round(sum(p.get("timings", {}).get("defense_s", 0.0) for p in parts), 3)}}
     bad = [p for p in parts if p["status"] != "ok"]

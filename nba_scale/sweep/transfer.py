@@ -18,7 +18,7 @@ from __future__ import annotations
 import statistics
 from typing import Iterable
 
-from .results_store import pareto_mask
+from .store import pareto_mask
 
 
 def score_matrix(rows: Iterable[dict]) -> dict[str, dict[str, tuple[float, float]]]:

@@ -1,0 +1,161 @@
+"""What every command line shares: the common flags, the one way a trial config is assembled and
+checked, and the one way bad input ends (one line on stderr, exit code 2).
+
+A trial config is layered by `trial_config`:
+
+    flags (dataset, device, cache, ...)  <  the run's own layers (a search space's or a campaign's
+    fixed keys, a grid cell, sampled parameters)  <  --set,   with the preset's budgets under all
+
+then the sections of plug-ins the trial does not use are dropped: a `--set blend.alpha=0.1` in a
+run over several attacks belongs to the blend trials only. `check_run` validates every trial of
+a run before any starts (the plug-ins' own keys included) and refuses a `--set` section whose
+plug-in no trial uses. A parameter keeps one name from end to end: `--set nba.lambda1=1` is the
+key `nba.lambda1` of the config, of the trial's result and of the search space, and the Parquet
+column `nba_lambda1` (`sweep.store.column_name`: dots become underscores).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+from .config import ConfigError, merge, nest, parse_set
+
+
+def parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """A parser whose help is the module's docstring (its first line, then the whole text)."""
+    return argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
+
+
+def add_trial_flags(p: argparse.ArgumentParser, *, dataset: str, preset: Optional[str] = None,
+                    seeds: bool = False) -> None:
+    """The flags of every command that runs trials."""
+    p.add_argument("--dataset", default=dataset, help="synthetic | cifar10 | gtsrb | npz:PATH")
+    if seeds:
+        p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    else:
+        p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", default=preset, help="smoke | quick | paper (budgets; --set overrides them)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a trial-config key, e.g. nba.lambda1=1.0 (repeatable)")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda")
+    p.add_argument("--precision", default=None, help="no | bf16")
+    p.add_argument("--data-dir", default=None, help="where real datasets live (default $NBA_DATA_DIR)")
+    p.add_argument("--cache-dir", default=None, help="artifact cache (default $NBA_CACHE_DIR)")
+
+
+def add_sweep_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of every command that runs many trials through Ray."""
+    p.add_argument("--results", default="nba_results", help="results folder (rows go to DIR/NAME/)")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--address", default=None, help="Ray cluster (auto, ray://host:10001); default: start Ray here")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--gpus-per-trial", type=float, default=0.0,
+                   help="a fraction (0.25) shares a GPU between trials; 2 or more runs a trial data-parallel")
+    p.add_argument("--workers-per-trial", type=int, default=None,
+                   help="data-parallel processes per trial (default: the whole GPUs per trial, or 1)")
+    p.add_argument("--max-concurrent", type=int, default=None, help="trials at once")
+
+
+def base_config(args: argparse.Namespace, shared_cache: bool = False) -> dict[str, Any]:
+    """The trial-config keys the common flags set (those given). `shared_cache`: name the default
+    cache explicitly, so that every worker of a sweep on this machine shares it."""
+    from .trial import PRESETS
+
+    if args.preset and args.preset not in PRESETS:
+        raise ConfigError(f"unknown preset {args.preset!r}; known: {', '.join(PRESETS)}")
+    flat: dict[str, Any] = {"dataset": args.dataset}
+    for key, value in (("device", args.device), ("precision", args.precision),
+                       ("data.data_dir", args.data_dir), ("cache_dir", args.cache_dir)):
+        if value is not None:
+            flat[key] = value
+    if shared_cache and args.cache_dir is None:
+        from .artifacts import default_cache_dir
+
+        flat["cache_dir"] = str(default_cache_dir())
+    return nest(flat)
+
+
+def user_set(args: argparse.Namespace) -> dict[str, Any]:
+    return parse_set(args.set)
+
+
+def plugin_sections() -> dict[str, str]:
+    """{section name: 'attack' | 'defense'} for every registered plug-in."""
+    from .attacks import ATTACKS
+    from .defenses import DEFENSES
+
+    return {**{n: "attack" for n in ATTACKS.names()}, **{n: "defense" for n in DEFENSES.names()}}
+
+
+def drop_unused_sections(config: dict[str, Any]) -> dict[str, Any]:
+    """The config without the sections of plug-ins other than its own attack and defense."""
+    from .trial import TrialConfig
+
+    used = {config.get("attack", TrialConfig.attack), config.get("defense", TrialConfig.defense)}
+    plugins = plugin_sections()
+    return {k: v for k, v in config.items() if k not in plugins or k in used}
+
+
+def trial_config(*layers: dict[str, Any], preset: Optional[str] = None, keep_sections: bool = False
+                 ) -> dict[str, Any]:
+    """Merge `layers` (later ones win), put the preset's budgets under them, drop the sections of
+    plug-ins the trial does not use (unless `keep_sections`: a trial over several attacks keeps
+    them all and resolves each attack's config with `drop_unused_sections`)."""
+    from .trial import with_preset
+
+    cfg: dict[str, Any] = {}
+    for layer in layers:
+        cfg = merge(cfg, nest(layer))
+    cfg = with_preset(cfg, preset)
+    return cfg if keep_sections else drop_unused_sections(cfg)
+
+
+def check_run(configs: Sequence[dict[str, Any]], sets: dict[str, Any],
+              label: Callable[[int], str] = lambda i: "") -> None:
+    """Every trial config of a run is valid (`label(i)` prefixes the error of the i-th), every
+    section of `sets` (the user's --set) belongs to a plug-in some trial uses, and the dataset can
+    be loaded (offline without its files: one line, now rather than in every trial)."""
+    from .data import load_dataset
+    from .trial import check_config
+
+    checked = []
+    for i, cfg in enumerate(configs):
+        try:
+            checked.append(check_config(cfg))
+        except ConfigError as e:
+            raise ConfigError(f"{label(i)}{e}") from None
+    plugins = plugin_sections()
+    used = {c.attack for c in checked} | {c.defense for c in checked}
+    for section in sets:
+        if section in plugins and section not in used:
+            kind = plugins[section]
+            runs = sorted({getattr(c, kind) for c in checked})
+            raise ConfigError(f"--set {section}.*: no trial of this run uses {kind} {section!r} "
+                              f"(it runs {', '.join(runs)}); drop the setting or add that {kind}")
+    if checked:
+        load_dataset(checked[0].dataset, checked[0].data, checked[0].seed)
+
+
+def entry(build_parser: Callable[[], argparse.ArgumentParser], run: Callable[[argparse.Namespace], int]
+          ) -> Callable[..., int]:
+    """A command's `main(argv=None) -> exit code`: `run` on the parsed arguments, via `main`."""
+    return lambda argv=None: main(build_parser(), run, argv)
+
+
+def main(p: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int],
+         argv: Optional[Iterable[str]] = None) -> int:
+    """Parse, run, and turn bad input (`ConfigError`) into one line on stderr and exit code 2.
+    `args.argv` keeps the arguments as given (drivers record the command that made their rows)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = p.parse_args(argv)
+    args.argv = argv
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        return run(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,224 @@
+"""The NBA paper's experiments as campaigns: one command each, run as Ray Tune trials.
+
+    python -m nba_scale.campaign --list
+    python -m nba_scale.campaign table2 --dataset synthetic --preset smoke --seeds 0
+    python -m nba_scale.campaign table2 --dataset npz:~/.cache/nba_scale/cifar10_jpeg.npz --preset quick \\
+        --seeds 0 1 2 --set data.train_subset=10000 --set data.test_subset=2000
+    python -m nba_scale.campaign clean-fraction --only attack=badnets,blend --address auto --gpus-per-trial 0.25
+    python -m nba_scale.campaign table2 ... --resume        # after an interruption: finished cells are kept
+    python -m nba_scale.report nba_results --out report/
+
+A campaign is a grid (search_spaces/campaigns/NAME.yaml, see nba_scale/sweep/grid.py) of
+cells, each one trial of `run_trial` through the same trainable, artifact cache and Parquet sink
+as a sweep (rows in `--results DIR/NAME/`, trial id = cell id; `nba_scale.compare` runs the
+`table2` grid the same way, one cell after the other in this process, without Ray). Before running it prints the plan:
+cells, those already finished, and an estimate from the per-trial times measured in DIR's earlier
+rows. On this machine the backdoored models and teachers are built first with every core; on a
+cluster (`--address`) the first trial that needs one builds it and the others wait on its lock.
+
+Resume: a cell is finished when its row says status ok. `--resume` runs every other cell again
+from its start (an interrupted cell loses at most one trial's work; failed cells are retried).
+Without `--resume`, an existing campaign directory is refused rather than silently mixed.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from .. import cli
+from ..config import ConfigError
+from .grid import Campaign, Cell, cell_config, cell_row, list_campaigns, load_campaign
+
+
+def parse_only(items: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not values:
+            raise ConfigError(f"--only {item!r}: expected AXIS=V1,V2 (e.g. attack=badnets,blend)")
+        out[key.strip()] = [v for v in values.split(",") if v]
+    return out
+
+
+def finished_cells(root: Path) -> dict[str, dict]:
+    from .store import read_table
+
+    if not root.exists():
+        return {}
+    return {r["trial_id"]: r for r in read_table(root).to_pylist() if r.get("status") == "ok"}
+
+
+def estimate_s(todo: list[Cell], results: Path, dataset: str, concurrency: int) -> Optional[float]:
+    """Seconds for `todo` from the mean wall time of earlier ok rows (same dataset, per defense)
+    anywhere under `results`; None when some defense was never measured there."""
+    from .store import read_table
+
+    if not results.exists():
+        return None
+    walls: dict[str, list[float]] = {}
+    for r in read_table(results).to_pylist():
+        if r.get("status") == "ok" and r.get("dataset_spec") == dataset and r.get("wall_s"):
+            walls.setdefault(r["defense"], []).append(float(r["wall_s"]))
+    if any(c.defense not in walls for c in todo):
+        return None
+    return sum(statistics.fmean(walls[c.defense]) for c in todo) / max(1, concurrency)
+
+
+def _quote(a: str) -> str:
+    return a if a and all(ch.isalnum() or ch in "-_=.,:/~+" for ch in a) else json.dumps(a)
+
+
+@dataclasses.dataclass
+class Plan:
+    """A campaign's cells with their checked trial configs, where its rows go, and what is left."""
+    camp: Campaign
+    root: Path
+    configs: list[tuple[Cell, dict[str, Any]]]
+    done: dict[str, dict]
+
+    @property
+    def todo(self) -> list[tuple[Cell, dict[str, Any]]]:
+        return [(c, cfg) for c, cfg in self.configs if c.id not in self.done]
+
+    @classmethod
+    def make(cls, camp: Campaign, cells: list[Cell], args: argparse.Namespace, root: Path) -> "Plan":
+        base, sets = cli.base_config(args, shared_cache=True), cli.user_set(args)
+        configs = [(c, cell_config(camp, c, base, sets, args.preset)) for c in cells]
+        cli.check_run([cfg for _, cfg in configs], sets, label=lambda i: f"cell {configs[i][0].id}: ")
+        return cls(camp, root, configs, finished_cells(root))
+
+    def check_settings(self, args: argparse.Namespace) -> None:
+        """A cell id names attack, defense, clean fraction, variant and seed, not the dataset or the
+        --set overrides: adding cells under other settings would mix two configurations in one table."""
+        path = self.root / "campaign.json"
+        if not path.exists():
+            return
+        old = json.loads(path.read_text())
+        for key, now in (("dataset", args.dataset), ("preset", args.preset), ("set", args.set)):
+            was = old.get(key)
+            if key == "set":
+                was, now = sorted(was or []), sorted(now or [])
+            if was != now:
+                raise ConfigError(f"{self.root} was run with {key} {was!r}, not {now!r}: --resume must keep the "
+                                  f"dataset, preset and --set of its finished cells (or use another --name/--name-suffix)")
+
+    def write_manifest(self, args: argparse.Namespace, command: str) -> None:
+        """DIR/NAME/campaign.json: the grid and every command that added rows (the report cites them)."""
+        from ..atomic import write_json
+
+        path, camp = self.root / "campaign.json", self.camp
+        old = json.loads(path.read_text()) if path.exists() else {}
+        commands = [c for c in old.get("commands", []) if c != command] + [command]
+        write_json(path, {"campaign": camp.name, "file": camp.path, "title": camp.title, "paper": camp.paper,
+                          "report": camp.report, "published": camp.published, "dataset": args.dataset,
+                          "preset": args.preset, "seeds": args.seeds, "set": args.set, "commands": commands})
+
+
+def command_line(prog: str, argv: list[str]) -> str:
+    return f"python -m {prog} " + " ".join(_quote(a) for a in argv)
+
+
+def run_cells(name: str, root: Path, todo: list[tuple[Cell, dict]], shape, concurrency: int) -> None:
+    import ray.tune as tune
+
+    from .execution import ParquetSink, Progress, run_config
+    from .trainable import trainable
+
+    tune_dir = (root / "_tune").resolve()
+    resources, consts = shape.tune_setup(tune_dir)
+    cells = [{"id": c.id, "config": cfg, "row": cell_row(name, c)} for c, cfg in todo]
+    callbacks = [ParquetSink(root, lambda t: t.config["cell"]["row"]),
+                 Progress(name, len(cells), lambda t: t.config["cell"]["id"])]
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, resources),
+        param_space={**consts, "cell": tune.grid_search(cells)},
+        tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=concurrency),
+        # a fresh Tune experiment per invocation: a campaign resumes by cell, from its rows
+        run_config=run_config(f"run-{time.strftime('%Y%m%d-%H%M%S')}", tune_dir, callbacks))
+    tuner.fit()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = cli.parser("python -m nba_scale.campaign", __doc__)
+    p.add_argument("name", nargs="?", help="a campaign (see --list) or a campaign YAML path")
+    p.add_argument("--list", action="store_true", help="print the campaigns and their grids")
+    cli.add_trial_flags(p, dataset="cifar10", preset="quick", seeds=True)
+    cli.add_sweep_flags(p)
+    p.add_argument("--only", action="append", default=[], metavar="AXIS=V1,V2",
+                   help="restrict an axis (attack, defense, clean_fraction, variant)")
+    p.add_argument("--name-suffix", default="", help="results go to DIR/<campaign><suffix>")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    return p
+
+
+def list_all() -> None:
+    for n in list_campaigns():
+        c = load_campaign(n)
+        print(f"{n:16s} {c.paper:14s} {len(c.cells([0]))} cells per seed: {len(c.attacks)} attacks x "
+              f"{len(c.defenses)} defenses x {len(c.clean_fractions)} clean fractions x "
+              f"{len(c.variants)} variants  - {c.title}")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list:
+        list_all()
+        return 0
+    if not args.name:
+        raise ConfigError("name a campaign (python -m nba_scale.campaign --list shows them)")
+    from .execution import Shape
+
+    shape = Shape.from_args(args)
+    camp = load_campaign(args.name)
+    cells = camp.cells(args.seeds, parse_only(args.only))
+    plan = Plan.make(camp, cells, args, Path(args.results) / f"{camp.name}{args.name_suffix}")
+    root, todo = plan.root, plan.todo
+    if root.exists() and any(root.iterdir()) and not args.resume and not args.dry_run:
+        raise ConfigError(f"{root} already holds campaign results; pass --resume to finish it "
+                          f"(finished cells are kept) or --name-suffix to start another")
+    if args.resume:
+        plan.check_settings(args)
+    cpus = os.cpu_count() or 1
+    concurrency = args.max_concurrent or (max(1, int(cpus // args.cpus_per_trial)) if args.address is None
+                                          and not args.gpus_per_trial else 64)
+    est = estimate_s([c for c, _ in todo], Path(args.results), args.dataset, concurrency)
+    print(f"campaign {camp.name} ({camp.paper or 'beyond the paper'}): {camp.title}\n"
+          f"  grid: {len(camp.attacks)} attacks x {len(camp.defenses)} defenses x {len(camp.clean_fractions)} "
+          f"clean fractions x {len(camp.variants)} variants x {len(args.seeds)} seeds"
+          f"{' restricted by --only ' + ' '.join(args.only) if args.only else ''} -> {len(cells)} cells\n"
+          f"  finished already: {len(cells) - len(todo)}; to run: {len(todo)} trials, up to {concurrency} at a time\n"
+          f"  estimate: {'%.1f min (from earlier rows in %s)' % (est / 60, args.results) if est is not None else 'unknown (no earlier rows for these defenses on this dataset); ETA after the first cells'}\n"
+          f"  results: {root}", flush=True)
+    if args.dry_run or not todo:
+        if not todo:
+            print(f"nothing to run; report: python -m nba_scale.report {root} --out report/")
+        return 0
+    plan.write_manifest(args, command_line("nba_scale.campaign", args.argv))
+
+    from .execution import prebuild, start_ray
+
+    t0 = time.time()
+    start_ray(args.address)
+    if args.address is None:
+        prebuild(camp.name, [cfg for _, cfg in todo])
+    run_cells(camp.name, root, todo, shape, concurrency)
+    rows = finished_cells(root)
+    missing = [c.id for c in cells if c.id not in rows]
+    print(f"campaign {camp.name}: {len(cells) - len(missing)}/{len(cells)} cells ok in {time.time() - t0:.0f}s"
+          + (f"; not ok: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''} (--resume retries them)"
+             if missing else ""), flush=True)
+    print(f"report: python -m nba_scale.report {root} --out report/", flush=True)
+    return 0 if not missing else 1
+
+
+main = cli.entry(build_parser, run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

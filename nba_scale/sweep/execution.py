@@ -1,0 +1,168 @@
+"""How a driver runs many trials through Ray Tune, for sweeps (tune.py) and campaigns
+(campaign.py) alike: the resources of one trial, Ray's start, the artifacts built before the
+trials, the one Parquet sink and the one progress line. Imports Ray: drivers import this module
+after their input is checked, so that bad input fails fast."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import ray.tune as tune
+
+from ..config import ConfigError, nest
+from .store import pareto_mask, write_row
+from .trainable import trial_axes
+
+# What Tune adds to every reported result; the rest of a final report is the trial's row.
+TUNE_RESULT_KEYS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date",
+                    "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "time_since_restore",
+                    "iterations_since_restore", "config", "final", "experiment_tag"}
+
+
+def row_fields(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k not in TUNE_RESULT_KEYS and not k.startswith("config/")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """The resources of one trial: `--cpus-per-trial`, `--gpus-per-trial`, `--workers-per-trial`.
+    A fraction of a GPU packs several trials on one; two or more workers run a trial
+    data-parallel through Ray Train (sweep/trainable.py)."""
+    cpus: float
+    gpus: float
+    workers: int
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "Shape":
+        gpus = args.gpus_per_trial
+        workers = args.workers_per_trial or max(1, math.ceil(gpus))
+        if gpus > 1 and gpus % workers:
+            raise ConfigError(f"--gpus-per-trial {gpus:g} does not split evenly over {workers} workers; "
+                              f"use a whole number of GPUs per worker")
+        if workers > 1 and gpus and gpus < workers:
+            raise ConfigError(f"--workers-per-trial {workers} needs at least one GPU each; "
+                              f"pass --gpus-per-trial {workers} (or 0 for CPU workers)")
+        return cls(args.cpus_per_trial, gpus, workers)
+
+    def tune_setup(self, storage: Path) -> tuple[dict[str, float], dict[str, Any]]:
+        """(the resources Tune reserves per trial, the constants every trial's config carries)."""
+        consts: dict[str, Any] = {"__workers__": self.workers}
+        if self.workers <= 1:
+            return {"cpu": self.cpus, "gpu": self.gpus}, consts
+        # The Tune trial only drives a Ray Train run whose workers hold the CPUs and GPUs; Tune
+        # refuses an empty request, so the driver takes a token share of a CPU.
+        consts.update({"__cpus__": self.cpus, "__gpus__": self.gpus, "__train_storage__": str(storage / "_train")})
+        return {"cpu": 0.01}, consts
+
+
+def start_ray(address: str | None) -> None:
+    import ray
+
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # experiment state saved often: see --resume
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Per-epoch checkpoints and frequent experiment snapshots are on purpose.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False,
+             ignore_reinit_error=True)
+
+
+def run_config(name: str, storage: Path, callbacks: list) -> tune.RunConfig:
+    return tune.RunConfig(name=name, storage_path=str(storage), verbose=0, callbacks=callbacks,
+                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                          failure_config=tune.FailureConfig(max_failures=0))
+
+
+def prebuild(label: str, configs: list[dict[str, Any]]) -> None:
+    """Every distinct backdoored model, and a teacher where some trial's defense needs one, once,
+    here with every core, before the trials start (otherwise the first trials build them on one
+    core each while the others wait on the cache's lock)."""
+    from ..defenses import get_defense
+    from ..trial import prepare_artifacts
+
+    def needs_teacher(cfg: dict[str, Any]) -> bool:
+        return get_defense(cfg.get("defense", "nba")).needs_teacher
+
+    groups: dict[str, dict[str, Any]] = {}
+    for cfg in map(nest, configs):
+        key = json.dumps({k: v for k, v in cfg.items() if k not in ("defense", cfg.get("defense"))},
+                         sort_keys=True, default=str)
+        if key not in groups or (needs_teacher(cfg) and not needs_teacher(groups[key])):
+            groups[key] = cfg
+    for i, cfg in enumerate(groups.values(), 1):
+        t0 = time.time()
+        what = "backdoored model and teacher" if needs_teacher(cfg) else "backdoored model"
+        print(f"[{label}] artifacts {i}/{len(groups)}: {cfg['attack']} cf {cfg['clean_fraction']:g} seed "
+              f"{cfg.get('seed', 0)}, {what} (building or loading from the cache) ...", flush=True)
+        got = prepare_artifacts(cfg)
+        if got["status"] != "ok":
+            raise ConfigError(f"[{label}] could not build the artifacts of {cfg['attack']}: {got['error']}")
+        print(f"[{label}]   ready in {time.time() - t0:.0f}s: backdoored BA {got['ba_before']:.1%}, "
+              f"ASR {got['asr_before']:.1%}", flush=True)
+
+
+class ParquetSink(tune.Callback):
+    """Driver-side: writes each finished trial's row (idempotent per trial id). `identity(trial)`
+    names the row (sweep, study, trial id, a campaign cell's axes)."""
+
+    def __init__(self, root: Path, identity: Callable[[Any], dict[str, Any]]):
+        self.root, self.identity = root, identity
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        r = dict(trial.last_result or {})
+        if r.get("final"):
+            write_row(self.root, {**row_fields(r), **self.identity(trial)})
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        # The worker died (killed, out of memory): the trainable could not write its row.
+        write_row(self.root, {**trial_axes(trial.config), **self.identity(trial), "status": "failed",
+                              "error": f"trial process died: {trial.error_file or 'no error file'}"})
+
+
+class Progress(tune.Callback):
+    """One line per finished trial (counts, time, ETA, its ASR/BA or its error) and, while trials
+    train, a heartbeat at most every `every_s` seconds with the current Pareto front. Tune's own
+    per-trial table is off (verbose=0)."""
+
+    def __init__(self, label: str, total: int, name: Callable[[Any], str], every_s: float = 30.0):
+        self.label, self.total, self.name, self.every_s = label, total, name, every_s
+        self.t0, self.last, self.finished_here = time.time(), 0.0, 0
+
+    def on_step_end(self, iteration, trials, **info):
+        if time.time() - self.last >= self.every_s:
+            self._print(trials, set(), self._front(trials))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finished(trials, trial, trial.last_result or {})
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finished(trials, trial, {"status": "failed", "error": "trial process died"})
+
+    def _finished(self, trials, trial, r: dict[str, Any]) -> None:
+        self.finished_here += 1
+        what = f"ASR {r['asr']:.1%} BA {r['ba']:.1%}" if r.get("status") == "ok" else f"FAILED {r.get('error')}"
+        self._print(trials, {trial.trial_id}, f" | {self.name(trial)}: {what}")
+
+    @staticmethod
+    def _front(trials) -> str:
+        pts = [(t.last_result["asr"], t.last_result["ba"]) for t in trials
+               if t.status == "TERMINATED" and (t.last_result or {}).get("status") == "ok"]
+        front = sorted({p for p, keep in zip(pts, pareto_mask([a for a, _ in pts], [b for _, b in pts])) if keep})
+        return "; front: " + ", ".join(f"(ASR {a:.1%}, BA {b:.1%})" for a, b in front[:4]) if front else ""
+
+    def _print(self, trials, just_finished: set[str], tail: str) -> None:
+        self.last = time.time()
+        ended = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")} | just_finished
+        failed = sum(1 for t in trials if t.trial_id in ended and
+                     (t.status == "ERROR" or (t.last_result or {}).get("status") != "ok"))
+        running = sum(1 for t in trials if t.status == "RUNNING" and t.trial_id not in ended)
+        elapsed = self.last - self.t0
+        line = f"[{self.label}] {len(ended)}/{self.total} done ({failed} failed), {running} running, {elapsed / 60:.1f} min"
+        if self.finished_here and len(ended) < self.total:
+            line += f", ETA {elapsed / self.finished_here * (self.total - len(ended)) / 60:.1f} min"
+        print(line + tail, flush=True)

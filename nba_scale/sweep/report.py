@@ -1,0 +1,254 @@
+"""Markdown report of campaigns: the paper's table layouts, figures, published numbers, commands.
+
+    python -m nba_scale.report nba_results --out report/          # every campaign under the folder
+    python -m nba_scale.report nba_results/table2 --out report/   # one campaign
+
+Writes `OUT/README.md` and PNGs beside it. Per campaign: a table (rows x columns as its YAML's
+`report` says; every cell "ASR / BA" in %, mean ± std over seeds; "before" = the backdoored
+model where the columns are defenses), the mean over rows, the paper's published numbers where
+the campaign records them, bars per attack, Pareto fronts (ASR vs BA) per attack x clean
+fraction, clean-fraction curves where the grid has that axis, the leave-one-attack-out and
+worst-case tables for `transfer`, wall time per defense, and the commands that produced it
+(from the campaign folder's campaign.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from .. import cli
+from ..config import ConfigError
+from .tables import axis_values, before_rows, grouped_tables, wall_times
+
+
+def shown(text: str) -> str:
+    """A path or command as a report shows it: relative to the working directory where it lies
+    below it, else with the home directory as `~`; no machine's absolute paths in a report."""
+    cwd, home = str(Path.cwd()), str(Path.home())
+    for prefix, short in ((cwd + "/", ""), (cwd, "."), (home, "~")):
+        text = text.replace(prefix, short)
+    return text
+
+
+def bars(rows: list[dict], row_axis: str, col_axis: str, orders: dict, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..atomic import save_figure
+
+    rvals, cvals = axis_values(rows, row_axis, orders.get(row_axis)), axis_values(rows, col_axis, orders.get(col_axis))
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.4 * len(rvals) * 2), 3.6))
+    width = 0.8 / max(1, len(cvals))
+    for ax, metric, label in ((axes[0], "asr", "ASR % (lower is better)"), (axes[1], "ba", "BA % (higher is better)")):
+        for j, cv in enumerate(cvals):
+            ys = []
+            for rv in rvals:
+                g = [r[metric] for r in rows if r[row_axis] == rv and r[col_axis] == cv]
+                ys.append(100 * statistics.fmean(g) if g else float("nan"))
+            ax.bar([i + (j - (len(cvals) - 1) / 2) * width for i in range(len(rvals))], ys, width, label=str(cv))
+        ax.set_xticks(range(len(rvals)), [str(v) for v in rvals], rotation=20)
+        ax.set_ylabel(label)
+        ax.set_ylim(0, 100)
+        ax.grid(axis="y", alpha=0.3)
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def pareto_grid(rows: list[dict], label_axis: str, orders: dict, path: Path) -> None:
+    """ASR vs BA per (attack, clean fraction); each point one column value (mean over seeds),
+    the front in red, the backdoored model as a cross."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..atomic import save_figure
+    from .store import pareto_mask
+
+    groups = [(a, cf) for a in axis_values(rows, "attack", orders.get("attack")) for cf in axis_values(rows, "clean_fraction")
+              if any(r["attack"] == a and r["clean_fraction"] == cf for r in rows)]
+    n = len(groups)
+    cols = min(3, n)
+    fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(4.2 * cols, 3.6 * ((n + cols - 1) // cols)),
+                             squeeze=False)
+    for ax, (attack, cf) in zip(axes.flat, groups):
+        g = [r for r in rows if r["attack"] == attack and r["clean_fraction"] == cf]
+        labels = axis_values(g, label_axis, orders.get(label_axis))
+        pts = [(100 * statistics.fmean(r["asr"] for r in g if r[label_axis] == lv),
+                100 * statistics.fmean(r["ba"] for r in g if r[label_axis] == lv)) for lv in labels]
+        keep = pareto_mask([a for a, _ in pts], [b for _, b in pts])
+        for (a, b), lv, k in zip(pts, labels, keep):
+            ax.scatter([a], [b], color="C3" if k else "C0", s=22)
+            ax.annotate(str(lv), (a, b), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        front = sorted(p for p, k in zip(pts, keep) if k)
+        ax.step([a for a, _ in front], [b for _, b in front], where="post", color="C3", alpha=0.6)
+        before = before_rows(g)
+        ax.scatter([100 * statistics.fmean(r["asr_before"] for r in before)],
+                   [100 * statistics.fmean(r["ba_before"] for r in before)], marker="x", color="k", label="backdoored")
+        ax.set_title(f"{attack}, clean {cf:g}", fontsize=9)
+        ax.set_xlabel("ASR %")
+        ax.set_ylabel("BA %")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def curves(rows: list[dict], orders: dict, path: Path) -> None:
+    """ASR and BA against the clean fraction, one line per defense, one column per attack."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..atomic import save_figure
+
+    attacks = axis_values(rows, "attack", orders.get("attack"))
+    fig, axes = plt.subplots(2, len(attacks), figsize=(3.6 * len(attacks), 6), squeeze=False)
+    for j, attack in enumerate(attacks):
+        g = [r for r in rows if r["attack"] == attack]
+        for d in axis_values(g, "defense", orders.get("defense")):
+            cfs = axis_values([r for r in g if r["defense"] == d], "clean_fraction")
+            for i, metric in enumerate(("asr", "ba")):
+                ys = [100 * statistics.fmean(r[metric] for r in g if r["defense"] == d and r["clean_fraction"] == c)
+                      for c in cfs]
+                axes[i][j].plot([100 * c for c in cfs], ys, marker="o", label=d)
+        axes[0][j].set_title(attack, fontsize=9)
+        for i, label in enumerate(("ASR %", "BA %")):
+            axes[i][j].set_xlabel("clean data %")
+            axes[i][j].set_ylabel(label)
+            axes[i][j].grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def transfer_lines(rows: list[dict]) -> list[str]:
+    from .transfer import leave_one_out, score_matrix, worst_case
+
+    matrix = score_matrix(rows)
+    loo, wc = leave_one_out(matrix), worst_case(matrix)
+    lines = ["#### Leave-one-attack-out", "",
+             "Chosen = best `mean BA - worst ASR` on the other attacks; tuned = best `BA - ASR` on the held-out "
+             "attack itself. Loss = what the chosen configuration gives up on the unseen attack (points of %).", "",
+             "| held-out attack | chosen | ASR / BA | tuned on it | ASR / BA | ASR loss | BA loss | utility loss |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in loo:
+        lines.append(f"| {r['held_out']} | {r['chosen']} | {100 * r['chosen_asr']:.1f} / {100 * r['chosen_ba']:.1f} | "
+                     f"{r['tuned_on_it']} | {100 * r['tuned_asr']:.1f} / {100 * r['tuned_ba']:.1f} | "
+                     f"{100 * r['asr_loss']:+.1f} | {100 * r['ba_loss']:+.1f} | {100 * r['utility_loss']:+.1f} |")
+    if loo:
+        lines.append(f"| **mean** | | | | | {100 * statistics.fmean(r['asr_loss'] for r in loo):+.1f} | "
+                     f"{100 * statistics.fmean(r['ba_loss'] for r in loo):+.1f} | "
+                     f"{100 * statistics.fmean(r['utility_loss'] for r in loo):+.1f} |")
+    lines += ["", "#### Worst case over all attacks", "",
+              "| configuration | worst ASR | (attack) | mean BA | Pareto |", "|---|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {100 * r['worst_asr']:.1f} | {r['worst_asr_attack']} | {100 * r['mean_ba']:.1f} | "
+              f"{'*' if r['pareto'] else ''} |" for r in wc]
+    overrides = {r["variant"]: r.get("variant_overrides") for r in rows}
+    lines += ["", "Configurations:", ""] + [f"- `{v}`: `{o}`" for v, o in sorted(overrides.items())]
+    return lines
+
+
+def campaign_section(root: Path, out: Path) -> list[str]:
+    from .store import read_table
+
+    meta = json.loads((root / "campaign.json").read_text())
+    name = meta["campaign"]
+    all_rows = read_table(root).to_pylist()
+    rows = [r for r in all_rows if r.get("status") == "ok"]
+    failed = [r for r in all_rows if r.get("status") != "ok"]
+    for r in rows:
+        r["variant"] = r.get("variant") or "default"
+    rep = meta.get("report") or {"rows": "attack", "columns": "defense"}
+    orders = _orders(meta)
+    lines = [f"## {name}: {meta.get('title', '')}", "",
+             f"Paper: {meta.get('paper') or '-'}. Dataset `{shown(str(meta.get('dataset')))}`, preset `{meta.get('preset')}`, "
+             f"seeds {meta.get('seeds')}, overrides {shown(str(meta.get('set') or 'none'))}. "
+             f"{len(rows)} cells ok, {len(failed)} failed. Cells: ASR / BA in %, mean ± std over seeds.", ""]
+    if not rows:
+        return lines + ["No finished cells yet.", ""]
+    ra, ca = rep.get("rows", "attack"), rep.get("columns", "defense")
+    lines += grouped_tables(rows, ra, ca, orders)
+    for kind, per in (meta.get("published") or {}).items():
+        lines.append(f"Published ({kind.replace('_', ' ')}, from the paper): " + "; ".join(
+            f"{col} ASR {v['asr']} % / BA {v['ba']} %" for col, v in per.items()))
+        lines.append("")
+    if failed:
+        lines += ["Failed cells: " + "; ".join(f"`{r['trial_id']}`: {r.get('error')}" for r in failed[:10]), ""]
+    lines += wall_times(rows, ca)
+    if ra in ("attack", "defense") and ca in ("defense", "variant", "clean_fraction"):
+        bars(rows, ra, ca, orders, f"{name}: {meta.get('title', '')}", out / f"{name}_bars.png")
+        lines += [f"![{name} bars]({name}_bars.png)", ""]
+    label = ca if ca in ("defense", "variant") else "defense"
+    pareto_grid(rows, label, orders, out / f"{name}_pareto.png")
+    lines += [f"Pareto fronts (ASR vs BA) per attack x clean fraction, each point one {label}:", "",
+              f"![{name} Pareto fronts]({name}_pareto.png)", ""]
+    if rep.get("curves") == "clean_fraction" and len({r["clean_fraction"] for r in rows}) > 1:
+        curves(rows, orders, out / f"{name}_curves.png")
+        lines += [f"![{name} clean-fraction curves]({name}_curves.png)", ""]
+    if rep.get("transfer"):
+        lines += transfer_lines(rows) + [""]
+    lines += ["Commands:", "", "```", *map(shown, meta.get("commands", [])), "```", ""]
+    return lines
+
+
+def _orders(meta: dict) -> dict[str, list]:
+    """Axis orders from the campaign's YAML (and its current published numbers into `meta`)."""
+    try:
+        from .grid import load_campaign
+
+        c = load_campaign(meta.get("file") or meta["campaign"])
+    except ConfigError:  # the YAML moved: alphabetical order, the published numbers as recorded
+        return {}
+    meta["published"] = c.published
+    return {"attack": c.attacks, "defense": c.defenses, "clean_fraction": c.clean_fractions,
+            "variant": list(c.variants)}
+
+
+def write_report(src: Path, out: Path) -> Path:
+    from ..atomic import write_bytes
+
+    roots = sorted({p.parent for p in [*src.glob("campaign.json"), *src.glob("*/campaign.json")]})
+    if not roots:
+        raise ConfigError(f"no campaign under {src} (no campaign.json); run python -m nba_scale.campaign first")
+    out.mkdir(parents=True, exist_ok=True)
+    lines = ["# nba_scale report", "", f"From `{shown(str(src))}`, {time.strftime('%Y-%m-%d %H:%M')}. "
+             "ASR: attack success rate on triggered non-target test images (lower is better); "
+             "BA: benign accuracy on the clean test set (higher is better).", ""]
+    for root in roots:
+        lines += campaign_section(root, out)
+    path = out / "README.md"
+    write_bytes(path, "\n".join(lines).encode())
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    path = write_report(Path(args.dir), Path(args.out))
+    print(f"wrote {path}")
+    print(path.read_text())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = cli.parser("python -m nba_scale.report", __doc__)
+    p.add_argument("dir", help="a campaign folder (DIR/NAME) or a results folder holding several")
+    p.add_argument("--out", default="report")
+    return p
+
+
+main = cli.entry(build_parser, run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

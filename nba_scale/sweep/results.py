@@ -1,0 +1,179 @@
+"""Query sweep results and read Pareto fronts (ASR down, BA up).
+
+    python -m nba_scale.results nba_results/NAME --pareto
+    python -m nba_scale.results nba_results --sql "SELECT attack, min(asr), max(ba) FROM trials GROUP BY 1"
+    python -m nba_scale.results nba_results/NAME --pareto --by attack,clean_fraction --plot front.png
+
+Without --sql or --pareto it lists the trials. `trials` is a duckdb view over every Parquet row
+under DIR (schemas unified by column name). The Pareto front is computed per group (default:
+attack and clean_fraction); `*` marks the search space's default point (the paper's
+configuration, the first trial of each study).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional
+
+import pyarrow as pa
+
+from .. import cli
+from ..config import ConfigError
+from .store import pareto_mask, read_table
+
+SHOW = ["sweep", "study", "trial_id", "attack", "clean_fraction", "status", "asr", "ba", "ra", "asr_before",
+        "ba_before", "wall_s"]
+
+
+def load(root: str | Path) -> pa.Table:
+    root = Path(root)
+    if not root.exists():
+        raise ConfigError(f"results folder {str(root)!r} not found; pass the --results DIR (or DIR/NAME) of a sweep")
+    table = read_table(root)
+    if table.num_rows == 0:
+        raise ConfigError(f"no Parquet rows under {root}; has a sweep written there yet?")
+    return table
+
+
+def pareto_table(table: pa.Table, by: list[str]) -> pa.Table:
+    """Rows on the front of their group, sorted by group then ASR; adds `default_point`."""
+    rows = table.to_pylist()
+    for r in rows:
+        r["default_point"] = _is_default(r)
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("status", "ok") == "ok":
+            groups.setdefault(tuple(r.get(k) for k in by), []).append(r)
+    front = []
+    for key in sorted(groups, key=lambda k: tuple(str(x) for x in k)):
+        g = groups[key]
+        keep = pareto_mask([r["asr"] for r in g], [r["ba"] for r in g])
+        front += sorted((r for r, k in zip(g, keep) if k), key=lambda r: r["asr"])
+    return pa.Table.from_pylist(front) if front else pa.table({})
+
+
+def _is_default(row: dict) -> bool:
+    return bool(row.get("is_default"))
+
+
+def format_table(table: pa.Table, columns: Optional[list[str]] = None, fmt: str = "table") -> str:
+    cols = [c for c in (columns or table.column_names) if c in table.column_names]
+    t = table.select(cols)
+    if fmt == "csv":
+        import io
+
+        import pyarrow.csv as pcsv
+
+        buf = io.BytesIO()
+        pcsv.write_csv(t, buf)
+        return buf.getvalue().decode()
+    if fmt == "json":
+        import json
+
+        return json.dumps(t.to_pylist(), default=str, indent=1)
+    rows = [[_cell(v) for v in r.values()] for r in t.to_pylist()]
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return "" if v is None else str(v)
+
+
+def print_pareto(root, by: tuple[str, ...] = ("attack", "clean_fraction"), fmt: str = "table") -> None:
+    front = pareto_table(load(root), list(by))
+    if front.num_rows == 0:
+        print("no successful trials yet: no Pareto front")
+        return
+    front = front.append_column("mark", pa.array(["*" if d else "" for d in front["default_point"].to_pylist()]))
+    # The tuned hyper-parameters: config columns whose values differ between rows.
+    plugins = cli.plugin_sections()
+    varying = [c for c in front.column_names if "_" in c and c.split("_")[0] in plugins
+               and len({str(v) for v in front[c].to_pylist()}) > 1]
+    cols = [*by, "mark", "asr", "ba", "ra", "trial_id", *varying]
+    print("Pareto front (ASR down, BA up); * = the paper's default configuration")
+    print(format_table(front, cols, fmt))
+
+
+def plot(table: pa.Table, by: list[str], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in table.to_pylist() if r.get("status", "ok") == "ok"]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r.get(k) for k in by), []).append(r)
+    n = max(1, len(groups))
+    fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 4), squeeze=False)
+    for ax, key in zip(axes[0], sorted(groups, key=lambda k: tuple(str(x) for x in k))):
+        g = groups[key]
+        asr, ba = [100 * r["asr"] for r in g], [100 * r["ba"] for r in g]
+        ax.scatter(asr, ba, s=14, alpha=0.6, label="trials")
+        keep = pareto_mask(asr, ba)
+        front = sorted((a, b) for a, b, k in zip(asr, ba, keep) if k)
+        if front:
+            ax.step([a for a, _ in front], [b for _, b in front], where="post", color="C3", label="Pareto front")
+        for r in g:
+            if _is_default(r):
+                ax.scatter([100 * r["asr"]], [100 * r["ba"]], marker="*", s=150, color="k", label="paper default")
+        ax.set_xlabel("ASR % (lower is better)")
+        ax.set_ylabel("BA % (higher is better)")
+        ax.set_title(", ".join(f"{k}={v}" for k, v in zip(by, key)), fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    from ..atomic import save_figure
+
+    save_figure(fig, path)
+
+
+def run(args: argparse.Namespace) -> int:
+    by = [b.strip() for b in args.by.split(",") if b.strip()]
+    table = load(args.dir)
+    missing = [b for b in by if b not in table.column_names]
+    if missing:
+        raise ConfigError(f"--by {missing[0]!r} is not a column; columns include {', '.join(table.column_names[:12])}")
+    if args.sql:
+        import duckdb
+
+        con = duckdb.connect()
+        con.register("trials", table)
+        try:
+            rel = con.sql(args.sql)
+            out = rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()
+        except duckdb.Error as e:
+            raise ConfigError(f"SQL failed: {str(e).splitlines()[0]}") from None
+        print(format_table(out, fmt=args.format))
+    elif args.pareto:
+        print_pareto(args.dir, tuple(by), args.format)
+    else:
+        print(format_table(table, SHOW, args.format))
+    if args.plot:
+        plot(table, by, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = cli.parser("python -m nba_scale.results", __doc__)
+    p.add_argument("dir")
+    p.add_argument("--sql", default=None)
+    p.add_argument("--pareto", action="store_true")
+    p.add_argument("--by", default="attack,clean_fraction")
+    p.add_argument("--plot", default=None, metavar="FILE.png")
+    p.add_argument("--format", default="table", choices=["table", "csv", "json"])
+    return p
+
+
+main = cli.entry(build_parser, run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Campaign tables in Markdown, shared by the report and `compare`: cells "ASR / BA" in %, mean ±
+std over seeds, a "before" column (the backdoored model) where the columns are defenses, a mean
+line over the rows, one table per value of any other axis that varies."""
+from __future__ import annotations
+
+import statistics
+from typing import Optional
+
+AXES = ("attack", "defense", "clean_fraction", "variant")
+
+
+def pct(values: list[float]) -> str:
+    if not values:
+        return "-"
+    m = 100 * statistics.fmean(values)
+    return f"{m:.1f}" if len(values) == 1 else f"{m:.1f}±{100 * statistics.stdev(values):.1f}"
+
+
+def cell_text(rows: list[dict], asr: str = "asr", ba: str = "ba") -> str:
+    if not rows:
+        return "-"
+    return f"{pct([r[asr] for r in rows])} / {pct([r[ba] for r in rows])}"
+
+
+def axis_values(rows: list[dict], axis: str, order: Optional[list] = None) -> list:
+    seen = {r[axis] for r in rows}
+    if order:
+        return [v for v in order if v in seen] + sorted(seen - set(order), key=str)
+    return sorted(seen, key=str)
+
+
+def before_rows(rows: list[dict]) -> list[dict]:
+    """One row per backdoored model (attack, clean fraction, seed) carrying asr/ba_before."""
+    seen, out = set(), []
+    for r in rows:
+        key = (r["attack"], r["clean_fraction"], r["seed"])
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+def pivot(rows: list[dict], row_axis: str, col_axis: str, orders: dict[str, list]) -> list[str]:
+    """Markdown lines: one line per row value, one column per column value, a mean line."""
+    rvals = axis_values(rows, row_axis, orders.get(row_axis))
+    cvals = axis_values(rows, col_axis, orders.get(col_axis))
+    with_before = col_axis == "defense"
+    head = [row_axis] + (["before"] if with_before else []) + [str(c) for c in cvals]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for rv in rvals:
+        mine = [r for r in rows if r[row_axis] == rv]
+        cells = ([cell_text(before_rows(mine), "asr_before", "ba_before")] if with_before else [])
+        cells += [cell_text([r for r in mine if r[col_axis] == cv]) for cv in cvals]
+        lines.append("| " + " | ".join([str(rv), *cells]) + " |")
+    if len(rvals) > 1:  # mean over rows: each row's seed-mean counts once
+        def mean_of(sel, asr="asr", ba="ba"):
+            per = [(statistics.fmean(r[asr] for r in g), statistics.fmean(r[ba] for r in g))
+                   for g in ([r for r in sel if r[row_axis] == rv] for rv in rvals) if g]
+            return f"{pct([a for a, _ in per])} / {pct([b for _, b in per])}" if per else "-"
+        cells = ([mean_of(before_rows(rows), "asr_before", "ba_before")] if with_before else [])
+        cells += [mean_of([r for r in rows if r[col_axis] == cv]) for cv in cvals]
+        lines.append("| " + " | ".join([f"**mean over {row_axis}s** (± across them)", *cells]) + " |")
+    return lines
+
+
+def grouped_tables(rows: list[dict], row_axis: str, col_axis: str, orders: dict[str, list]) -> list[str]:
+    """`pivot` per value of the axes that are neither rows nor columns and take several values
+    (a `### clean_fraction 0.1` heading above each)."""
+    for r in rows:
+        r["variant"] = r.get("variant") or "default"
+    groups = [a for a in AXES if a not in (row_axis, col_axis) and len({r[a] for r in rows}) > 1]
+    lines: list[str] = []
+    for key in sorted({tuple(r[a] for a in groups) for r in rows}, key=str):
+        sel = [r for r in rows if tuple(r[a] for a in groups) == key]
+        if groups:
+            lines += ["### " + ", ".join(f"{a} {v:g}" if isinstance(v, float) else f"{a} {v}"
+                                          for a, v in zip(groups, key)), ""]
+        lines += pivot(sel, row_axis, col_axis, orders) + [""]
+    return lines
+
+
+def wall_times(rows: list[dict], col_axis: str) -> list[str]:
+    """The median defense wall time per column value (per defense where columns are not defenses
+    or variants), and of whole trials."""
+    walls: dict[str, list[float]] = {}
+    for r in rows:
+        if r.get("time_defense_s") is not None:
+            label = r[col_axis] if col_axis in ("defense", "variant") else r["defense"]
+            walls.setdefault(str(label), []).append(r["time_defense_s"])
+    if not walls:
+        return []
+    # Medians: a cell that waited behind another job on the same machine says little.
+    return ["Defense wall time per cell (s, median): " + ", ".join(
+        f"{k} {statistics.median(v):.0f}" for k, v in walls.items()) + "; whole trials (artifacts cached): "
+        f"{statistics.median(r['wall_s'] for r in rows):.0f} s median.", ""]

@@ -1,0 +1,203 @@
+"""Multi-objective hyper-parameter search of a defense with Ray Tune + Optuna (ASR down, BA up).
+
+    python -m nba_scale.tune --attack badnets --dataset synthetic --preset quick
+
+    python -m nba_scale.tune --attack badnets blend --clean-fraction 0.05 0.1 --num-samples 32 \\
+        --dataset npz:~/.cache/nba_scale/cifar10_jpeg.npz --gpus-per-trial 0.25 --address auto
+
+Each (attack, clean fraction) pair is its own Optuna study and Pareto group. Every study
+evaluates the search space's default point (the paper's configuration) first. Rows land in
+Parquet under `--results DIR/NAME/` (see nba_scale/sweep/store.py); `--resume` continues an
+interrupted sweep with Ray Tune's own restore (finished trials are kept, interrupted ones go on
+from their last epoch checkpoint, the searcher keeps what it learned). Read the results with
+`python -m nba_scale.results DIR/NAME --pareto`.
+
+Resources: `--gpus-per-trial 0.25` lets four trials share a GPU; `--gpus-per-trial 2` runs each
+trial data-parallel on two GPUs (a Ray Train TorchTrainer around the same Accelerate loop; see
+nba_scale/sweep/trainable.py); `--workers-per-trial 2` does the same with CPU processes.
+
+Traps in OptunaSearch this module designs around: metric and mode lists go to OptunaSearch, not
+TuneConfig; with several objectives it ignores intermediate results, so nothing is pruned; a final
+result missing an objective (or NaN) makes the trial silently vanish from the study, so every
+trial ends by reporting both objectives, a failed one its worst values (ASR 1, BA 0; its
+Parquet row holds NaN and status/error); the space is a dict of Optuna distributions, not a closure, so the
+searcher pickles for restore.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from .. import cli
+from ..config import ConfigError, merge, nest
+from .store import study_id
+
+# Budgets per preset, on top of nba_scale.trial.PRESETS (which sets the trial's own budgets).
+TUNE_PRESETS = {
+    "smoke": {"num_samples": 3, "max_concurrent": 2},
+    "quick": {"num_samples": 8, "max_concurrent": 2},
+    "paper": {"num_samples": 64, "max_concurrent": 8},
+}
+OBJECTIVES = ["asr", "ba"]
+MODES = ["min", "max"]
+
+
+def default_name(args: argparse.Namespace) -> str:
+    ds = re.sub(r"[^A-Za-z0-9]+", "-", Path(args.dataset[4:]).stem if args.dataset.startswith("npz:") else args.dataset)
+    cfs = "-".join(f"{c:g}" for c in args.clean_fraction)
+    worst = "_worst" if args.objective == "worst-case" else ""
+    return f"{args.defense}_{ds}_{'-'.join(args.attack)}_cf{cfs}_{args.preset}_s{args.seed}{worst}"
+
+
+def make_searcher(space, sampler: str, seed: int, study_name: Optional[str] = None, storage=None):
+    """OptunaSearch over `space`, starting from its default point; `storage` (an Optuna storage)
+    makes the study readable with `optuna.load_study(study_name=..., storage=...)`."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    samplers = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True),
+                "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed)}
+    if sampler not in samplers:
+        raise ConfigError(f"unknown sampler {sampler!r}; known: {', '.join(samplers)}")
+    return OptunaSearch(space=space.optuna_space(), metric=OBJECTIVES, mode=MODES,
+                        points_to_evaluate=[space.default_point()], sampler=samplers[sampler](), seed=seed,
+                        study_name=study_name, storage=storage)
+
+
+def run_study(base: dict[str, Any], space, *, root: Path, sweep: str, study: str, num_samples: int,
+              max_concurrent: int, shape, sampler: str = "tpe", seed: int = 0, resume: bool = False,
+              progress_every_s: float = 30.0, attacks: Optional[list[str]] = None, storage=None):
+    """Run (or resume) one Optuna study as a Ray Tune experiment; returns the ResultGrid."""
+    import ray.tune as tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    from .execution import ParquetSink, Progress, run_config
+    from .trainable import trainable
+
+    tune_dir = (root / "_tune").resolve()
+    exp_dir = tune_dir / study
+    callbacks = [ParquetSink(root, lambda t: {"sweep": sweep, "study": study, "trial_id": t.trial_id}),
+                 Progress(study, num_samples, lambda t: t.trial_id, progress_every_s)]
+    resources, consts = shape.tune_setup(tune_dir)
+    consts.update({"__base__": base, "__default__": space.default_point()})
+    if attacks:
+        consts["__attacks__"] = list(attacks)
+    fn = tune.with_resources(trainable, resources)
+    if resume and tune.Tuner.can_restore(str(exp_dir)):
+        print(f"[{study}] resuming from {exp_dir}", flush=True)
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=fn, resume_unfinished=True, resume_errored=True,
+                                   param_space=consts)
+    else:
+        if exp_dir.exists():
+            if not resume:
+                raise ConfigError(f"sweep {sweep!r} already has study {study} in {root}; "
+                                  f"pass --resume to continue it, or choose another --name")
+            shutil.rmtree(exp_dir)  # killed before Tune saved any state: start the study over
+        _drop_rows(root, study)
+        searcher = make_searcher(space, sampler, seed, study_name=f"{sweep}/{study}", storage=storage)
+        tuner = tune.Tuner(
+            fn, param_space=consts,
+            tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_concurrent),
+                                        num_samples=num_samples, reuse_actors=True),
+            run_config=run_config(study, tune_dir, callbacks))
+    return tuner.fit()
+
+
+def _drop_rows(root: Path, study: str) -> None:
+    import pyarrow.parquet as pq
+
+    from .store import parquet_files
+
+    for f in parquet_files(root):
+        if "study" in pq.read_schema(f).names and pq.read_table(f, columns=["study"])["study"][0].as_py() == study:
+            os.unlink(f)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = cli.parser("python -m nba_scale.tune", __doc__)
+    p.add_argument("--attack", nargs="+", required=True)
+    cli.add_trial_flags(p, dataset="cifar10", preset="quick")
+    cli.add_sweep_flags(p)
+    p.add_argument("--defense", default="nba")
+    p.add_argument("--clean-fraction", nargs="+", type=float, default=[0.05])
+    p.add_argument("--space", default=None, help="search space YAML (default search_spaces/<defense>.yaml)")
+    p.add_argument("--num-samples", type=int, default=None, help="trials per study (preset default)")
+    p.add_argument("--name", default=None)
+    p.add_argument("--objective", default="per-attack", choices=["per-attack", "worst-case"],
+                   help="per-attack: one study per attack; worst-case: one study whose trials run every "
+                        "--attack and score worst ASR and mean BA over them")
+    p.add_argument("--sampler", default="tpe", help="tpe | nsga2")
+    return p
+
+
+def plan(args: argparse.Namespace, space) -> list[tuple[str, dict[str, Any], list[str]]]:
+    """(study id, base config, attacks of each trial) per study, every trial config checked."""
+    base = cli.base_config(args, shared_cache=True)
+    sets = cli.user_set(args)
+    worst = args.objective == "worst-case"
+    if worst and len(args.attack) < 2:
+        raise ConfigError("--objective worst-case needs two or more --attack names")
+    studies, checked = [], []
+    for cf in args.clean_fraction:
+        per_attack = [cli.trial_config(base, {"defense": args.defense, "seed": args.seed}, space.fixed,
+                                       {"attack": a, "clean_fraction": cf}, sets, preset=args.preset,
+                                       keep_sections=worst) for a in args.attack]
+        checked += [merge(cli.drop_unused_sections(c), nest(space.default_config())) for c in per_attack]
+        if worst:  # one study per clean fraction, its trials over every attack
+            studies.append((study_id("worst-" + "+".join(args.attack), cf), per_attack[0], list(args.attack)))
+        else:
+            studies += [(study_id(a, cf), c, [a]) for a, c in zip(args.attack, per_attack)]
+    cli.check_run(checked, sets)
+    return studies
+
+
+def run(args: argparse.Namespace) -> int:
+    from .search_space import find_space, load_search_space
+
+    space = load_search_space(find_space(args.defense, args.space))
+    if space.defense != args.defense:
+        raise ConfigError(f"{space.path} is a space for {space.defense!r}, not --defense {args.defense}")
+    from .execution import Shape
+
+    shape = Shape.from_args(args)
+    budget = TUNE_PRESETS.get(args.preset or "quick", TUNE_PRESETS["quick"])
+    num_samples = args.num_samples or budget["num_samples"]
+    max_concurrent = args.max_concurrent or budget["max_concurrent"]
+    name = args.name or default_name(args)
+    root = Path(args.results) / name
+    studies = plan(args, space)
+
+    from .execution import prebuild, start_ray
+    from .results import print_pareto
+    from .store import parquet_files
+
+    t0 = time.time()
+    start_ray(args.address)
+    print(f"sweep {name}: {len(studies)} studies x {num_samples} trials, results in {root}", flush=True)
+    for study, base, attacks in studies:
+        if args.address is None:
+            # Here, with every core, rather than in the first trial (one core, others waiting on
+            # its lock). On a cluster the first trial that needs an artifact builds it on a GPU.
+            prebuild(study, [merge(cli.drop_unused_sections(merge(base, {"attack": a})),
+                                   nest(space.default_config())) for a in attacks])
+        run_study(base, space, root=root, sweep=name, study=study, num_samples=num_samples,
+                  max_concurrent=max_concurrent, shape=shape, sampler=args.sampler, seed=args.seed,
+                  resume=args.resume, attacks=attacks if args.objective == "worst-case" else None)
+    rows = len(parquet_files(root))
+    print(f"done in {time.time() - t0:.0f}s: {rows} rows in {root} (python -m nba_scale.results {root} --pareto)",
+          flush=True)
+    print_pareto(root)
+    return 0
+
+
+main = cli.entry(build_parser, run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
