@@ -17,13 +17,29 @@ def test_synthetic_is_deterministic_per_seed_and_balanced():
     assert torch.bincount(y, minlength=10).min() >= 15
 
 
-def test_synthetic_classes_are_not_separable_by_colour():
+@pytest.mark.parametrize("name", ["synthetic", "synthetic-hard"])
+def test_synthetic_classes_are_not_separable_by_colour(name):
     # Nearest class-mean colour must be near chance: the class lives in spatial structure.
-    x, y, xt, yt = make_synthetic(2000, 1000, seed=0)
+    from nba_scale.data import SYNTHETIC_STYLES
+
+    x, y, xt, yt = make_synthetic(2000, 1000, seed=0, style=SYNTHETIC_STYLES[name])
     colour = lambda im: im.float().mean((2, 3))  # noqa: E731
     means = torch.stack([colour(x[y == c]).mean(0) for c in range(10)])
     pred = torch.cdist(colour(xt), means).argmin(1)
     assert (pred == yt).float().mean() < 0.2
+
+
+def test_the_hard_synthetic_set_is_its_own_dataset_with_fainter_noisier_objects():
+    easy = load_dataset("synthetic", DataConfig(synthetic_train=500, synthetic_test=100), seed=2)
+    hard = load_dataset("synthetic-hard", DataConfig(synthetic_train=500, synthetic_test=100), seed=2)
+    assert hard.name == "synthetic-hard" and hard.num_classes == 10 and not hard.flip
+    assert torch.equal(hard.y_train, easy.y_train) and not torch.equal(hard.x_train, easy.x_train)
+    # Fainter objects in more noise: less structure above the pixel noise (mean |horizontal gradient|
+    # is dominated by the object where it is strong, by the noise where it is faint).
+    grad = lambda x: (x[..., 1:].float() - x[..., :-1].float()).abs().mean().item()  # noqa: E731
+    assert grad(hard.x_train) > grad(easy.x_train)  # noise dominates
+    again = load_dataset("synthetic-hard", DataConfig(synthetic_train=500, synthetic_test=100), seed=2)
+    assert again is hard
 
 
 @pytest.mark.parametrize("fraction", [0.01, 0.05, 0.1, 0.2, 1.0])
@@ -101,5 +117,5 @@ def test_real_dataset_offline_says_where_to_put_files(tmp_path, monkeypatch):
         load_dataset("cifar10", DataConfig(data_dir=str(tmp_path)))
     msg = str(e.value)
     assert "cifar-10-batches-py" in msg and str(tmp_path) in msg and "npz:PATH" in msg and "\n" not in msg
-    with pytest.raises(ConfigError, match="unknown dataset 'mnist'; known: synthetic, cifar10, gtsrb, npz:PATH"):
+    with pytest.raises(ConfigError, match="unknown dataset 'mnist'; known: synthetic, synthetic-hard, cifar10, gtsrb, npz:PATH"):
         load_dataset("mnist")

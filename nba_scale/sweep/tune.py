@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     studies = plan(args, space)
 
     from .execution import prebuild, start_ray
-    from .results import print_pareto
+    from .results import load, plot, print_pareto
     from .store import parquet_files
 
     t0 = time.time()
@@ -189,10 +189,12 @@ def run(args: argparse.Namespace) -> int:
         run_study(base, space, root=root, sweep=name, study=study, num_samples=num_samples,
                   max_concurrent=max_concurrent, shape=shape, sampler=args.sampler, seed=args.seed,
                   resume=args.resume, attacks=attacks if args.objective == "worst-case" else None)
-    rows = len(parquet_files(root))
-    print(f"done in {time.time() - t0:.0f}s: {rows} rows in {root} (python -m nba_scale.results {root} --pareto)",
-          flush=True)
+    print(f"done in {time.time() - t0:.0f}s: {len(parquet_files(root))} rows in {root}", flush=True)
     print_pareto(root)
+    # "_" first: Parquet readers of the folder (pyarrow.dataset, hive partitioning) skip it.
+    png = root / "_pareto.png"
+    plot(load(root), ["attack", "clean_fraction"], str(png))
+    print(f"front plot: {png}\nthe rows: python -m nba_scale.results {root}", flush=True)
     return 0
 
 
