@@ -16,6 +16,7 @@ from typing import Any, Callable
 import ray.tune as tune
 
 from ..config import ConfigError, nest
+from ..provenance import code_version
 from .store import pareto_mask, write_row
 from .trainable import trial_axes
 
@@ -120,8 +121,8 @@ class ParquetSink(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         # The worker died (killed, out of memory): the trainable could not write its row.
-        write_row(self.root, {**trial_axes(trial.config), **self.identity(trial), "status": "failed",
-                              "error": f"trial process died: {trial.error_file or 'no error file'}"})
+        write_row(self.root, {**trial_axes(trial.config), **code_version(), **self.identity(trial),
+                              "status": "failed", "error": f"trial process died: {trial.error_file or 'no error file'}"})
 
 
 class Progress(tune.Callback):

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..atomic import atomic_write
+from ..provenance import code_version
 
 PARTITIONS = ("dataset", "attack", "defense", "clean_fraction")
 METRICS = ("asr", "ba", "ra")  # a trial's results after the defense: NaN unless it finished
@@ -58,6 +59,8 @@ def trial_row(result: dict[str, Any], **extra: Any) -> dict[str, Any]:
         row[f"time_{key}"] = value
     if result.get("artifacts"):
         row["artifacts"] = json.dumps(result["artifacts"], sort_keys=True)
+    for key, value in code_version().items():  # a trial that failed before it ran still names its code
+        row.setdefault(key, value)
     row.update(extra)
     return row
 
