@@ -14,10 +14,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_write
+from .config import ConfigError
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be trusted or read; the message names the file and the fix."""
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be trusted or read; the message names the file and the fix. Bad
+    input like any other (exit code 2), so a ConfigError."""
 
 
 def save_weights(state: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
@@ -25,17 +27,33 @@ def save_weights(state: dict[str, torch.Tensor], path: str | os.PathLike, metada
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
 
 
+def sniff(path: Path) -> str:
+    """The file's format from its first bytes, whatever its name: "safetensors" (an 8-byte header
+    length, then a JSON header), "torch" (a zip archive or a legacy pickle stream) or "unknown"."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size:
+        return "safetensors"
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        return "torch"
+    return "unknown"
+
+
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} not found")
-    if path.suffix == ".safetensors":
+    kind = sniff(path)
+    if kind == "safetensors" or (kind == "unknown" and path.suffix == ".safetensors"):
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"corrupt checkpoint {path}: {str(e).splitlines()[0]}; re-create or re-download it") from None
+    if kind == "unknown":
+        raise CheckpointError(f"{path} is neither safetensors nor a PyTorch file (torch.save); re-create or re-download it")
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:  # a file object: torch.load would pick a loader from the file's name
+            obj = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # weights_only refusals are UnpicklingError; truncation is RuntimeError
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "weights_only" in str(e) or "Unsupported global" in str(e) or "pickle" in type(e).__name__.lower():
@@ -55,15 +73,18 @@ def load_into(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Modul
     state = load_weights(path)
     # Accept checkpoints saved from DataParallel/DDP wrappers.
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # shape mismatches
-        raise CheckpointError(f"{path} does not fit the model: {str(e).splitlines()[1].strip()}; "
-                              f"check --arch and the dataset's class count") from None
+    expected = model.state_dict()
+    for k, v in state.items():
+        if k in expected and tuple(v.shape) != tuple(expected[k].shape):
+            raise CheckpointError(f"{path} does not fit the model: {k} has shape {list(v.shape)} in the file, "
+                                  f"{list(expected[k].shape)} in the model; check --arch and the dataset's class count")
+    missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k not in ("mean", "std")]  # older files without the input stats
     if missing or unexpected:
+        theirs = [k for k in state if k not in expected][:3]
+        ours = [k for k in expected if k not in state and k not in ("mean", "std")][:3]
         raise CheckpointError(
-            f"{path} does not fit the model ({len(missing)} missing keys e.g. {missing[:2]}, "
-            f"{len(unexpected)} unexpected e.g. {unexpected[:2]}); check --arch and the dataset's class count"
-        )
+            f"{path} does not fit the model: {len(unexpected)} of its {len(state)} keys are not the model's, "
+            f"e.g. {theirs}, and {len(missing)} of the model's are missing, e.g. {ours}; a checkpoint from "
+            f"another toolkit names its layers its own way: convert it to this layout first")
     return model

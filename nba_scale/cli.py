@@ -23,10 +23,37 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 from .config import ConfigError, merge, nest, parse_set
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints its usage too: one line, as for any bad input
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def parser(prog: str, doc: str) -> argparse.ArgumentParser:
     """A parser whose help is the module's docstring (its first line, then the whole text)."""
-    return argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
+    return _Parser(prog=prog, description=doc.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                   epilog=doc)
+
+
+def count(text: str) -> int:
+    """argparse type: a whole number >= 1 (trials, workers, trials at once)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def amount(text: str) -> float:
+    """argparse type: a finite number >= 0 (CPUs or GPUs per trial)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
 
 
 def add_trial_flags(p: argparse.ArgumentParser, *, dataset: str, preset: Optional[str] = None,
@@ -51,12 +78,12 @@ def add_sweep_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", default="nba_results", help="results folder (rows go to DIR/NAME/)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--address", default=None, help="Ray cluster (auto, ray://host:10001); default: start Ray here")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
-    p.add_argument("--gpus-per-trial", type=float, default=0.0,
+    p.add_argument("--cpus-per-trial", type=amount, default=1.0)
+    p.add_argument("--gpus-per-trial", type=amount, default=0.0,
                    help="a fraction (0.25) shares a GPU between trials; 2 or more runs a trial data-parallel")
-    p.add_argument("--workers-per-trial", type=int, default=None,
+    p.add_argument("--workers-per-trial", type=count, default=None,
                    help="data-parallel processes per trial (default: the whole GPUs per trial, or 1)")
-    p.add_argument("--max-concurrent", type=int, default=None, help="trials at once")
+    p.add_argument("--max-concurrent", type=count, default=None, help="trials at once")
 
 
 def base_config(args: argparse.Namespace, shared_cache: bool = False) -> dict[str, Any]:

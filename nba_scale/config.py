@@ -63,7 +63,12 @@ def parse_set(items: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set expects key=value, got {item!r} (e.g. --set defense.beta=0.5)")
-        flat[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            flat[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:  # an unclosed [ or {, a YAML tag (!!python/...): plain values only
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"--set {item!r}: the value is not plain YAML ({problem}); write a number, "
+                              f"true/false, a string or a list like [1, 2]") from None
     return nest(flat)
 
 
@@ -142,7 +147,13 @@ def build(cls: type, data: dict[str, Any] | None, where: str = "") -> Any:
     obj = cls(**kwargs)
     check = getattr(obj, "validate", None)
     if check:
-        check()
+        try:
+            check()
+        except ConfigError as e:  # validate() names a bare field ("epochs=-1 ..."); say whose
+            msg = str(e)
+            if where and any(msg.startswith((f"{f}=", f"{f}/")) for f in fields):
+                msg = f"{where}.{msg}"
+            raise ConfigError(msg) from None
     return obj
 
 

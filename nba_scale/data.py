@@ -40,9 +40,9 @@ class DataConfig:
     def validate(self) -> None:
         for name in ("train_subset", "test_subset"):
             v = getattr(self, name)
-            require(v is None or v > 0, f"data.{name}={v} must be a positive image count")
-        require(self.synthetic_train >= 10 and self.synthetic_test >= 10,
-                "data.synthetic_train and data.synthetic_test need at least 10 images (one per class)")
+            require(v is None or v > 0, f"{name}={v} must be a positive image count")
+        for name in ("synthetic_train", "synthetic_test"):
+            require(getattr(self, name) >= 10, f"{name}={getattr(self, name)} must be at least 10 (one per class)")
 
 
 @dataclasses.dataclass
@@ -164,11 +164,34 @@ def _load_npz(path: str):
         raise ConfigError(f"{p}: missing array {e}; an npz dataset needs x_train, y_train, x_test, y_test") from None
     except (ValueError, OSError) as e:
         raise ConfigError(f"{p}: not a readable npz of plain arrays ({e})") from None
-    for split in ("train", "test"):
-        x = arrays[f"x_{split}"]
-        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
-            raise ConfigError(f"{p}: x_{split} must be uint8 (N,32,32,3), got {x.dtype} {x.shape}")
+    check_arrays(str(p), arrays)
     return arrays, flip
+
+
+def check_arrays(where: str, arrays: dict[str, np.ndarray]) -> None:
+    """Images and labels of a real dataset, as the loaders need them, or one line naming the fix:
+    uint8 (N,32,32,3) images, one integer class index >= 0 per image, every test class among the
+    training classes (the class count comes from the training labels)."""
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], np.asarray(arrays[f"y_{split}"])
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
+            raise ConfigError(f"{where}: x_{split} must be uint8 (N,32,32,3), got {x.dtype} {x.shape}")
+        if len(x) == 0:
+            raise ConfigError(f"{where}: x_{split} holds no images")
+        if y.ndim != 1:
+            raise ConfigError(f"{where}: y_{split} must hold one class index per image, shape (N,), got shape "
+                              f"{y.shape}" + ("; for one-hot labels store y.argmax(1)" if y.ndim == 2 else ""))
+        if not np.issubdtype(y.dtype, np.integer):
+            raise ConfigError(f"{where}: y_{split} must hold integer class indices, got dtype {y.dtype}; "
+                              f"store y.astype(np.int64) (class names: map them to 0..K-1 first)")
+        if len(y) != len(x):
+            raise ConfigError(f"{where}: x_{split} has {len(x)} images but y_{split} has {len(y)} labels")
+        if y.min() < 0:
+            raise ConfigError(f"{where}: y_{split} holds negative labels (min {y.min()}); classes are 0..K-1")
+    stray = sorted(set(np.unique(arrays["y_test"]).tolist()) - set(np.unique(arrays["y_train"]).tolist()))
+    if stray:
+        raise ConfigError(f"{where}: y_test has classes no training image has ({', '.join(map(str, stray[:5]))}"
+                          f"{' ...' if len(stray) > 5 else ''}); test classes must be training classes")
 
 
 def _torchvision_offline_error(name: str, root: Path, expected: str) -> ConfigError:
@@ -191,7 +214,9 @@ def _load_cifar10(root: Path):
             tr, te = get(True, True), get(False, True)
     except Exception:
         raise _torchvision_offline_error("CIFAR-10", root, "the extracted folder cifar-10-batches-py/") from None
-    return dict(x_train=tr.data, y_train=np.array(tr.targets), x_test=te.data, y_test=np.array(te.targets))
+    arrays = dict(x_train=tr.data, y_train=np.array(tr.targets), x_test=te.data, y_test=np.array(te.targets))
+    check_arrays(str(root), arrays)
+    return arrays
 
 
 def _load_gtsrb(root: Path):
@@ -216,6 +241,7 @@ def _load_gtsrb(root: Path):
         xs = [np.asarray(ds[i][0].convert("RGB").resize((32, 32))) for i in range(len(ds))]
         arrays[f"x_{split}"] = np.stack(xs).astype(np.uint8)
         arrays[f"y_{split}"] = np.array([t for _, t in ds._samples], dtype=np.int64)
+    check_arrays(str(root), arrays)
     with atomic_write(cached) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
     return arrays
@@ -263,7 +289,7 @@ def _load_cached(name: str, cfg_key: tuple, seed: int) -> Dataset:
         if stats is None:  # measured on the training images themselves
             f = xtr[:20000].float() / 255
             stats = (tuple(f.mean((0, 2, 3)).tolist()), tuple(f.std((0, 2, 3)).tolist()))
-        num_classes = int(max(ytr.max(), yte.max())) + 1
+        num_classes = int(ytr.max()) + 1  # check_arrays: every test class is a training class
         ds = Dataset(name, xtr, ytr, xte, yte, num_classes, stats[0], stats[1], flip)
     else:
         raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(SYNTHETIC_STYLES)}, cifar10, gtsrb, npz:PATH")

@@ -15,11 +15,15 @@ from .data import PoisonedData
 def predict(model: torch.nn.Module, x: torch.Tensor, device, batch_size: int = 1000) -> torch.Tensor:
     was_training = model.training
     model.eval()
-    out = []
+    out, finite = [], torch.ones((), dtype=torch.bool, device=device)
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size].to(device, non_blocking=True).float().div_(255)
-        out.append(model(xb).argmax(1))
+        logits = model(xb)
+        finite &= torch.isfinite(logits).all()
+        out.append(logits.argmax(1))
     model.train(was_training)
+    if not bool(finite):  # argmax of NaN logits is a class like any other: a score would be made up
+        raise FloatingPointError("the model's logits are not finite (NaN/inf): its weights are broken")
     return torch.cat(out).cpu() if out else torch.empty(0, dtype=torch.long)
 
 

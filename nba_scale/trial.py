@@ -75,6 +75,8 @@ class TrialConfig:
 
     def validate(self) -> None:
         require(0 < self.clean_fraction <= 1, f"clean_fraction={self.clean_fraction} must be in (0, 1]")
+        require(self.model_path is None or Path(self.model_path).is_file(),
+                f"model_path={self.model_path!r} is not a file; give the weights to defend (.safetensors or .pt)")
 
 
 # Budgets, applied under the user's own overrides. `smoke`: seconds, for tests and CI; `quick`:
@@ -120,7 +122,7 @@ def check_config(config: dict[str, Any]) -> TrialConfig:
     """parse_config plus the plug-ins' own keys and types: a driver calls this before any trial
     starts, so that a typo fails in one line rather than in a worker."""
     cfg = parse_config(config)
-    build(get_attack(cfg.attack).Params, cfg.attack_params, "attack")
+    build(get_attack(cfg.attack).Params, cfg.attack_params, cfg.attack)
     get_defense(cfg.defense)(cfg.defense_params)
     return cfg
 
@@ -227,6 +229,9 @@ def _backdoored(s: Setup) -> tuple[torch.nn.Module, dict[str, float], dict[str, 
     model = s.new_model().to(s.acc.device)
     if cfg.model_path:
         load_into(model, cfg.model_path)
+        broken = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if broken:
+            raise FloatingPointError(f"{cfg.model_path} has non-finite weights (NaN/inf) in {', '.join(broken[:3])}")
         return model, s.evaluate(model), {}
 
     def build_backdoor():
@@ -340,7 +345,7 @@ def run_trial(config: dict[str, Any], report: Optional[Callable[..., None]] = No
     t_start = time.time()
     cfg = parse_config(config)
     defense = get_defense(cfg.defense)(cfg.defense_params)
-    params = {"attack": build(get_attack(cfg.attack).Params, cfg.attack_params, "attack")}
+    params = {"attack": build(get_attack(cfg.attack).Params, cfg.attack_params, cfg.attack)}
     timings: dict[str, float] = {}
 
     def steps() -> dict[str, Any]:

@@ -37,9 +37,9 @@ def test_badnets_poisons_the_right_images_with_a_corner_patch():
 def test_badnets_parameters_are_checked():
     atk = BadNets({"target": 3, "rate": 0.05, "patch_size": 4}, 10)
     assert atk.params.target == 3 and atk.apply_trigger(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))[0, 0, 28:, 28:].sum() > 0
-    with pytest.raises(ConfigError, match="attack.target=12 is not a class"):
+    with pytest.raises(ConfigError, match="badnets.target=12 is not a class"):
         BadNets({"target": 12}, 10)
-    with pytest.raises(ConfigError, match="unknown config key 'attack.size'"):
+    with pytest.raises(ConfigError, match="unknown config key 'badnets.size'"):
         BadNets({"size": 3}, 10)
 
 

@@ -36,7 +36,7 @@ def test_a_set_section_that_no_trial_uses_is_refused_in_one_line():
 def test_a_bad_plugin_key_fails_before_any_trial_with_the_label_of_its_trial():
     sets = {"blend": {"alfa": 0.1}}
     cfgs = [cli.trial_config({"dataset": "synthetic", "attack": a}, sets, preset="smoke") for a in ("badnets", "blend")]
-    with pytest.raises(ConfigError, match=r"^trial 1: unknown config key 'attack.alfa'"):
+    with pytest.raises(ConfigError, match=r"^trial 1: unknown config key 'blend.alfa'"):
         cli.check_run(cfgs, sets, label=lambda i: f"trial {i}: ")
 
 

@@ -26,6 +26,14 @@ def test_shipped_nba_space_holds_the_paper_defaults():
     ("defense: nba\nsearch: {}\n", "unknown top-level key 'search'"),
     ("defense: nba\nparams:\n  nba.beta: {type: float, low: 0.1\n", "not valid YAML"),
     ("defense: nba\nparams:\n  nba.terms: {type: categorical, choices: [[rnb], [pnb]], default: [lnb]}\n", "is not among choices"),
+    ("defense: nba\nparams:\n  nba.beta: {type: float, low: 0.1, high: 1, default: half}\n", "default 'half' must be a number"),
+    ("defense: nba\nparams:\n  nba.beta: {type: float, low: 0.1, high: .inf, default: 0.5}\n", "finite numeric 'high'"),
+    # valid at the default, invalid only where the searcher may go: caught before Ray starts
+    ("defense: nba\nparams:\n  nba.pgd_steps: {type: float, low: 1, high: 10, default: 5}\n",
+     "nba.pgd_steps: value 4.33 of its range: nba.pgd_steps=4.33 should be an integer"),
+    ("defense: nba\nparams:\n  nba.losses: {type: categorical, choices: [both, all]}\n",
+     "nba.losses: value 'all' of its range"),
+    ("defense: nba\nparams:\n  nba.T: {type: float, low: 0, high: 5, default: 2}\n", "nba.T=0.0 must be > 0"),
 ])
 def test_malformed_space_is_one_line_naming_file_and_key(tmp_path, text, fragment):
     path = tmp_path / "space.yaml"

@@ -187,7 +187,7 @@ def test_data_parallel_trials_run_through_ray_train_on_two_cpu_workers(tmp_path,
     for x in rows:
         assert x["status"] == "ok" and x["processes"] == 2 and x["workers"] == 2 and 0 <= x["asr"] <= 1
     # Each trial's Train run checkpointed its epochs where a resumed trial would look for them.
-    train_runs = list((tmp_path / "dp" / "_tune" / "_train").iterdir())
+    train_runs = list((tmp_path / "dp" / "_tune" / "badnets-cf0.1" / "_train").iterdir())
     assert {p.name for p in train_runs} == {x["trial_id"] for x in rows}
     assert all(any(p.glob("checkpoint_*/model.safetensors")) for p in train_runs)
 
@@ -218,3 +218,128 @@ def test_worst_case_objective_scores_every_attack_in_each_trial(tmp_path, tune_c
     one = run_tune(sys.executable, "-m", "nba_scale.tune", "--attack", "badnets", "--dataset", "synthetic",
                    "--results", str(tmp_path), "--objective", "worst-case")
     assert one.returncode == 2 and "two or more --attack" in one.stderr
+
+
+def kill_driver(proc, ray_tmp: Path) -> None:
+    """SIGKILL the driver's process group, then the Ray processes it started (found by their
+    temp dir): Ray's workers outlive their driver for a while and would go on writing."""
+    import psutil
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # it had ended by itself
+        pass
+    proc.wait()
+    for p in psutil.process_iter(["cmdline"]):
+        if str(ray_tmp) in " ".join(p.info["cmdline"] or []):
+            p.kill()
+
+
+class Unpickled:
+    """A pickle that creates a file when it is loaded: a results folder from someone else."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@slow
+def test_resume_continues_from_the_rows_alone_and_never_unpickles_tune_state(smoke_sweep, tune_cache, tmp_path):
+    """A copied sweep whose Tune state holds planted pickles, then one whose Tune state is gone:
+    --resume keeps every row, runs only the trials still missing, and unpickles nothing."""
+    import pickle
+
+    root, _ = smoke_sweep
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    before = {x["trial_id"]: x for x in read_table(copy).to_pylist()}
+    marker = tmp_path / "unpickled"
+    study_dir = copy / "_tune" / "badnets-cf0.1"
+    pkls = [study_dir / "tuner.pkl", *study_dir.rglob("*.pkl")]
+    assert len(pkls) > 2
+    for p in pkls:
+        p.write_bytes(pickle.dumps(Unpickled(marker)))
+    more = ["--clean-fraction", "0.1", "--set", "nba.optim.epochs=1"]
+    r = run_tune(*tune_cmd(tmp_path, tune_cache, "copy", "--num-samples", "4", *more, "--resume"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert not marker.exists()
+    after = {x["trial_id"]: x for x in read_table(copy).to_pylist()}
+    assert len(after) == 4 and set(before) < set(after)
+    assert all(after[t]["started"] == before[t]["started"] for t in before)  # kept, not rerun
+    assert sum(bool(x["is_default"]) for x in after.values()) == 1  # the default ran once, before the copy
+    assert "3 trials have rows (3 told to Optuna)" in r.stdout
+
+    shutil.rmtree(copy / "_tune")  # Tune's state lost: the rows still say what ran
+    again = run_tune(*tune_cmd(tmp_path, tune_cache, "copy", "--num-samples", "5", *more))
+    assert again.returncode == 2 and "pass --resume" in again.stderr
+    r = run_tune(*tune_cmd(tmp_path, tune_cache, "copy", "--num-samples", "5", *more, "--resume"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    final = {x["trial_id"]: x for x in read_table(copy).to_pylist()}
+    assert len(final) == 5 and set(after) < set(final)
+    assert all(final[t]["started"] == after[t]["started"] for t in after)
+
+
+@slow
+def test_a_sweep_killed_ten_times_at_random_ends_with_every_planned_trial_once(tmp_path, tune_cache):
+    """SIGKILL of the driver's whole process group at 10 random moments (Ray start, artifact
+    checks, mid-trial, between trials), --resume after each: 6 planned trials, 6 rows, no
+    duplicate parameters, one default point."""
+    import random
+
+    ray_tmp = Path("/tmp") / f"nbastress{os.getpid()}"  # short: Ray's socket paths have a length limit
+    env = {"RAY_TMPDIR": str(ray_tmp)}
+    cmd = tune_cmd(tmp_path, tune_cache, "stress", "--num-samples", "6", "--max-concurrent", "2",
+                   "--clean-fraction", "0.1", "--set", "nba.optim.epochs=3")
+    rng = random.Random(0)
+    root = tmp_path / "stress"
+    try:
+        for i in range(10):
+            args = cmd + (["--resume"] if root.is_dir() else [])
+            proc = subprocess.Popen(args, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+                                                         **env},
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            try:
+                proc.wait(timeout=rng.uniform(4, 30))
+            except subprocess.TimeoutExpired:
+                pass
+            kill_driver(proc, ray_tmp)
+        r = run_tune(*cmd, "--resume", env_extra=env)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    rows = read_table(root).to_pylist()
+    assert len(rows) == 6 and len({x["trial_id"] for x in rows}) == 6
+    params = {tuple(x[c] for c in ("nba_lambda1", "nba_lambda2", "nba_lambda3", "nba_T", "nba_beta")) for x in rows}
+    assert len(params) == 6  # no planned trial ran twice under two ids
+    assert sum(bool(x["is_default"]) for x in rows) == 1 and all(x["status"] == "ok" for x in rows)
+
+
+@slow
+def test_an_interrupted_trial_restarts_from_its_last_epoch_checkpoint(tmp_path, tune_cache):
+    import json
+
+    cmd = tune_cmd(tmp_path, tune_cache, "ckpt", "--num-samples", "1", "--clean-fraction", "0.1",
+                   "--set", "nba.optim.epochs=5")
+    study = tmp_path / "ckpt" / "_tune" / "badnets-cf0.1"
+    ray_tmp = Path("/tmp") / f"nbackpt{os.getpid()}"
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+                                                "RAY_TMPDIR": str(ray_tmp)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and not list(study.rglob("checkpoint_000001/state.json")):
+        time.sleep(0.2)
+    kill_driver(proc, ray_tmp)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    saved = max(json.loads(p.read_text())["epoch"] for p in study.rglob("checkpoint_*/state.json"))
+    assert 2 <= saved < 5 and not parquet_files(tmp_path / "ckpt")
+    r = run_tune(*cmd, "--resume")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "1 interrupted restart (1 from an epoch checkpoint)" in r.stdout
+    (row,) = read_table(tmp_path / "ckpt").to_pylist()
+    assert row["status"] == "ok" and row["is_default"]
+    runs = sorted(study.glob("run-*"))
+    (result,) = list(runs[-1].rglob("result.json"))
+    epochs = [json.loads(line)["epoch"] for line in result.read_text().splitlines() if '"epoch"' in line]
+    assert epochs[0] == saved + 1  # the restarted trial went on after its last checkpoint

@@ -20,8 +20,8 @@ class BadNetsParams(AttackParams):
 
     def validate(self) -> None:
         super().validate()
-        require(1 <= self.patch_size <= 16, f"attack.patch_size={self.patch_size} must be in 1..16")
-        require(self.margin >= 0, f"attack.margin={self.margin} must be >= 0")
+        require(1 <= self.patch_size <= 16, f"patch_size={self.patch_size} must be in 1..16")
+        require(self.margin >= 0, f"margin={self.margin} must be >= 0")
 
 
 def checkerboard(size: int) -> torch.Tensor:

@@ -24,8 +24,8 @@ class AttackParams:
     rate: float = 0.1  # poison-label: fraction of the training set; clean-label: of the target class
 
     def validate(self) -> None:
-        require(0 < self.rate <= 1, f"attack.rate={self.rate} must be in (0, 1]")
-        require(self.target is None or self.target >= 0, f"attack.target={self.target} must be a class index >= 0")
+        require(0 < self.rate <= 1, f"rate={self.rate} must be in (0, 1]")
+        require(self.target is None or self.target >= 0, f"target={self.target} must be a class index >= 0")
 
 
 @dataclasses.dataclass
@@ -61,12 +61,12 @@ class Attack(abc.ABC):
 
     def __init__(self, params: dict[str, Any] | None, num_classes: int, seed: int = 0,
                  class_counts: Optional[torch.Tensor] = None):
-        self.params = build(self.Params, params, "attack")
+        self.params = build(self.Params, params, self.name)
         if self.params.target is None:
             big = int(torch.argmax(class_counts)) if class_counts is not None else 0
             self.params.target = big if self.clean_label else 0
         require(self.params.target < num_classes,
-                f"attack.target={self.params.target} is not a class of this dataset (0..{num_classes - 1})")
+                f"{self.name}.target={self.params.target} is not a class of this dataset (0..{num_classes - 1})")
         self.num_classes, self.seed = num_classes, seed
 
     @abc.abstractmethod

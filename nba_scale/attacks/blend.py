@@ -30,7 +30,7 @@ class BlendParams(AttackParams):
         super().validate()
         for name in ("alpha", "test_alpha"):
             v = getattr(self, name)
-            require(v is None or 0 < v <= 1, f"attack.{name}={v} must be in (0, 1]")
+            require(v is None or 0 < v <= 1, f"{name}={v} must be in (0, 1]")
 
 
 def load_image(path: str, h: int, w: int) -> torch.Tensor:

@@ -33,10 +33,10 @@ class CLAParams(AttackParams):
 
     def validate(self) -> None:
         super().validate()
-        require(0 <= self.eps <= 1, f"attack.eps={self.eps} must be in [0, 1]")
-        require(self.steps >= 0, f"attack.steps={self.steps} must be >= 0")
-        require(1 <= self.patch_size <= 8, f"attack.patch_size={self.patch_size} must be in 1..8")
-        require(0 < self.amplitude <= 255, f"attack.amplitude={self.amplitude} must be in 1..255")
+        require(0 <= self.eps <= 1, f"eps={self.eps} must be in [0, 1]")
+        require(self.steps >= 0, f"steps={self.steps} must be >= 0")
+        require(1 <= self.patch_size <= 8, f"patch_size={self.patch_size} must be in 1..8")
+        require(0 < self.amplitude <= 255, f"amplitude={self.amplitude} must be in 1..255")
 
 
 def pgd_away(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step: float,

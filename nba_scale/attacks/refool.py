@@ -47,10 +47,10 @@ class RefoolParams(AttackParams):
     def validate(self) -> None:
         super().validate()
         require(0 < self.alpha_min <= self.alpha_max < 1,
-                f"attack.alpha_min/alpha_max={self.alpha_min}/{self.alpha_max} must satisfy 0 < min <= max < 1")
+                f"alpha_min/alpha_max={self.alpha_min}/{self.alpha_max} must satisfy 0 < min <= max < 1")
         require(len(self.models) > 0 and set(self.models) <= set(MODELS),
-                f"attack.models={list(self.models)} must be a non-empty subset of {list(MODELS)}")
-        require(self.n_reflections >= 1, f"attack.n_reflections={self.n_reflections} must be >= 1")
+                f"models={list(self.models)} must be a non-empty subset of {list(MODELS)}")
+        require(self.n_reflections >= 1, f"n_reflections={self.n_reflections} must be >= 1")
 
 
 @register("refool")
@@ -66,7 +66,7 @@ class Refool(Attack):
         if p.reflection_dir:
             files = sorted(f for f in Path(p.reflection_dir).expanduser().iterdir()
                            if f.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp"))
-            require(len(files) > 0, f"attack.reflection_dir={p.reflection_dir!r} holds no PNG/JPEG images")
+            require(len(files) > 0, f"{self.name}.reflection_dir={p.reflection_dir!r} holds no PNG/JPEG images")
             self.pool = torch.stack([load_image(str(f), h, w) for f in files[:p.n_reflections]])
             return
         others = torch.nonzero(y_train != p.target).flatten()

@@ -30,8 +30,8 @@ class SIGParams(AttackParams):
 
     def validate(self) -> None:
         super().validate()
-        require(0 < self.delta <= 255, f"attack.delta={self.delta} must be in (0, 255]")
-        require(self.freq > 0, f"attack.freq={self.freq} must be > 0")
+        require(0 < self.delta <= 255, f"delta={self.delta} must be in (0, 255]")
+        require(self.freq > 0, f"freq={self.freq} must be > 0")
 
 
 @register("sig")

@@ -32,8 +32,8 @@ class TrojanParams(AttackParams):
 
     def validate(self) -> None:
         super().validate()
-        require(1 <= self.patch_size <= 16, f"attack.patch_size={self.patch_size} must be in 1..16")
-        require(self.steps >= 1, f"attack.steps={self.steps} must be >= 1")
+        require(1 <= self.patch_size <= 16, f"patch_size={self.patch_size} must be in 1..16")
+        require(self.steps >= 1, f"steps={self.steps} must be >= 1")
 
 
 def select_neuron(model: torch.nn.Module) -> int:

@@ -44,10 +44,10 @@ class ARGDConfig:
     optim: OptimConfig = dataclasses.field(default_factory=functools.partial(nad_schedule, grad_clip=5.0))
 
     def validate(self) -> None:
-        finite_positive("argd.p", self.p)
-        require(len(self.betas) == 3, f"argd.betas={list(self.betas)} needs one weight per WRN group (3)")
+        finite_positive("p", self.p)
+        require(len(self.betas) == 3, f"betas={list(self.betas)} needs one weight per WRN group (3)")
         for name in ("gamma_edge", "gamma_embed"):
-            finite_positive(f"argd.{name}", getattr(self, name), allow_zero=True)
+            finite_positive(name, getattr(self, name), allow_zero=True)
 
 
 def relation_graph(feats, p: float) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:

@@ -38,9 +38,9 @@ class FPConfig:
     optim: OptimConfig = dataclasses.field(default_factory=fp_optim)
 
     def validate(self) -> None:
-        require(0 <= self.max_acc_drop < 1, f"fp.max_acc_drop={self.max_acc_drop} must be in [0, 1)")
-        require(0 < self.step <= 1, f"fp.step={self.step} must be in (0, 1]")
-        require(0 < self.max_ratio < 1, f"fp.max_ratio={self.max_ratio} must be in (0, 1)")
+        require(0 <= self.max_acc_drop < 1, f"max_acc_drop={self.max_acc_drop} must be in [0, 1)")
+        require(0 < self.step <= 1, f"step={self.step} must be in (0, 1]")
+        require(0 < self.max_ratio < 1, f"max_ratio={self.max_ratio} must be in (0, 1)")
 
 
 @torch.no_grad()

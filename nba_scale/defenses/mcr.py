@@ -41,7 +41,7 @@ class MCRConfig:
     optim: OptimConfig = dataclasses.field(default_factory=mcr_optim)
 
     def validate(self) -> None:
-        require(0 <= self.t <= 1, f"mcr.t={self.t} must be in [0, 1]")
+        require(0 <= self.t <= 1, f"t={self.t} must be in [0, 1]")
 
 
 class BezierCurve(nn.Module):

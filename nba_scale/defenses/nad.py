@@ -29,10 +29,10 @@ class NADConfig:
     optim: OptimConfig = dataclasses.field(default_factory=nad_schedule)
 
     def validate(self) -> None:
-        finite_positive("nad.p", self.p)
-        require(len(self.betas) == 3, f"nad.betas={list(self.betas)} needs one weight per WRN group (3)")
+        finite_positive("p", self.p)
+        require(len(self.betas) == 3, f"betas={list(self.betas)} needs one weight per WRN group (3)")
         for b in self.betas:
-            finite_positive("nad.betas", b, allow_zero=True)
+            finite_positive("betas", b, allow_zero=True)
 
 
 def nad_loss(feats_t, feats_s, p: float, betas) -> torch.Tensor:

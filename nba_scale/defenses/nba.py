@@ -60,12 +60,12 @@ class NBAConfig:
 
     def validate(self) -> None:
         require(len(self.terms) > 0 and set(self.terms) <= set(TERMS),
-                f"nba.terms={list(self.terms)} must be a non-empty subset of {list(TERMS)}")
+                f"terms={list(self.terms)} must be a non-empty subset of {list(TERMS)}")
         for name in ("lambda1", "lambda2", "lambda3", "alpha", "beta"):
-            finite_positive(f"nba.{name}", getattr(self, name), allow_zero=True)
-        finite_positive("nba.T", self.T)
-        finite_positive("nba.pgd_eps", self.pgd_eps, allow_zero=True)
-        require(self.pgd_steps >= 0, f"nba.pgd_steps={self.pgd_steps} must be >= 0")
+            finite_positive(name, getattr(self, name), allow_zero=True)
+        finite_positive("T", self.T)
+        finite_positive("pgd_eps", self.pgd_eps, allow_zero=True)
+        require(self.pgd_steps >= 0, f"pgd_steps={self.pgd_steps} must be >= 0")
 
     @property
     def step_size(self) -> float:

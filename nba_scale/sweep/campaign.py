@@ -128,7 +128,7 @@ def command_line(prog: str, argv: list[str]) -> str:
 def run_cells(name: str, root: Path, todo: list[tuple[Cell, dict]], shape, concurrency: int) -> None:
     import ray.tune as tune
 
-    from .execution import ParquetSink, Progress, run_config
+    from .execution import ParquetSink, Progress, run_config, run_name
     from .trainable import trainable
 
     tune_dir = (root / "_tune").resolve()
@@ -140,8 +140,7 @@ def run_cells(name: str, root: Path, todo: list[tuple[Cell, dict]], shape, concu
         tune.with_resources(trainable, resources),
         param_space={**consts, "cell": tune.grid_search(cells)},
         tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=concurrency),
-        # a fresh Tune experiment per invocation: a campaign resumes by cell, from its rows
-        run_config=run_config(f"run-{time.strftime('%Y%m%d-%H%M%S')}", tune_dir, callbacks))
+        run_config=run_config(run_name(), tune_dir, callbacks))  # a campaign resumes by cell, from its rows
     tuner.fit()
 
 
@@ -179,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
     cells = camp.cells(args.seeds, parse_only(args.only))
     plan = Plan.make(camp, cells, args, Path(args.results) / f"{camp.name}{args.name_suffix}")
     root, todo = plan.root, plan.todo
-    if root.exists() and any(root.iterdir()) and not args.resume and not args.dry_run:
+    if root.exists() and any(not p.name.startswith(".") for p in root.iterdir()) and not args.resume \
+            and not args.dry_run:
         raise ConfigError(f"{root} already holds campaign results; pass --resume to finish it "
                           f"(finished cells are kept) or --name-suffix to start another")
     if args.resume:
@@ -199,15 +199,16 @@ def run(args: argparse.Namespace) -> int:
         if not todo:
             print(f"nothing to run; report: python -m nba_scale.report {root} --out report/")
         return 0
-    plan.write_manifest(args, command_line("nba_scale.campaign", args.argv))
-
     from .execution import prebuild, start_ray
+    from .store import driver_lock
 
     t0 = time.time()
-    start_ray(args.address)
-    if args.address is None:
-        prebuild(camp.name, [cfg for _, cfg in todo])
-    run_cells(camp.name, root, todo, shape, concurrency)
+    with driver_lock(root):
+        plan.write_manifest(args, command_line("nba_scale.campaign", args.argv))
+        start_ray(args.address)
+        if args.address is None:
+            prebuild(camp.name, [cfg for _, cfg in todo])
+        run_cells(camp.name, root, todo, shape, concurrency)
     rows = finished_cells(root)
     missing = [c.id for c in cells if c.id not in rows]
     print(f"campaign {camp.name}: {len(cells) - len(missing)}/{len(cells)} cells ok in {time.time() - t0:.0f}s"

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from ..trial import run_trial
     from .campaign import Plan, command_line
     from .grid import cell_row, load_campaign
-    from .store import partition_value, read_table, trial_row, write_row
+    from .store import driver_lock, partition_value, read_table, trial_row, write_row
     from .tables import grouped_tables
 
     table2 = load_campaign("table2")
@@ -59,13 +59,14 @@ def run(args: argparse.Namespace) -> int:
     plan.check_settings(args)
     todo = plan.todo
     print(f"{name}: {len(plan.configs)} cells ({len(plan.configs) - len(todo)} already in {plan.root})", flush=True)
-    plan.write_manifest(args, command_line("nba_scale.compare", args.argv))
-    for k, (cell, cfg) in enumerate(todo, 1):
-        t0 = time.time()
-        r = run_trial(cfg)
-        write_row(plan.root, {**trial_row(r), **cell_row(name, cell), "started": t0, "finished": time.time()})
-        what = f"ok ASR {r['asr']:.1%} BA {r['ba']:.1%}" if r["status"] == "ok" else f"FAILED {r['error']}"
-        print(f"[{k}/{len(todo)}] {cell.id}: {what} ({time.time() - t0:.0f}s)", flush=True)
+    with driver_lock(plan.root):
+        plan.write_manifest(args, command_line("nba_scale.compare", args.argv))
+        for k, (cell, cfg) in enumerate(todo, 1):
+            t0 = time.time()
+            r = run_trial(cfg)
+            write_row(plan.root, {**trial_row(r), **cell_row(name, cell), "started": t0, "finished": time.time()})
+            what = f"ok ASR {r['asr']:.1%} BA {r['ba']:.1%}" if r["status"] == "ok" else f"FAILED {r['error']}"
+            print(f"[{k}/{len(todo)}] {cell.id}: {what} ({time.time() - t0:.0f}s)", flush=True)
     ids = {c.id for c, _ in plan.configs}
     rows = [r for r in read_table(plan.root).to_pylist() if r["trial_id"] in ids]
     orders = {"attack": camp.attacks, "defense": camp.defenses}

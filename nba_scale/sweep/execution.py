@@ -42,6 +42,8 @@ class Shape:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Shape":
         gpus = args.gpus_per_trial
+        if args.cpus_per_trial <= 0 and not gpus:
+            raise ConfigError("--cpus-per-trial 0 without GPUs would give a trial nothing to run on; use 1 or more")
         workers = args.workers_per_trial or max(1, math.ceil(gpus))
         if gpus > 1 and gpus % workers:
             raise ConfigError(f"--gpus-per-trial {gpus:g} does not split evenly over {workers} workers; "
@@ -65,12 +67,16 @@ class Shape:
 def start_ray(address: str | None) -> None:
     import ray
 
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # experiment state saved often: see --resume
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Per-epoch checkpoints and frequent experiment snapshots are on purpose.
+    # Per-epoch checkpoints are on purpose (an interrupted trial restarts from its last epoch).
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False,
              ignore_reinit_error=True)
+
+
+def run_name() -> str:
+    """A fresh Tune experiment per run of a driver: earlier runs' folders stay as they are."""
+    return f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
 
 
 def run_config(name: str, storage: Path, callbacks: list) -> tune.RunConfig:

@@ -234,7 +234,10 @@ def write_report(src: Path, out: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    path = write_report(Path(args.dir), Path(args.out))
+    try:
+        path = write_report(Path(args.dir), Path(args.out))
+    except OSError as e:
+        raise ConfigError(f"cannot write the report to --out {args.out} ({e.strerror}); give a writable folder") from None
     print(f"wrote {path}")
     print(path.read_text())
     return 0

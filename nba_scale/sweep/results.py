@@ -156,7 +156,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_table(table, SHOW, args.format))
     if args.plot:
-        plot(table, by, args.plot)
+        try:
+            plot(table, by, args.plot)
+        except OSError as e:
+            raise ConfigError(f"cannot write --plot {args.plot} ({e.strerror}); give a path in a writable folder") from None
         print(f"wrote {args.plot}", file=sys.stderr)
     return 0
 

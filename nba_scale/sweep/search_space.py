@@ -15,6 +15,7 @@ fails here, in one line naming the file, the key and the problem, not in the mid
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -44,7 +45,7 @@ class Param:
         if self.type == "int":
             return d.IntDistribution(int(self.low), int(self.high), log=self.log)
         # Optuna's categorical choices must be scalars: lists travel as their YAML text.
-        return d.CategoricalDistribution([_encode(c) for c in self.choices])
+        return d.CategoricalDistribution([encode(c) for c in self.choices])
 
 
 @dataclasses.dataclass
@@ -56,22 +57,26 @@ class SearchSpace:
 
     def default_point(self) -> dict[str, Any]:
         """The reference configuration in the searcher's encoding (for points_to_evaluate)."""
-        return {p.name: _encode(p.default) if p.type == "categorical" else p.default for p in self.params}
+        return {p.name: encode(p.default) if p.type == "categorical" else p.default for p in self.params}
 
     def default_config(self) -> dict[str, Any]:
         """The reference configuration as trial-config values (dotted keys)."""
         return {p.name: p.default for p in self.params}
 
+    def fixing(self, keys: set[str]) -> "SearchSpace":
+        """This space without the parameters in `keys` (a --set gives them one value)."""
+        return dataclasses.replace(self, params=[p for p in self.params if p.name not in keys])
+
     def optuna_space(self) -> dict[str, Any]:
         return {p.name: p.distribution() for p in self.params}
 
 
-def _encode(value: Any) -> Any:
+def encode(value: Any) -> Any:
     return yaml.safe_dump(value, default_flow_style=True).strip() if isinstance(value, (list, dict)) else value
 
 
 def decode(value: Any) -> Any:
-    """Undo `_encode` for a sampled categorical value."""
+    """Undo `encode` for a sampled categorical value."""
     if isinstance(value, str) and value[:1] in "[{":
         return yaml.safe_load(value)
     return value
@@ -123,8 +128,8 @@ def _param(where: str, name: str, spec: Any) -> Param:
         return p
     for f in ("low", "high"):
         v = getattr(p, f)
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise bad(f"{kind} needs a numeric '{f}', got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise bad(f"{kind} needs a finite numeric '{f}', got {v!r}")
     if not p.low < p.high:
         raise bad(f"low={p.low} must be below high={p.high}")
     if p.log and p.low <= 0:
@@ -133,18 +138,38 @@ def _param(where: str, name: str, spec: Any) -> Param:
         raise bad("int bounds must be integers")
     if p.default is None:
         raise bad("needs a 'default' (the reference configuration every sweep evaluates)")
+    if isinstance(p.default, bool) or not isinstance(p.default, (int, float)):
+        raise bad(f"default {p.default!r} must be a number")
     if not p.low <= p.default <= p.high:
         raise bad(f"default {p.default} lies outside [{p.low}, {p.high}]")
     return p
 
 
+def probes(p: Param) -> list[Any]:
+    """Values the searcher may hand a trial: both bounds and an inside value that is no integer
+    for a float (so a float range on an integer key fails here), every choice of a categorical."""
+    if p.type == "categorical":
+        return list(p.choices)
+    if p.type == "int":
+        return [int(p.low), int(p.high)]
+    inside = math.exp(math.log(p.low) + 0.37 * (math.log(p.high) - math.log(p.low))) if p.log else (
+        p.low + 0.37 * (p.high - p.low))
+    return [float(p.low), float(inside), float(p.high)]
+
+
 def _check_against_trial_config(space: SearchSpace) -> None:
+    """The default point, and every parameter at each of its `probes` (the rest at their
+    defaults), must be a valid trial config: a space that only fails once a trial samples it
+    fails here, before Ray starts."""
     from ..trial import check_config
 
-    try:
-        check_config({"defense": space.defense, **space.fixed, **space.default_config()})
-    except ConfigError as e:
-        raise ConfigError(f"{space.path}: {e}") from None
+    base = {"defense": space.defense, **space.fixed, **space.default_config()}
+    for name, value in [(None, None)] + [(p.name, v) for p in space.params for v in probes(p)]:
+        try:
+            check_config(base if name is None else {**base, name: value})
+        except ConfigError as e:
+            at = "" if name is None else f"{name}: value {value!r} of its range: "
+            raise ConfigError(f"{space.path}: {at}{e}") from None
 
 
 def find_space(defense: str, given: Optional[str] = None) -> Path:

@@ -12,12 +12,14 @@ and its `error` says why.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
+import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -78,6 +80,27 @@ def write_row(root: str | os.PathLike, row: dict[str, Any]) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def driver_lock(root: Path) -> Iterator[None]:
+    """One driver per results folder: an OS lock on DIR/NAME/.driver.lock, held for the driver's
+    life and released by the OS however it ends (SIGKILL too). A second driver is refused."""
+    from filelock import FileLock, Timeout
+
+    from ..config import ConfigError
+
+    root.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(root / ".driver.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ConfigError(f"another driver is running on {root} (it holds {root / '.driver.lock'}); "
+                          f"let it finish or stop it, then --resume") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def parquet_files(root: str | os.PathLike) -> list[str]:
     return sorted(str(p) for p in Path(root).rglob("*.parquet") if not p.name.startswith("."))
 
@@ -85,15 +108,22 @@ def parquet_files(root: str | os.PathLike) -> list[str]:
 def read_table(root: str | os.PathLike) -> pa.Table:
     """All rows under `root` (one sweep, or a folder of sweeps), schemas unified by column name,
     with the partition columns recovered from each file's path."""
-    tables = []
+    tables, bad = [], []
     for f in parquet_files(root):
-        t = pq.read_table(f)
+        try:
+            t = pq.read_table(f)
+        except (pa.ArrowException, OSError) as e:  # one damaged file must not hide every other row
+            bad.append(f"{f} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+            continue
         parts = dict(seg.split("=", 1) for seg in Path(f).parent.parts if "=" in seg)
         for key in PARTITIONS:
             if key in parts and key not in t.column_names:
                 value = float(parts[key]) if key == "clean_fraction" else parts[key]
                 t = t.append_column(key, pa.array([value] * len(t)))
         tables.append(t)
+    if bad:
+        print(f"warning: skipped {len(bad)} unreadable Parquet file(s) under {root}: {'; '.join(bad[:3])}"
+              f"{' ...' if len(bad) > 3 else ''}", file=sys.stderr, flush=True)
     if not tables:
         return pa.table({})
     return pa.concat_tables(tables, promote_options="permissive")

@@ -94,13 +94,18 @@ def trial_loop(config: dict[str, Any], session: Session) -> None:
 
     params = {k: decode(v) for k, v in sampled(config).items()}
     cfg = merge(trial_base(config), nest(params))
+    def load_state(d: Path) -> dict[str, Any]:  # no pickle: safetensors, weights_only, JSON
+        return {"epoch": json.loads((d / "state.json").read_text())["epoch"],
+                "model": load_weights(d / "model.safetensors"),
+                "optimizer": torch.load(d / "optimizer.pt", map_location="cpu", weights_only=True)}
+
     resume = None
     ckpt = session.get_checkpoint()
-    if ckpt is not None:
+    if ckpt is not None:  # Ray Train restarting this run's own workers
         with ckpt.as_directory() as d:
-            meta = json.loads((Path(d) / "state.json").read_text())
-            resume = {"epoch": meta["epoch"], "model": load_weights(Path(d) / "model.safetensors"),
-                      "optimizer": torch.load(Path(d) / "optimizer.pt", weights_only=True)}
+            resume = load_state(Path(d))
+    elif config.get("__resume__", {}).get(config_hash(sampled(config))):  # a trial of an interrupted run
+        resume = load_state(Path(config["__resume__"][config_hash(sampled(config))]))
 
     def report(epoch: int, state: dict, **metrics: float) -> None:
         if not session.is_main:  # every rank reports (Train's barrier); rank 0 alone writes

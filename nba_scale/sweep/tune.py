@@ -26,16 +26,14 @@ searcher pickles for restore.
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 from .. import cli
-from ..config import ConfigError, merge, nest
+from ..config import ConfigError, flatten, merge, nest
 from .store import study_id
 
 # Budgets per preset, on top of nba_scale.trial.PRESETS (which sets the trial's own budgets).
@@ -55,9 +53,9 @@ def default_name(args: argparse.Namespace) -> str:
     return f"{args.defense}_{ds}_{'-'.join(args.attack)}_cf{cfs}_{args.preset}_s{args.seed}{worst}"
 
 
-def make_searcher(space, sampler: str, seed: int, study_name: Optional[str] = None, storage=None):
-    """OptunaSearch over `space`, starting from its default point; `storage` (an Optuna storage)
-    makes the study readable with `optuna.load_study(study_name=..., storage=...)`."""
+def make_searcher(space, sampler: str, seed: int, study_name: str, storage, points: list[dict[str, Any]]):
+    """OptunaSearch over `space` in the Optuna study `study_name` of `storage` (created, or loaded
+    with the trials told so far), evaluating `points` first."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -65,58 +63,64 @@ def make_searcher(space, sampler: str, seed: int, study_name: Optional[str] = No
                 "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed)}
     if sampler not in samplers:
         raise ConfigError(f"unknown sampler {sampler!r}; known: {', '.join(samplers)}")
-    return OptunaSearch(space=space.optuna_space(), metric=OBJECTIVES, mode=MODES,
-                        points_to_evaluate=[space.default_point()], sampler=samplers[sampler](), seed=seed,
-                        study_name=study_name, storage=storage)
+    return OptunaSearch(space=space.optuna_space(), metric=OBJECTIVES, mode=MODES, points_to_evaluate=points or None,
+                        sampler=samplers[sampler](), seed=seed, study_name=study_name, storage=storage)
 
 
 def run_study(base: dict[str, Any], space, *, root: Path, sweep: str, study: str, num_samples: int,
               max_concurrent: int, shape, sampler: str = "tpe", seed: int = 0, resume: bool = False,
               progress_every_s: float = 30.0, attacks: Optional[list[str]] = None, storage=None):
-    """Run (or resume) one Optuna study as a Ray Tune experiment; returns the ResultGrid."""
+    """Run, or continue (`resume`), one Optuna study as a Ray Tune experiment, until the study has
+    `num_samples` rows. Continuing reads only data (sweep/resume.py): the rows, told to Optuna
+    again, and the trials that left no row, which restart from their last epoch checkpoint.
+    `storage`: the Optuna storage of the study (default: in memory, rebuilt from the rows)."""
+    import optuna
     import ray.tune as tune
     from ray.tune.search import ConcurrencyLimiter
 
-    from .execution import ParquetSink, Progress, run_config
-    from .trainable import trainable
+    from .execution import ParquetSink, Progress, run_config, run_name
+    from .resume import interrupted_trials, study_rows, tell_rows
+    from .trainable import config_hash, trainable
 
-    tune_dir = (root / "_tune").resolve()
-    exp_dir = tune_dir / study
-    callbacks = [ParquetSink(root, lambda t: {"sweep": sweep, "study": study, "trial_id": t.trial_id}),
-                 Progress(study, num_samples, lambda t: t.trial_id, progress_every_s)]
+    tune_dir = (root / "_tune" / study).resolve()
+    rows = study_rows(root, study)
+    if (rows or tune_dir.exists()) and not resume:
+        raise ConfigError(f"sweep {sweep!r} already has study {study} in {root}; "
+                          f"pass --resume to continue it, or choose another --name")
+    todo = num_samples - len(rows)
+    if todo <= 0:
+        print(f"[{study}] {len(rows)} trials have rows (of {num_samples} planned): nothing to run", flush=True)
+        return None
+    storage = storage if storage is not None else optuna.storages.InMemoryStorage()
+    told = tell_rows(space, rows, f"{sweep}/{study}", storage)
+    # Every study evaluates the paper's configuration first; then the interrupted trials.
+    default = space.default_point()
+    found = sorted(interrupted_trials(tune_dir, space, rows), key=lambda r: r.point != default)
+    fresh_default = not any(r.get("is_default") for r in rows) and not any(r.point == default for r in found)
+    restart = found[:todo - fresh_default]
+    points = [default] * fresh_default + [r.point for r in restart]
+    if rows or restart:
+        print(f"[{study}] continuing: {len(rows)} trials have rows ({told} told to Optuna), {len(restart)} "
+              f"interrupted restart ({sum(r.checkpoint is not None for r in restart)} from an epoch checkpoint), "
+              f"{todo - len(restart)} to run in all", flush=True)
     resources, consts = shape.tune_setup(tune_dir)
-    consts.update({"__base__": base, "__default__": space.default_point()})
+    consts.update({"__base__": base, "__default__": space.default_point(),
+                   "__resume__": {config_hash(r.point): str(r.checkpoint) for r in restart if r.checkpoint}})
     if attacks:
         consts["__attacks__"] = list(attacks)
-    fn = tune.with_resources(trainable, resources)
-    if resume and tune.Tuner.can_restore(str(exp_dir)):
-        print(f"[{study}] resuming from {exp_dir}", flush=True)
-        tuner = tune.Tuner.restore(str(exp_dir), trainable=fn, resume_unfinished=True, resume_errored=True,
-                                   param_space=consts)
-    else:
-        if exp_dir.exists():
-            if not resume:
-                raise ConfigError(f"sweep {sweep!r} already has study {study} in {root}; "
-                                  f"pass --resume to continue it, or choose another --name")
-            shutil.rmtree(exp_dir)  # killed before Tune saved any state: start the study over
-        _drop_rows(root, study)
-        searcher = make_searcher(space, sampler, seed, study_name=f"{sweep}/{study}", storage=storage)
-        tuner = tune.Tuner(
-            fn, param_space=consts,
-            tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_concurrent),
-                                        num_samples=num_samples, reuse_actors=True),
-            run_config=run_config(study, tune_dir, callbacks))
+    callbacks = [ParquetSink(root, lambda t: {"sweep": sweep, "study": study, "trial_id": t.trial_id}),
+                 Progress(study, todo, lambda t: t.trial_id, progress_every_s)]
+    # A seeded sampler told the same rows would draw the points of the run it continues again,
+    # some of them the restarting trials': each run of a study samples with its own seed.
+    earlier_runs = len(list(tune_dir.glob("run-*"))) if tune_dir.is_dir() else 0
+    searcher = make_searcher(space, sampler, seed + earlier_runs, f"{sweep}/{study}", storage, points)
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, resources), param_space=consts,
+        tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_concurrent),
+                                    num_samples=todo, reuse_actors=True),
+        # a new Tune experiment per run, beside the earlier ones (which resume.py reads, as data)
+        run_config=run_config(run_name(), tune_dir, callbacks))
     return tuner.fit()
-
-
-def _drop_rows(root: Path, study: str) -> None:
-    import pyarrow.parquet as pq
-
-    from .store import parquet_files
-
-    for f in parquet_files(root):
-        if "study" in pq.read_schema(f).names and pq.read_table(f, columns=["study"])["study"][0].as_py() == study:
-            os.unlink(f)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--defense", default="nba")
     p.add_argument("--clean-fraction", nargs="+", type=float, default=[0.05])
     p.add_argument("--space", default=None, help="search space YAML (default search_spaces/<defense>.yaml)")
-    p.add_argument("--num-samples", type=int, default=None, help="trials per study (preset default)")
+    p.add_argument("--num-samples", type=cli.count, default=None, help="trials per study (preset default)")
     p.add_argument("--name", default=None)
     p.add_argument("--objective", default="per-attack", choices=["per-attack", "worst-case"],
                    help="per-attack: one study per attack; worst-case: one study whose trials run every "
@@ -157,12 +161,26 @@ def plan(args: argparse.Namespace, space) -> list[tuple[str, dict[str, Any], lis
     return studies
 
 
-def run(args: argparse.Namespace) -> int:
+def search_space(args: argparse.Namespace):
+    """The sweep's search space, without the parameters a --set fixes (the user's value wins over
+    the searcher's, and the row shows it)."""
     from .search_space import find_space, load_search_space
 
     space = load_search_space(find_space(args.defense, args.space))
     if space.defense != args.defense:
         raise ConfigError(f"{space.path} is a space for {space.defense!r}, not --defense {args.defense}")
+    fixed = set(flatten(cli.user_set(args))) & {p.name for p in space.params}
+    if fixed:
+        space = space.fixing(fixed)
+        if not space.params:
+            raise ConfigError(f"--set fixes every parameter of {space.path} ({', '.join(sorted(fixed))}); "
+                              f"nothing is left to search: use python -m nba_scale.run for one configuration")
+        print(f"--set fixes {', '.join(sorted(fixed))}: not searched (the search space samples the rest)", flush=True)
+    return space
+
+
+def run(args: argparse.Namespace) -> int:
+    space = search_space(args)
     from .execution import Shape
 
     shape = Shape.from_args(args)
@@ -171,24 +189,28 @@ def run(args: argparse.Namespace) -> int:
     max_concurrent = args.max_concurrent or budget["max_concurrent"]
     name = args.name or default_name(args)
     root = Path(args.results) / name
+    if args.resume and not root.is_dir():
+        raise ConfigError(f"--resume: there is no sweep {name!r} in {args.results} to continue; "
+                          f"check --name and --results, or drop --resume to start it")
     studies = plan(args, space)
 
     from .execution import prebuild, start_ray
     from .results import load, plot, print_pareto
-    from .store import parquet_files
+    from .store import driver_lock, parquet_files
 
     t0 = time.time()
-    start_ray(args.address)
-    print(f"sweep {name}: {len(studies)} studies x {num_samples} trials, results in {root}", flush=True)
-    for study, base, attacks in studies:
-        if args.address is None:
-            # Here, with every core, rather than in the first trial (one core, others waiting on
-            # its lock). On a cluster the first trial that needs an artifact builds it on a GPU.
-            prebuild(study, [merge(cli.drop_unused_sections(merge(base, {"attack": a})),
-                                   nest(space.default_config())) for a in attacks])
-        run_study(base, space, root=root, sweep=name, study=study, num_samples=num_samples,
-                  max_concurrent=max_concurrent, shape=shape, sampler=args.sampler, seed=args.seed,
-                  resume=args.resume, attacks=attacks if args.objective == "worst-case" else None)
+    with driver_lock(root):
+        start_ray(args.address)
+        print(f"sweep {name}: {len(studies)} studies x {num_samples} trials, results in {root}", flush=True)
+        for study, base, attacks in studies:
+            if args.address is None:
+                # Here, with every core, rather than in the first trial (one core, others waiting on
+                # its lock). On a cluster the first trial that needs an artifact builds it on a GPU.
+                prebuild(study, [merge(cli.drop_unused_sections(merge(base, {"attack": a})),
+                                       nest(space.default_config())) for a in attacks])
+            run_study(base, space, root=root, sweep=name, study=study, num_samples=num_samples,
+                      max_concurrent=max_concurrent, shape=shape, sampler=args.sampler, seed=args.seed,
+                      resume=args.resume, attacks=attacks if args.objective == "worst-case" else None)
     print(f"done in {time.time() - t0:.0f}s: {len(parquet_files(root))} rows in {root}", flush=True)
     print_pareto(root)
     # "_" first: Parquet readers of the folder (pyarrow.dataset, hive partitioning) skip it.

@@ -1,0 +1,134 @@
+"""What a sweep's study continues from, read as data only.
+
+The study's Parquet rows are the record of what ran. Continuing a study (`tune --resume`, also
+after its Tune state was deleted or lost) reads:
+
+- its rows, whose results are told to the Optuna study again (a failed trial as its worst
+  objectives, as when it ran) so that the sampler learns from them;
+- the trials that started but left no row (the driver died): their sampled parameters from the
+  `params.json` Tune wrote for each trial, and their last epoch checkpoint (safetensors, an
+  optimizer state through `torch.load(weights_only=True)`, a JSON epoch), so that they restart
+  where they stopped rather than from scratch.
+
+Tune's own experiment state (`tuner.pkl`, `searcher-state-*.pkl`, the trials' `params.pkl`) is
+pickles, and a results folder may come from someone else: nothing here reads it, and nothing
+calls `Tuner.restore`. A study ends with one row per planned trial: trials are counted by rows,
+and an interrupted trial whose parameters already have a row is not run again.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+from .search_space import SearchSpace, encode
+from .store import column_name, read_table
+from .trainable import config_hash
+
+DIRECTIONS = ["minimize", "maximize"]  # ASR, BA
+
+
+def study_rows(root: Path, study: str) -> list[dict[str, Any]]:
+    if not root.exists():
+        return []
+    return [r for r in read_table(root).to_pylist() if r.get("study") == study]
+
+
+def point_of_row(space: SearchSpace, row: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The row's sampled parameters in the searcher's encoding (None when a column is missing)."""
+    point = {}
+    for p in space.params:
+        value = row.get(column_name(p.name))
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return None
+        if p.type == "categorical" and isinstance(value, str) and value[:1] in "[{":
+            value = json.loads(value)  # lists travel through Parquet as JSON
+        point[p.name] = encode(value) if p.type == "categorical" else (int(value) if p.type == "int" else float(value))
+    return point
+
+
+def objectives(row: dict[str, Any]) -> list[float]:
+    """What the searcher was told when the trial ended: its ASR and BA, the worst if it failed."""
+    from .trainable import WORST
+
+    ok = row.get("status") == "ok" and all(math.isfinite(row.get(k) or math.nan) for k in WORST)
+    return [row[k] if ok else worst for k, worst in WORST.items()]
+
+
+def tell_rows(space: SearchSpace, rows: list[dict[str, Any]], study_name: str, storage) -> int:
+    """Create the Optuna study `study_name` in `storage` holding the rows' trials; returns how many
+    were told (a row whose parameters today's space cannot hold stays a row, untold)."""
+    import optuna
+
+    study = optuna.create_study(storage=storage, study_name=study_name, directions=DIRECTIONS, load_if_exists=True)
+    dists, told = space.optuna_space(), 0
+    for row in rows:
+        point = point_of_row(space, row)
+        if point is None:
+            continue
+        try:
+            study.add_trial(optuna.trial.create_trial(params=point, distributions=dists, values=objectives(row)))
+        except ValueError:
+            continue
+        told += 1
+    return told
+
+
+@dataclasses.dataclass
+class Interrupted:
+    point: dict[str, Any]  # sampled parameters, searcher encoding
+    checkpoint: Optional[Path]  # its last epoch checkpoint folder, if it saved one
+    epoch: int  # epochs that checkpoint holds (0: none)
+
+
+def _trial_id(trial_dir: Path) -> Optional[str]:
+    result = trial_dir / "result.json"
+    if result.is_file():
+        for line in result.read_text().splitlines():
+            try:
+                return str(json.loads(line)["trial_id"])
+            except (ValueError, KeyError, TypeError):
+                continue
+    parts = trial_dir.name.split("_")  # trainable_<trial id>_<n>_...
+    return parts[1] if len(parts) > 2 else None
+
+
+def _last_checkpoint(*folders: Path) -> tuple[Optional[Path], int]:
+    best: tuple[Optional[Path], int] = (None, 0)
+    for folder in folders:
+        for ckpt in folder.glob("checkpoint_*") if folder.is_dir() else []:
+            try:
+                epoch = int(json.loads((ckpt / "state.json").read_text())["epoch"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if (ckpt / "model.safetensors").is_file() and epoch > best[1]:
+                best = (ckpt, epoch)
+    return best
+
+
+def interrupted_trials(tune_dir: Path, space: SearchSpace, rows: list[dict[str, Any]]) -> list[Interrupted]:
+    """Trials of earlier runs of the study that left no row, one per distinct parameter point
+    (the one that got furthest), minus points that have a row."""
+    names = {p.name for p in space.params}
+    done = {r.get("trial_id") for r in rows}
+    done_points = {config_hash(p) for p in (point_of_row(space, r) for r in rows) if p is not None}
+    found: dict[str, Interrupted] = {}
+    for params in sorted(tune_dir.rglob("params.json")) if tune_dir.is_dir() else []:
+        trial_dir = params.parent
+        if "_train" in trial_dir.relative_to(tune_dir).parts:
+            continue
+        trial_id = _trial_id(trial_dir)
+        try:
+            config = json.loads(params.read_text())
+        except (OSError, ValueError):
+            continue
+        point = {k: v for k, v in config.items() if k in names}
+        key = config_hash(point)
+        if trial_id in done or set(point) != names or key in done_points:
+            continue
+        ckpt, epoch = _last_checkpoint(trial_dir, tune_dir / "_train" / str(trial_id))
+        if key not in found or epoch > found[key].epoch:
+            found[key] = Interrupted(point, ckpt, epoch)
+    return list(found.values())
