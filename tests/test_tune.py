@@ -221,18 +221,31 @@ def test_worst_case_objective_scores_every_attack_in_each_trial(tmp_path, tune_c
 
 
 def kill_driver(proc, ray_tmp: Path) -> None:
-    """SIGKILL the driver's process group, then the Ray processes it started (found by their
-    temp dir): Ray's workers outlive their driver for a while and would go on writing."""
+    """SIGKILL the driver and every process it started. Ray's trial workers live in sessions of
+    their own, so a SIGKILL of the driver's process group misses them: they outlive their driver
+    for a while and would go on writing checkpoints. Found as the driver's descendants, and by
+    the Ray temp dir in their environment."""
     import psutil
 
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:  # it had ended by itself
-        pass
-    proc.wait()
-    for p in psutil.process_iter(["cmdline"]):
-        if str(ray_tmp) in " ".join(p.info["cmdline"] or []):
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:  # it had ended by itself
+        tree = []
+    for p in [*tree, *(q for q in psutil.process_iter() if _in_ray_tmp(q, ray_tmp))]:
+        try:
             p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait()
+
+
+def _in_ray_tmp(p, ray_tmp: Path) -> bool:
+    import psutil
+
+    try:
+        return p.environ().get("RAY_TMPDIR") == str(ray_tmp)
+    except (psutil.Error, OSError):
+        return False
 
 
 class Unpickled:
