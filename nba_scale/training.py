@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import finite_positive, require
+from .config import ConfigError, finite_positive, require
 from .data import Batches
 
 log = logging.getLogger("nba_scale")
@@ -126,24 +126,92 @@ def cross_entropy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> t
     return torch.nn.functional.cross_entropy(model(x), y)
 
 
+@dataclasses.dataclass
+class Member:
+    """One model that `train_pack` trains: its loss, its optimiser settings and, once it
+    stopped on a non-finite loss, why (`failed`)."""
+    model: torch.nn.Module
+    cfg: OptimConfig
+    loss_fn: LossFn = cross_entropy
+    optimizer_state: Optional[dict] = None
+    failed: Optional[str] = None
+
+
+class _MemberRNG:
+    """Each member's own stream of the global RNG (PGD random starts, MCR's t, dropout). A member
+    of a pack draws exactly what it would draw trained alone: every stream starts from the epoch's
+    seed, and a member's draws never shift another's."""
+
+    def __init__(self, n: int, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.states = [self._get()] * n
+
+    def _get(self):
+        return (torch.get_rng_state(), torch.cuda.get_rng_state() if self.cuda else None)
+
+    @contextlib.contextmanager
+    def __call__(self, k: int):
+        cpu, gpu = self.states[k]
+        torch.set_rng_state(cpu)
+        if self.cuda:
+            torch.cuda.set_rng_state(gpu)
+        try:
+            yield
+        finally:
+            self.states[k] = self._get()
+
+
 def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: OptimConfig, accelerator,
           loss_fn: LossFn = cross_entropy, flip: bool = True, seed: int = 0, desc: str = "train",
           on_epoch_end: Optional[Callable[[int, torch.nn.Module, torch.optim.Optimizer], None]] = None,
           start_epoch: int = 0, optimizer_state: Optional[dict] = None) -> torch.nn.Module:
     """Train `model` in place on uint8 images `x` with labels `y`; returns the unwrapped model.
+    A pack of one (`train_pack`); a non-finite loss raises `NonFiniteLoss`.
 
     `on_epoch_end(epoch, model, optimizer)` runs after each epoch (evaluation, reporting,
     checkpointing). `start_epoch`/`optimizer_state` resume an interrupted run.
     """
+    member = Member(model, cfg, loss_fn, optimizer_state)
+    hook = None if on_epoch_end is None else (lambda epoch, k, m, opt: on_epoch_end(epoch, m, opt))
+    train_pack([member], x, y, accelerator, flip=flip, seed=seed, desc=desc, on_epoch_end=hook,
+               start_epoch=start_epoch)
+    if member.failed:
+        raise NonFiniteLoss(member.failed)
+    return member.model
+
+
+def train_pack(members: list[Member], x: torch.Tensor, y: torch.Tensor, accelerator, flip: bool = True,
+               seed: int = 0, desc: str = "train",
+               on_epoch_end: Optional[Callable[[int, int, torch.nn.Module, torch.optim.Optimizer], None]] = None,
+               start_epoch: int = 0) -> list[Member]:
+    """Train several models on the same batches, each with its own loss, optimiser, learning-rate
+    schedule, gradient clipping and random stream: every member ends exactly as it would trained
+    alone with the same seed. What the members share is paid once per batch: the data order and
+    augmentation, and whatever their losses cache (a teacher's forward pass, `SharedForward`).
+    A member whose loss turns non-finite stops with the reason in `member.failed`; the others go
+    on. `on_epoch_end(epoch, k, model, optimizer)` runs after each epoch for every live member.
+    Returns `members`, each `model` unwrapped.
+    """
+    cfg = members[0].cfg
+    for m in members[1:]:
+        if (m.cfg.epochs, m.cfg.batch_size, m.cfg.augment) != (cfg.epochs, cfg.batch_size, cfg.augment):
+            raise ConfigError(f"a pack's members must share epochs, batch_size and augment (the batches are shared); "
+                              f"got {m.cfg.epochs}/{m.cfg.batch_size}/{m.cfg.augment} beside "
+                              f"{cfg.epochs}/{cfg.batch_size}/{cfg.augment}")
+    world = accelerator.num_processes
+    if world > 1 and len(members) > 1:
+        raise ConfigError("packed trials run in one process: use --pack 1 with data-parallel workers")
     # The config's batch size is the global one, split over the data-parallel processes, so a
     # hyper-parameter means the same thing on one GPU and on eight.
-    world = accelerator.num_processes
     batches = Batches(x, y, max(2, cfg.batch_size // world), accelerator.device, shuffle=True, augment=cfg.augment,
                       flip=flip, seed=seed, rank=accelerator.process_index, world=world)
-    optimizer = make_optimizer(model, cfg)
-    if optimizer_state:
-        optimizer.load_state_dict(optimizer_state)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    optimizers = []
+    for m in members:
+        opt = make_optimizer(m.model, m.cfg)
+        if m.optimizer_state:
+            opt.load_state_dict(m.optimizer_state)
+        m.model, opt = accelerator.prepare(m.model, opt)
+        optimizers.append(opt)
     steps = len(batches) * max(0, cfg.epochs - start_epoch)
     bar = tqdm(total=steps, desc=desc, disable=not (show_progress() and accelerator.is_main_process),
                leave=False, mininterval=1.0)
@@ -154,40 +222,50 @@ def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: OptimCo
         # boundary replays exactly what the uninterrupted run would have done.
         batches.set_epoch(epoch)
         torch.manual_seed(seed * 1_000_003 + epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr_at(epoch)
-        model.train()
-        loss_sum = torch.zeros((), device=accelerator.device)
-        bad = torch.zeros((), dtype=torch.bool, device=accelerator.device)
+        rng = _MemberRNG(len(members), accelerator.device) if len(members) > 1 else None
+        live = [k for k, m in enumerate(members) if not m.failed]
+        for k in live:
+            members[k].model.train()
+            for group in optimizers[k].param_groups:
+                group["lr"] = members[k].cfg.lr_at(epoch)
+        loss_sum = torch.zeros(len(members), device=accelerator.device)
         n = 0
         for xb, yb in batches:
-            with accelerator.autocast():
-                loss = loss_fn(model, xb, yb)
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            if cfg.grad_clip is not None:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            loss = loss.detach().float()
-            bad |= ~torch.isfinite(loss)
-            loss_sum += loss
+            for k in live:
+                m, opt = members[k], optimizers[k]
+                with rng(k) if rng else contextlib.nullcontext(), accelerator.autocast():
+                    loss = m.loss_fn(m.model, xb, yb)
+                opt.zero_grad(set_to_none=True)
+                accelerator.backward(loss)
+                if m.cfg.grad_clip is not None:
+                    accelerator.clip_grad_norm_(m.model.parameters(), m.cfg.grad_clip)
+                opt.step()
+                loss_sum[k] += loss.detach().float()
             n += 1
             bar.update(1)
+        bad = ~torch.isfinite(loss_sum)
         if world > 1:  # every rank stops together, or the others hang in the next all-reduce
             bad = accelerator.reduce(bad.float(), reduction="sum") > 0
-        if bool(bad):  # one sync per epoch
-            bar.close()
-            raise NonFiniteLoss(f"non-finite loss (NaN/inf) in {desc} epoch {epoch + 1}/{cfg.epochs}")
-        mean_loss = loss_sum.item() / max(1, n)
-        bar.set_postfix(epoch=epoch + 1, loss=f"{mean_loss:.3f}")
-        log.info("%s epoch %d/%d loss %.4f lr %.4g", desc, epoch + 1, cfg.epochs, mean_loss, cfg.lr_at(epoch))
+        bad = bad.tolist()  # one sync per epoch
+        for k in live:
+            if bad[k]:
+                members[k].failed = f"non-finite loss (NaN/inf) in {desc} epoch {epoch + 1}/{cfg.epochs}"
+        live = [k for k in live if not bad[k]]
+        means = (loss_sum / max(1, n)).tolist()
+        shown = ", ".join(f"{means[k]:.3f}" for k in live) or "-"
+        bar.set_postfix(epoch=epoch + 1, loss=shown)
+        log.info("%s epoch %d/%d loss %s", desc, epoch + 1, cfg.epochs, shown)
         if plain and (time.time() - last_line >= _plain_every_s or epoch + 1 == cfg.epochs):
             last_line = time.time()
-            print(f"  {desc}: epoch {epoch + 1}/{cfg.epochs}, loss {mean_loss:.3f}, {last_line - t0:.0f}s",
+            print(f"  {desc}: epoch {epoch + 1}/{cfg.epochs}, loss {shown}, {last_line - t0:.0f}s",
                   file=sys.stderr, flush=True)
         if on_epoch_end is not None:
-            on_epoch_end(epoch, accelerator.unwrap_model(model), optimizer)
+            for k in live:
+                on_epoch_end(epoch, k, accelerator.unwrap_model(members[k].model), optimizers[k])
+        if not live:
+            break
     bar.close()
-    model = accelerator.unwrap_model(model)
+    for m in members:
+        m.model = accelerator.unwrap_model(m.model)
     accelerator.free_memory()  # drop the Accelerator's references: trials reuse one process
-    return model
+    return members

@@ -44,7 +44,7 @@ from .defenses import Defense, DefenseContext, get_defense
 from .metrics import score
 from .models import build_model
 from .provenance import code_version
-from .training import OptimConfig, make_accelerator, nad_schedule, plain_progress, setup_run, train
+from .training import NonFiniteLoss, OptimConfig, make_accelerator, nad_schedule, plain_progress, setup_run, train
 
 log = logging.getLogger("nba_scale")
 
@@ -267,43 +267,61 @@ def _teacher(s: Setup, model: torch.nn.Module) -> tuple[torch.nn.Module, dict[st
     return teacher, {"teacher": {"key": meta["key"], "cached": not built, **s.pick(meta["metrics"])}}
 
 
-def _defend(s: Setup, defense: Defense, report, resume) -> dict[str, Any]:
+def _defend(s: Setup, defenses: list[Defense], report, resume) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Repair the backdoored model with each of `defenses` (one: `repair`; several: one pack,
+    `repair_pack`). Returns what the members share and each member's own results."""
     cfg = s.cfg
     model, before, artifacts = _backdoored(s)
     teacher = None
-    if defense.needs_teacher:
+    if defenses[0].needs_teacher:
         teacher, entry = _teacher(s, model)
         artifacts.update(entry)
 
-    def on_epoch_end(epoch: int, m: torch.nn.Module, optimizer) -> None:
+    def on_epoch_end(epoch: int, k: int, m: torch.nn.Module, optimizer) -> None:
         if report is not None:
             # Copies: the caller may keep them while training goes on (0.7 MB for WRN-16-1).
-            state = {"epoch": epoch + 1, "model": {k: v.detach().clone() for k, v in m.state_dict().items()},
+            state = {"epoch": epoch + 1, "model": {n: v.detach().clone() for n, v in m.state_dict().items()},
                      "optimizer": copy.deepcopy(optimizer.state_dict())}
-            report(epoch=epoch + 1, **s.pick(s.evaluate(m)), state=state)
+            member = {"member": k} if len(defenses) > 1 else {}
+            report(epoch=epoch + 1, **member, **s.pick(s.evaluate(m)), state=state)
 
     setup_run(cfg.seed)
     x_clean, y_clean = s.clean_subset
     t0 = time.time()
     ctx = DefenseContext(x_clean, y_clean, s.ds.num_classes, s.ds.flip, s.acc, cfg.seed, teacher, s.attack,
-                         on_epoch_end)
-    if resume:
-        defense.restore(model, resume["model"])
-        ctx.start_epoch, ctx.optimizer_state = int(resume["epoch"]), resume.get("optimizer")
-    repaired = defense.repair(model, ctx)
+                         lambda epoch, m, optimizer: on_epoch_end(epoch, 0, m, optimizer))
+    if len(defenses) == 1:
+        if resume:
+            defenses[0].restore(model, resume["model"])
+            ctx.start_epoch, ctx.optimizer_state = int(resume["epoch"]), resume.get("optimizer")
+        repaired, failed = [defenses[0].repair(model, ctx)], [None]
+    else:
+        members = type(defenses[0]).repair_pack(defenses, [copy.deepcopy(model) for _ in defenses], ctx, on_epoch_end)
+        repaired, failed = [m.model for m in members], [m.failed for m in members]
     s.timings["defense_s"] = time.time() - t0
-    after = s.pick(s.evaluate(repaired))
-    if cfg.save_path:
-        save_weights(repaired.state_dict(), cfg.save_path, metadata={"arch": cfg.arch, "defense": cfg.defense})
-    if not all(math.isfinite(v) for v in after.values()):
-        raise FloatingPointError("metrics are not finite after the defense")
-    return {
-        **{f"{k}_before": v for k, v in s.pick(before).items()}, **after,
-        "epochs": defense.epochs, "n_clean": len(x_clean), "n_train": len(s.ds.x_train),
-        "n_test": len(s.ds.x_test), "n_poison_test": len(s.poisoned.x_test), "device": str(s.acc.device),
-        "processes": s.acc.num_processes, **{f"{cfg.defense}_{k}": v for k, v in defense.info.items()},
-        "artifacts": artifacts,
-    }
+    shared = {**{f"{k}_before": v for k, v in s.pick(before).items()}, "n_clean": len(x_clean),
+              "n_train": len(s.ds.x_train), "n_test": len(s.ds.x_test), "n_poison_test": len(s.poisoned.x_test),
+              "device": str(s.acc.device), "processes": s.acc.num_processes, "artifacts": artifacts}
+    per = []
+    for d, m, why in zip(defenses, repaired, failed):
+        try:
+            if why:
+                raise NonFiniteLoss(why)
+            after = s.pick(s.evaluate(m))
+            if not all(math.isfinite(v) for v in after.values()):
+                raise FloatingPointError("metrics are not finite after the defense")
+        except (NonFiniteLoss, FloatingPointError) as e:  # this member failed; the pack's others stand
+            per.append({"status": "failed", "error": _reason(e)})
+            continue
+        if cfg.save_path:
+            save_weights(m.state_dict(), cfg.save_path, metadata={"arch": cfg.arch, "defense": cfg.defense})
+        per.append({**after, "epochs": d.epochs, **{f"{cfg.defense}_{k}": v for k, v in d.info.items()}})
+    return shared, per
+
+
+def _reason(e: BaseException) -> str:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {first}"
 
 
 def _attempt(step: Callable[[], dict[str, Any]], timings: dict[str, float]) -> dict[str, Any]:
@@ -315,8 +333,7 @@ def _attempt(step: Callable[[], dict[str, Any]], timings: dict[str, float]) -> d
         raise
     except Exception as e:
         log.debug("trial failed:\n%s", traceback.format_exc())
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        out = {"status": "failed", "error": f"{type(e).__name__}: {first}"}
+        out = {"status": "failed", "error": _reason(e)}
     out["timings"] = {k: round(v, 3) for k, v in timings.items()}
     return out
 
@@ -342,19 +359,62 @@ def run_trial(config: dict[str, Any], report: Optional[Callable[..., None]] = No
     `state` = {"epoch", "model", "optimizer"} (state dicts) is what `resume` takes back to
     continue an interrupted defense after that epoch.
     """
+    return run_pack([config], report, resume)[0]
+
+
+def check_pack(cfgs: list[TrialConfig], defenses: list[Defense]) -> None:
+    """A pack's configurations differ in their defense's parameters alone (one backdoored model,
+    teacher, clean subset, seed and batch order for all), and its defense trains as a pack."""
+    first = {k: v for k, v in dataclasses.asdict(cfgs[0]).items() if k != "defense_params"}
+    for c in cfgs[1:]:
+        other = {k: v for k, v in dataclasses.asdict(c).items() if k != "defense_params"}
+        diff = sorted(k for k in first if first[k] != other[k])
+        if diff:
+            raise ConfigError(f"a pack's configurations may differ only in their defense's parameters; "
+                              f"{diff[0]} differs ({first[diff[0]]!r} vs {other[diff[0]]!r})")
+    if not defenses[0].packable:
+        raise ConfigError(f"defense {cfgs[0].defense!r} cannot train as a pack; packable: nad, argd, nba (use --pack 1)")
+    if cfgs[0].save_path:
+        raise ConfigError("save_path names one repaired model: a pack repairs several")
+    shape = {(d.cfg.optim.epochs, d.cfg.optim.batch_size, d.cfg.optim.augment) for d in defenses}
+    if len(shape) > 1:
+        raise ConfigError(f"a pack's members share their batches: {cfgs[0].defense}.optim.epochs, batch_size and "
+                          f"augment must be equal in all of them, got {sorted(shape)}")
+
+
+def run_pack(configs: list[dict[str, Any]], report: Optional[Callable[..., None]] = None,
+             resume: Optional[dict[str, Any]] = None) -> list[dict[str, Any]]:
+    """Several configurations of one defense against the same backdoored model, trained together
+    (`training.train_pack`): each member's result is the one it gets alone with the same seed,
+    while the data, the artifacts, the teacher's forward pass and the trial's fixed costs are paid
+    once. Returns one result per configuration, in order; a member that diverged is failed alone.
+    `report(member=k, epoch=, ...)` after each epoch of each member (a pack of one: as `run_trial`).
+    Packs of several do not resume from an epoch checkpoint (`resume` is for one configuration)."""
     t_start = time.time()
-    cfg = parse_config(config)
-    defense = get_defense(cfg.defense)(cfg.defense_params)
-    params = {"attack": build(get_attack(cfg.attack).Params, cfg.attack_params, cfg.attack)}
+    cfgs = [parse_config(c) for c in configs]
+    defenses = [get_defense(c.defense)(c.defense_params) for c in cfgs]
+    if len(cfgs) > 1:
+        check_pack(cfgs, defenses)
+        if resume:
+            raise ConfigError("a pack of several configurations does not resume from an epoch checkpoint")
+    params = {"attack": build(get_attack(cfgs[0].attack).Params, cfgs[0].attack_params, cfgs[0].attack)}
     timings: dict[str, float] = {}
+    per: list[dict[str, Any]] = [{} for _ in cfgs]
 
     def steps() -> dict[str, Any]:
-        s = _setup(cfg, timings)
+        s = _setup(cfgs[0], timings)
         params["attack"] = s.attack.params  # resolved: the dataset may have chosen the target
-        return _defend(s, defense, report, resume)
+        shared, per[:] = _defend(s, defenses, report, resume)
+        return shared
 
     outcome = _attempt(steps, timings)
-    return {**_identity(cfg, params["attack"], defense.cfg), **outcome, "wall_s": round(time.time() - t_start, 3)}
+    wall = round(time.time() - t_start, 3)
+    results = []
+    for k, (cfg, d) in enumerate(zip(cfgs, defenses)):
+        mine = {**outcome, **per[k]} if outcome["status"] == "ok" else outcome
+        pack = {"pack_size": len(cfgs), "member": k} if len(cfgs) > 1 else {}
+        results.append({**_identity(cfg, params["attack"], d.cfg), **mine, **pack, "wall_s": wall})
+    return results
 
 
 def prepare_artifacts(config: dict[str, Any]) -> dict[str, Any]:

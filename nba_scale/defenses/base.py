@@ -8,7 +8,7 @@ from typing import Any, Callable, ClassVar, Optional
 import torch
 
 from ..attacks.base import Attack
-from ..config import build
+from ..config import ConfigError, build
 from ..registry import Registry
 
 DEFENSES: Registry["Defense"] = Registry("defense")
@@ -38,6 +38,7 @@ class Defense(abc.ABC):
     name: ClassVar[str]
     Config: ClassVar[type]
     needs_teacher: ClassVar[bool] = False
+    packable: ClassVar[bool] = False  # several configurations can train together (`repair_pack`)
 
     def __init__(self, params: dict[str, Any] | None = None):
         self.cfg = build(self.Config, params, self.name)
@@ -55,3 +56,11 @@ class Defense(abc.ABC):
     @abc.abstractmethod
     def repair(self, model: torch.nn.Module, ctx: DefenseContext) -> torch.nn.Module:
         """Return the repaired model (may modify `model` in place)."""
+
+    @classmethod
+    def repair_pack(cls, defenses: list["Defense"], models: list[torch.nn.Module], ctx: DefenseContext,
+                    on_epoch_end=None) -> list:
+        """Repair `models[k]` with `defenses[k]`, all together on the same batches; returns
+        `training.Member`s (a member that diverged has `failed` set). Packable defenses only."""
+        raise ConfigError(f"defense {cls.name!r} cannot train as a pack; packable: those built on a teacher "
+                          f"(nad, argd, nba); use --pack 1")

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import require
-from ..training import LossFn, train
+from ..training import LossFn, Member, train, train_pack
 from .base import Defense, DefenseContext
 
 
@@ -19,7 +19,22 @@ def attention_map(f: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     return F.normalize(f.float().abs().pow(p).mean(1).flatten(1), dim=1)
 
 
-def forward_both(teacher: torch.nn.Module, student: torch.nn.Module, x: torch.Tensor):
+class SharedForward:
+    """A frozen network's forward pass on a batch, computed once however many students ask for
+    it: the members of a pack distil from the same teacher on the same batch (`train_pack`)."""
+
+    def __init__(self, net: torch.nn.Module):
+        self.net, self._x, self._out = net, None, None
+
+    def __call__(self, x: torch.Tensor, features: bool = True):
+        if x is not self._x:
+            with torch.no_grad():
+                self._out = self.net(x, features=True)
+            self._x = x
+        return self._out if features else self._out[0]
+
+
+def forward_both(teacher, student: torch.nn.Module, x: torch.Tensor):
     """((teacher logits, taps), (student logits, taps)) on `x`; no gradient through the teacher."""
     with torch.no_grad():
         out_t = teacher(x, features=True)
@@ -27,20 +42,36 @@ def forward_both(teacher: torch.nn.Module, student: torch.nn.Module, x: torch.Te
 
 
 class TeacherDistillation(Defense):
-    """Subclasses give `distill_loss(teacher, ctx)`; `cfg.optim` is the run's optimiser."""
+    """Subclasses give `distill_loss(teacher, ctx)`; `cfg.optim` is the run's optimiser. Several
+    configurations of one such defense train as a pack (`repair_pack`): one teacher forward per
+    batch for all of them."""
 
     needs_teacher = True
+    packable = True
 
     @abc.abstractmethod
-    def distill_loss(self, teacher: torch.nn.Module, ctx: DefenseContext) -> LossFn:
-        """loss(student, x, y), including the cross-entropy on the clean labels."""
+    def distill_loss(self, teacher, ctx: DefenseContext) -> LossFn:
+        """loss(student, x, y), including the cross-entropy on the clean labels; `teacher(x,
+        features=True)` gives the teacher's (logits, taps)."""
 
-    def repair(self, model: torch.nn.Module, ctx: DefenseContext) -> torch.nn.Module:
-        require(ctx.teacher is not None, f"{self.name} needs a teacher model (DefenseContext.teacher)")
+    @staticmethod
+    def shared_teacher(ctx: DefenseContext) -> SharedForward:
+        require(ctx.teacher is not None, "distillation needs a teacher model (DefenseContext.teacher)")
         teacher = ctx.teacher.to(ctx.accelerator.device).eval()
         for q in teacher.parameters():
             q.requires_grad_(False)
+        return SharedForward(teacher)
+
+    def repair(self, model: torch.nn.Module, ctx: DefenseContext) -> torch.nn.Module:
         return train(model, ctx.x_clean, ctx.y_clean, self.cfg.optim, ctx.accelerator,
-                     loss_fn=self.distill_loss(teacher, ctx), flip=ctx.flip, seed=ctx.seed, desc=self.name,
-                     on_epoch_end=ctx.on_epoch_end, start_epoch=ctx.start_epoch,
+                     loss_fn=self.distill_loss(self.shared_teacher(ctx), ctx), flip=ctx.flip, seed=ctx.seed,
+                     desc=self.name, on_epoch_end=ctx.on_epoch_end, start_epoch=ctx.start_epoch,
                      optimizer_state=ctx.optimizer_state)
+
+    @classmethod
+    def repair_pack(cls, defenses: list["TeacherDistillation"], models: list[torch.nn.Module],
+                    ctx: DefenseContext, on_epoch_end=None) -> list[Member]:
+        teacher = cls.shared_teacher(ctx)
+        members = [Member(m, d.cfg.optim, d.distill_loss(teacher, ctx)) for d, m in zip(defenses, models)]
+        return train_pack(members, ctx.x_clean, ctx.y_clean, ctx.accelerator, flip=ctx.flip, seed=ctx.seed,
+                          desc=f"{cls.name} x{len(members)}", on_epoch_end=on_epoch_end)
