@@ -389,7 +389,8 @@ def run_pack(configs: list[dict[str, Any]], report: Optional[Callable[..., None]
     while the data, the artifacts, the teacher's forward pass and the trial's fixed costs are paid
     once. Returns one result per configuration, in order; a member that diverged is failed alone.
     `report(member=k, epoch=, ...)` after each epoch of each member (a pack of one: as `run_trial`).
-    Packs of several do not resume from an epoch checkpoint (`resume` is for one configuration)."""
+    Packs of several do not resume from an epoch checkpoint (`resume` is for one configuration).
+    `timings` and `wall_s` are the pack's, the same in every member's result."""
     t_start = time.time()
     cfgs = [parse_config(c) for c in configs]
     defenses = [get_defense(c.defense)(c.defense_params) for c in cfgs]

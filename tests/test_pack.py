@@ -53,3 +53,58 @@ def test_what_cannot_be_packed_is_refused_in_one_line(cache_dir):
         with pytest.raises(ConfigError, match=fragment) as e:
             run_pack(configs)
         assert "\n" not in str(e.value)
+
+
+def test_a_packed_sweep_writes_one_row_per_member_and_resumes_after_a_kill(tmp_path):
+    """`tune --pack 2`, 5 trials: 3 packs (2, 2, 1). Killed once its first rows land, then resumed:
+    5 rows, 5 distinct points, the paper default once, every row naming its pack and member."""
+    import os
+    import shutil
+    import subprocess
+    import time
+    from pathlib import Path
+
+    from test_tune import REPO, kill_driver, run_tune, tune_cmd
+
+    from nba_scale.sweep.store import parquet_files, read_table
+
+    cache = tmp_path / "cache"
+    ray_tmp = Path("/tmp") / f"nbapack{os.getpid()}"
+    env = {"RAY_TMPDIR": str(ray_tmp)}
+    cmd = tune_cmd(tmp_path, cache, "packed", "--num-samples", "5", "--pack", "2", "--max-concurrent", "1",
+                   "--clean-fraction", "0.1", "--set", "nba.optim.epochs=2")
+    root = tmp_path / "packed"
+    try:
+        proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+                                                    **env},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + 600
+        while time.time() < deadline and proc.poll() is None and len(parquet_files(root)) < 2:
+            time.sleep(0.2)
+        kill_driver(proc, ray_tmp)
+        first = read_table(root).to_pylist()
+        assert 2 <= len(first) < 5, "the sweep should be killed after its first pack"
+        r = run_tune(*cmd, "--resume", env_extra=env)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    rows = read_table(root).to_pylist()
+    assert len(rows) == 5 and len({x["trial_id"] for x in rows}) == 5
+    points = {tuple(x[c] for c in ("nba_lambda1", "nba_lambda2", "nba_lambda3", "nba_T", "nba_beta")) for x in rows}
+    assert len(points) == 5 and sum(bool(x["is_default"]) for x in rows) == 1
+    assert all(x["status"] == "ok" and 0 <= x["asr"] <= 1 for x in rows)
+    assert {x["trial_id"]: x["started"] for x in first} == {x["trial_id"]: x["started"] for x in rows
+                                                            if x["trial_id"] in {f["trial_id"] for f in first}}
+    for x in rows:
+        assert x["trial_id"] == f"{x['pack_id']}-m{x['member']}" and x["member"] < x["pack_size"] <= 2
+    assert f"{len(first)} trials have rows ({len(first)} told to Optuna)" in r.stdout
+    assert "packs of up to 2" in r.stdout and "pack of" in r.stdout
+
+
+def test_a_sweep_refuses_what_cannot_pack_before_ray_starts(tmp_path):
+    from test_tune import run_tune, tune_cmd
+
+    for extra, fragment in ((["--defense", "ft"], "cannot train as a pack"),
+                            (["--workers-per-trial", "2"], "does not combine with data-parallel")):
+        r = run_tune(*tune_cmd(tmp_path, tmp_path / "c", "x", "--pack", "4", *extra))
+        assert r.returncode == 2 and fragment in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

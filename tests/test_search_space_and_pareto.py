@@ -1,7 +1,7 @@
 import pytest
 
 from nba_scale.config import ConfigError
-from nba_scale.sweep.store import pareto_mask
+from nba_scale.sweep.store import hypervolume, pareto_mask
 from nba_scale.sweep.search_space import decode, load_search_space
 
 
@@ -57,3 +57,10 @@ def test_pareto_front_on_hand_made_points():
     # (0.05, 0.70) is dominated by (0.05, 0.80); (0.5, 0.6) by everything; NaN is never on the front.
     assert pareto_mask(asr, ba) == [True, True, True, False, False, False]
     assert pareto_mask([0.1, 0.1], [0.9, 0.9]) == [True, True]  # ties dominate neither
+
+
+def test_hypervolume_is_the_area_the_points_dominate_from_the_worst_corner():
+    assert hypervolume([0.0], [1.0]) == 1.0 and hypervolume([], []) == 0.0
+    # (0.1, 0.5) and (0.2, 0.8): 0.1 x 0.5 + 0.8 x 0.8; a dominated point and a NaN add nothing.
+    assert hypervolume([0.1, 0.2], [0.5, 0.8]) == pytest.approx(0.69)
+    assert hypervolume([0.2, 0.1, 0.3, float("nan")], [0.8, 0.5, 0.7, 0.9]) == pytest.approx(0.69)

@@ -17,7 +17,7 @@ import ray.tune as tune
 
 from ..config import ConfigError, nest
 from ..provenance import code_version
-from .store import pareto_mask, write_row
+from .store import column_name, pareto_mask, write_row
 from .trainable import trial_axes
 
 # What Tune adds to every reported result; the rest of a final report is the trial's row.
@@ -122,13 +122,35 @@ class ParquetSink(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         r = dict(trial.last_result or {})
-        if r.get("final"):
+        if r.get("final") and "__rows__" in r:  # a pack: one row per member
+            for row in json.loads(r["__rows__"]):
+                write_row(self.root, {**row, **member_identity(self.identity(trial), row["member"])})
+        elif r.get("final"):
             write_row(self.root, {**row_fields(r), **self.identity(trial)})
 
     def on_trial_error(self, iteration, trials, trial, **info):
         # The worker died (killed, out of memory): the trainable could not write its row.
-        write_row(self.root, {**trial_axes(trial.config), **code_version(), **self.identity(trial),
-                              "status": "failed", "error": f"trial process died: {trial.error_file or 'no error file'}"})
+        row = {**trial_axes(trial.config), **code_version(), "status": "failed",
+               "error": f"trial process died: {trial.error_file or 'no error file'}"}
+        if "__pack__" in trial.config:  # each member's row names its point, so a resume skips it
+            for k, point in enumerate(trial.config["__pack__"]):
+                params = {column_name(n): v for n, v in point.items()}
+                write_row(self.root, {**row, **params, **member_identity(self.identity(trial), k),
+                                      "pack_size": len(trial.config["__pack__"])})
+        else:
+            write_row(self.root, {**row, **self.identity(trial)})
+
+
+def member_identity(identity: dict[str, Any], k: int) -> dict[str, Any]:
+    """A pack member's row: its own trial id, and the pack's (`pack_id`) with its index (`member`)."""
+    return {**identity, "trial_id": f"{identity['trial_id']}-m{k}", "pack_id": identity["trial_id"], "member": k}
+
+
+def outcomes(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """A final result's members (one for an unpacked trial): status, error, ASR, BA."""
+    if "__rows__" not in result:
+        return [result]
+    return json.loads(result["__rows__"])
 
 
 class Progress(tune.Callback):
@@ -136,8 +158,8 @@ class Progress(tune.Callback):
     train, a heartbeat at most every `every_s` seconds with the current Pareto front. Tune's own
     per-trial table is off (verbose=0)."""
 
-    def __init__(self, label: str, total: int, name: Callable[[Any], str], every_s: float = 30.0):
-        self.label, self.total, self.name, self.every_s = label, total, name, every_s
+    def __init__(self, label: str, total: int, name: Callable[[Any], str], every_s: float = 30.0, unit: str = ""):
+        self.label, self.total, self.name, self.every_s, self.unit = label, total, name, every_s, unit
         self.t0, self.last, self.finished_here = time.time(), 0.0, 0
 
     def on_step_end(self, iteration, trials, **info):
@@ -152,13 +174,15 @@ class Progress(tune.Callback):
 
     def _finished(self, trials, trial, r: dict[str, Any]) -> None:
         self.finished_here += 1
-        what = f"ASR {r['asr']:.1%} BA {r['ba']:.1%}" if r.get("status") == "ok" else f"FAILED {r.get('error')}"
+        whats = [f"ASR {m['asr']:.1%} BA {m['ba']:.1%}" if m.get("status") == "ok" else f"FAILED {m.get('error')}"
+                 for m in outcomes(r)]
+        what = whats[0] if len(whats) == 1 else f"pack of {len(whats)}: " + "; ".join(whats)
         self._print(trials, {trial.trial_id}, f" | {self.name(trial)}: {what}")
 
     @staticmethod
     def _front(trials) -> str:
-        pts = [(t.last_result["asr"], t.last_result["ba"]) for t in trials
-               if t.status == "TERMINATED" and (t.last_result or {}).get("status") == "ok"]
+        pts = [(m["asr"], m["ba"]) for t in trials if t.status == "TERMINATED"
+               for m in outcomes(t.last_result or {}) if m.get("status") == "ok"]
         front = sorted({p for p, keep in zip(pts, pareto_mask([a for a, _ in pts], [b for _, b in pts])) if keep})
         return "; front: " + ", ".join(f"(ASR {a:.1%}, BA {b:.1%})" for a, b in front[:4]) if front else ""
 
@@ -169,7 +193,7 @@ class Progress(tune.Callback):
                      (t.status == "ERROR" or (t.last_result or {}).get("status") != "ok"))
         running = sum(1 for t in trials if t.status == "RUNNING" and t.trial_id not in ended)
         elapsed = self.last - self.t0
-        line = f"[{self.label}] {len(ended)}/{self.total} done ({failed} failed), {running} running, {elapsed / 60:.1f} min"
+        line = f"[{self.label}] {len(ended)}/{self.total}{self.unit} done ({failed} failed), {running} running, {elapsed / 60:.1f} min"
         if self.finished_here and len(ended) < self.total:
             line += f", ETA {elapsed / self.finished_here * (self.total - len(ended)) / 60:.1f} min"
         print(line + tail, flush=True)

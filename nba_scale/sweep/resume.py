@@ -8,7 +8,8 @@ after its Tune state was deleted or lost) reads:
 - the trials that started but left no row (the driver died): their sampled parameters from the
   `params.json` Tune wrote for each trial, and their last epoch checkpoint (safetensors, an
   optimizer state through `torch.load(weights_only=True)`, a JSON epoch), so that they restart
-  where they stopped rather than from scratch.
+  where they stopped rather than from scratch. A pack (`tune --pack K`) has no epoch
+  checkpoints: its members that left no row restart from scratch.
 
 Tune's own experiment state (`tuner.pkl`, `searcher-state-*.pkl`, the trials' `params.pkl`) is
 pickles, and a results folder may come from someone else: nothing here reads it, and nothing
@@ -123,6 +124,13 @@ def interrupted_trials(tune_dir: Path, space: SearchSpace, rows: list[dict[str, 
         try:
             config = json.loads(params.read_text())
         except (OSError, ValueError):
+            continue
+        if isinstance(config.get("__pack__"), list):  # a pack (no epoch checkpoints): its members without a row
+            for member in config["__pack__"]:
+                point = {k: v for k, v in member.items() if k in names}
+                key = config_hash(point)
+                if set(point) == names and key not in done_points:
+                    found.setdefault(key, Interrupted(point, None, 0))
             continue
         point = {k: v for k, v in config.items() if k in names}
         key = config_hash(point)

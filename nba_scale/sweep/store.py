@@ -141,3 +141,13 @@ def pareto_mask(asr: Iterable[float], ba: Iterable[float]) -> list[bool]:
                         for j, (a2, b2) in enumerate(pts) if j != i and a2 == a2 and b2 == b2)
         out.append(not dominated)
     return out
+
+
+def hypervolume(asr: Iterable[float], ba: Iterable[float]) -> float:
+    """Area that a set of (ASR, BA) points dominates inside [0, 1]^2, from the worst corner (ASR 1,
+    BA 0): 1.0 is a perfect defense; a speed-up that loses the front shows as a smaller value."""
+    best, total, pts = 0.0, 0.0, sorted((a, b) for a, b in zip(asr, ba) if a == a and b == b)
+    for i, (a, b) in enumerate(pts):
+        best = max(best, b)
+        total += ((pts[i + 1][0] if i + 1 < len(pts) else 1.0) - a) * best
+    return total

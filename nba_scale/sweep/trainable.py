@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..config import ConfigError, flatten, merge, nest
+from .store import trial_row
 
 WORST = {"asr": 1.0, "ba": 0.0}
 
@@ -84,13 +85,66 @@ def trial_axes(config: dict[str, Any]) -> dict[str, Any]:
             "defense": base.get("defense"), "clean_fraction": base.get("clean_fraction"), "seed": base.get("seed")}
 
 
+def finish(config: dict[str, Any], cfg: dict[str, Any], result: dict[str, Any], started: float,
+           point: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
+    """The Parquet row of a finished trial (or pack member) and what its searcher is told."""
+    row = trial_row(result)
+    row.update({"started": started, "finished": time.time(), "workers": int(config.get("__workers__", 1)),
+                "config_hash": config_hash(cfg)})
+    if "cell" not in config:
+        row["is_default"] = point == config.get("__default__")
+    if row.get("status") == "ok" and not all(math.isfinite(row.get(k, math.nan)) for k in WORST):
+        row.update(status="failed", error="the trial's ASR or BA is not a finite number")
+    return row, {k: (row[k] if row.get("status") == "ok" else worst) for k, worst in WORST.items()}
+
+
+def pack_loop(config: dict[str, Any], session: Session) -> None:
+    """A pack (`tune --pack K`): the K points of `__pack__` trained together (`trial.run_pack`).
+    Each epoch's report carries every member's metrics (`asr_m0`, `ba_m0`, ...); the final one,
+    every member's objectives and its row (`__rows__`, JSON). A pack restarts from scratch."""
+    from ..trial import run_pack
+    from .search_space import decode
+
+    points = config["__pack__"]
+    cfgs = [merge(trial_base(config), nest({k: decode(v) for k, v in p.items()})) for p in points]
+    pending: dict[str, Any] = {}
+
+    def flush() -> None:
+        if pending:
+            session.report({**pending, "final": False})
+            pending.clear()
+
+    def report(epoch: int, state: dict, member: int = 0, **metrics: float) -> None:  # a pack of one: no member
+        if pending.get("epoch") != epoch:
+            flush()
+        pending.update({"epoch": epoch, **{f"{k}_m{member}": v for k, v in metrics.items()}})
+
+    started = time.time()
+    try:
+        results = run_pack(cfgs, report=report)
+    except ConfigError as e:  # sampled values the pack rejects: recorded, the sweep goes on
+        results = [{**trial_axes(config), "status": "failed", "error": f"ConfigError: {e}",
+                    "config": {k: decode(v) for k, v in p.items()}} for p in points]
+    flush()
+    final: dict[str, Any] = {"final": True, "pack_size": len(points)}
+    rows = []
+    for k, (p, cfg, result) in enumerate(zip(points, cfgs, results)):
+        row, told = finish(config, cfg, result, started, p)
+        rows.append({**row, "member": k, "pack_size": len(points)})
+        final.update({f"{m}_m{k}": v for m, v in told.items()})
+    final["status"] = "ok" if any(r["status"] == "ok" for r in rows) else "failed"
+    final["error"] = next((r.get("error") for r in rows if r["status"] != "ok"), None)
+    session.report({**final, "__rows__": json.dumps(rows, default=str)})
+
+
 def trial_loop(config: dict[str, Any], session: Session) -> None:
+    if "__pack__" in config:
+        return pack_loop(config, session)
     import torch
 
     from ..checkpoints import load_weights, save_weights
     from ..trial import run_trial
     from .search_space import decode
-    from .store import trial_row
 
     params = {k: decode(v) for k, v in sampled(config).items()}
     cfg = merge(trial_base(config), nest(params))
@@ -127,14 +181,7 @@ def trial_loop(config: dict[str, Any], session: Session) -> None:
     except ConfigError as e:  # a sampled value the trial rejects: recorded, the sweep goes on
         result = {**trial_axes(config), "status": "failed", "error": f"ConfigError: {e}",
                   "config": flatten(nest(params))}
-    row = trial_row(result)
-    row.update({"started": started, "finished": time.time(), "workers": int(config.get("__workers__", 1)),
-                "config_hash": config_hash(cfg)})
-    if "cell" not in config:
-        row["is_default"] = sampled(config) == config.get("__default__")
-    if row.get("status") == "ok" and not all(math.isfinite(row.get(k, math.nan)) for k in WORST):
-        row.update(status="failed", error="the trial's ASR or BA is not a finite number")
-    objectives = {k: (row[k] if row.get("status") == "ok" else worst) for k, worst in WORST.items()}
+    row, objectives = finish(config, cfg, result, started, sampled(config))
     session.report({**{k: v for k, v in row.items() if v is not None}, **objectives, "final": True})
 
 

@@ -8,8 +8,9 @@
 Each (attack, clean fraction) pair is its own Optuna study and Pareto group. Every study
 evaluates the search space's default point (the paper's configuration) first. Rows land in
 Parquet under `--results DIR/NAME/` (see nba_scale/sweep/store.py); `--resume` continues an
-interrupted sweep with Ray Tune's own restore (finished trials are kept, interrupted ones go on
-from their last epoch checkpoint, the searcher keeps what it learned). Read the results with
+interrupted sweep from its rows (sweep/resume.py: finished trials are kept and told to the
+searcher again, interrupted ones go on from their last epoch checkpoint). `--pack K` trains K
+configurations per Tune trial together (sweep/pack.py): same results, one teacher pass per batch. Read the results with
 `python -m nba_scale.results DIR/NAME --pareto`.
 
 Resources: `--gpus-per-trial 0.25` lets four trials share a GPU; `--gpus-per-trial 2` runs each
@@ -69,11 +70,12 @@ def make_searcher(space, sampler: str, seed: int, study_name: str, storage, poin
 
 def run_study(base: dict[str, Any], space, *, root: Path, sweep: str, study: str, num_samples: int,
               max_concurrent: int, shape, sampler: str = "tpe", seed: int = 0, resume: bool = False,
-              progress_every_s: float = 30.0, attacks: Optional[list[str]] = None, storage=None):
+              progress_every_s: float = 30.0, attacks: Optional[list[str]] = None, storage=None, pack: int = 1):
     """Run, or continue (`resume`), one Optuna study as a Ray Tune experiment, until the study has
     `num_samples` rows. Continuing reads only data (sweep/resume.py): the rows, told to Optuna
     again, and the trials that left no row, which restart from their last epoch checkpoint.
-    `storage`: the Optuna storage of the study (default: in memory, rebuilt from the rows)."""
+    `storage`: the Optuna storage of the study (default: in memory, rebuilt from the rows).
+    `pack`: configurations per Tune trial, trained together (sweep/pack.py); one row each."""
     import optuna
     import ray.tune as tune
     from ray.tune.search import ConcurrencyLimiter
@@ -108,16 +110,25 @@ def run_study(base: dict[str, Any], space, *, root: Path, sweep: str, study: str
                    "__resume__": {config_hash(r.point): str(r.checkpoint) for r in restart if r.checkpoint}})
     if attacks:
         consts["__attacks__"] = list(attacks)
+    if attacks and pack > 1:
+        raise ConfigError("--objective worst-case runs each trial over several attacks, one after the other; "
+                          "it does not pack: use --pack 1")
+    trials = -(-todo // pack)
     callbacks = [ParquetSink(root, lambda t: {"sweep": sweep, "study": study, "trial_id": t.trial_id}),
-                 Progress(study, todo, lambda t: t.trial_id, progress_every_s)]
+                 Progress(study, trials, lambda t: t.trial_id, progress_every_s, unit=" packs" if pack > 1 else "")]
     # A seeded sampler told the same rows would draw the points of the run it continues again,
     # some of them the restarting trials': each run of a study samples with its own seed.
     earlier_runs = len(list(tune_dir.glob("run-*"))) if tune_dir.is_dir() else 0
     searcher = make_searcher(space, sampler, seed + earlier_runs, f"{sweep}/{study}", storage, points)
+    if pack > 1:
+        from .pack import PackSearcher
+
+        searcher = PackSearcher(searcher, pack, todo)
+        print(f"[{study}] {todo} trials in {trials} packs of up to {pack}", flush=True)
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources), param_space=consts,
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_concurrent),
-                                    num_samples=todo, reuse_actors=True),
+                                    num_samples=trials, reuse_actors=True),
         # a new Tune experiment per run, beside the earlier ones (which resume.py reads, as data)
         run_config=run_config(run_name(), tune_dir, callbacks))
     return tuner.fit()
@@ -137,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-attack: one study per attack; worst-case: one study whose trials run every "
                         "--attack and score worst ASR and mean BA over them")
     p.add_argument("--sampler", default="tpe", help="tpe | nsga2")
+    p.add_argument("--pack", type=cli.count, default=1,
+                   help="configurations trained together in one trial (one teacher pass per batch, shared "
+                        "batches and fixed costs; one row each): nad, argd, nba")
     return p
 
 
@@ -159,6 +173,19 @@ def plan(args: argparse.Namespace, space) -> list[tuple[str, dict[str, Any], lis
             studies += [(study_id(a, cf), c, [a]) for a, c in zip(args.attack, per_attack)]
     cli.check_run(checked, sets)
     return studies
+
+
+def check_packable(defense: str, space) -> None:
+    """Refused before Ray starts: a defense that cannot pack, or a space that samples what a
+    pack's members must share (their batches)."""
+    from ..defenses import get_defense
+
+    if not get_defense(defense).packable:
+        raise ConfigError(f"--pack: defense {defense!r} cannot train as a pack; packable: nad, argd, nba (use --pack 1)")
+    shared = [p.name for p in space.params if p.name.split(".")[-1] in ("epochs", "batch_size", "augment")]
+    if shared:
+        raise ConfigError(f"--pack: {space.path} samples {shared[0]}, which a pack's members share (their batches); "
+                          f"fix it with --set or use --pack 1")
 
 
 def search_space(args: argparse.Namespace):
@@ -184,6 +211,9 @@ def run(args: argparse.Namespace) -> int:
     from .execution import Shape
 
     shape = Shape.from_args(args)
+    if args.pack > 1 and shape.workers > 1:
+        raise ConfigError("--pack trains its members in one process: it does not combine with data-parallel "
+                          "workers (--workers-per-trial, --gpus-per-trial above 1)")
     budget = TUNE_PRESETS.get(args.preset or "quick", TUNE_PRESETS["quick"])
     num_samples = args.num_samples or budget["num_samples"]
     max_concurrent = args.max_concurrent or budget["max_concurrent"]
@@ -193,6 +223,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--resume: there is no sweep {name!r} in {args.results} to continue; "
                           f"check --name and --results, or drop --resume to start it")
     studies = plan(args, space)
+    if args.pack > 1:
+        check_packable(args.defense, space)
 
     from .execution import prebuild, start_ray
     from .results import load, plot, print_pareto
@@ -210,7 +242,8 @@ def run(args: argparse.Namespace) -> int:
                                        nest(space.default_config())) for a in attacks])
             run_study(base, space, root=root, sweep=name, study=study, num_samples=num_samples,
                       max_concurrent=max_concurrent, shape=shape, sampler=args.sampler, seed=args.seed,
-                      resume=args.resume, attacks=attacks if args.objective == "worst-case" else None)
+                      resume=args.resume, attacks=attacks if args.objective == "worst-case" else None,
+                      pack=args.pack)
     print(f"done in {time.time() - t0:.0f}s: {len(parquet_files(root))} rows in {root}", flush=True)
     print_pareto(root)
     # "_" first: Parquet readers of the folder (pyarrow.dataset, hive partitioning) skip it.
