@@ -1,7 +1,8 @@
 """Trials per hour of one fixed sweep, packed (`tune --pack K`) at several K, in one invocation.
 
     python bench/sweep.py --dataset npz:~/.cache/nba_scale/cifar10_jpeg.npz [--packs 1 4 8 16]
-        [--num-samples 16] [--train-subset 10000] [--test-subset 2000] [--slots 2] [--gpus-per-trial 0]
+        [--asha-packs 1 8] [--num-samples 16] [--train-subset 10000] [--test-subset 2000] [--slots 2]
+        [--gpus-per-trial 0] [--results DIR [--reuse]] [--json FILE]
 
 Each K runs the same sweep through the real driver (`python -m nba_scale.tune`, NBA, BadNets,
 `--preset quick`, seed 0, a fresh results folder): `--num-samples` trials in ceil(N/K) packs,
@@ -11,6 +12,12 @@ run, so the table compares what a sweep pays per trial. Wall time counts everyth
 waits for: Ray's start, loading, training, evaluation, rows. Prints a table of trials/hour, the
 ratio to K = 1 and the hypervolume of each run's (ASR, BA) front (so a speed-up that loses the
 front is visible); `--json FILE` writes the same figures.
+
+Then, for each K of `--asha-packs`, the same sweep with `--scheduler asha` (grace 2 epochs,
+reduction factor 3) on exactly the points the K = 1 run evaluated (`tune --points`), so that the
+table also says how many trials ASHA stopped that ran to the end on the K = 1 run's Pareto front.
+`--reuse` takes a run whose folder (under `--results`) already holds its figures instead of
+running it again.
 """
 from __future__ import annotations
 
@@ -24,9 +31,44 @@ import tempfile
 import time
 from pathlib import Path
 
-from nba_scale.sweep.store import hypervolume, pareto_mask, read_table
+from nba_scale.sweep.search_space import load_search_space
+from nba_scale.sweep.store import column_name, hypervolume, pareto_mask, read_table
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def points_of(rows: list[dict], space) -> list[dict]:
+    return [{p.name: r[column_name(p.name)] for p in space.params} for r in rows]
+
+
+def key(point: dict) -> str:
+    return json.dumps({k: round(float(v), 9) for k, v in point.items()}, sort_keys=True)
+
+
+def measure(args, results: Path, name: str, cmd: list[str], env: dict, space) -> dict:
+    """Run one sweep (or reuse its saved figures) and measure it."""
+    saved = results / name / "_bench.json"  # the run's exit code and wall time; the rest is in its rows
+    if args.reuse and saved.is_file():
+        print(f"\n== {name}: reusing {saved}", flush=True)
+        rc, wall = (json.loads(saved.read_text())[k] for k in ("rc", "wall_s"))
+    else:
+        print(f"\n== {name}: {' '.join(cmd)}", flush=True)
+        t0 = time.time()
+        rc = subprocess.run(cmd, cwd=REPO, env=env).returncode
+        wall = time.time() - t0
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps({"rc": rc, "wall_s": wall, "cmd": cmd}))
+    rows = read_table(results / name).to_pylist() if (results / name).is_dir() else []
+    ok = [r for r in rows if r.get("status") == "ok"]
+    asr, ba = [r["asr"] for r in ok], [r["ba"] for r in ok]
+    front = [p for p, keep in zip(points_of(ok, space), pareto_mask(asr, ba)) if keep]
+    fig = {"name": name, "rc": rc, "wall_s": round(wall, 1), "rows": len(rows), "ok": len(ok),
+           "stopped": points_of([r for r in rows if r.get("status") == "stopped"], space),
+           "epochs_run": sum(r.get("stopped_at_epoch") or r.get("epochs") or 0 for r in rows),
+           "trials_per_hour": round(len(rows) / wall * 3600, 1),
+           "defense_s_per_trial": round(defense_seconds(rows) / max(1, len(rows)), 2),
+           "hypervolume": round(hypervolume(asr, ba), 4), "front": front, "points": points_of(rows, space)}
+    return fig
 
 
 def tune_args(args, results: Path, name: str, pack: int, packs: int) -> list[str]:
@@ -56,6 +98,8 @@ def main() -> int:
     p.add_argument("--dataset", default="npz:~/.cache/nba_scale/cifar10_jpeg.npz")
     p.add_argument("--attack", default="badnets")
     p.add_argument("--packs", type=int, nargs="+", default=[1, 4, 8, 16])
+    p.add_argument("--asha-packs", type=int, nargs="*", default=[1, 8], help="K of the ASHA runs (none: skip them)")
+    p.add_argument("--reuse", action="store_true", help="reuse runs whose folder holds their figures")
     p.add_argument("--num-samples", type=int, default=16)
     p.add_argument("--train-subset", type=int, default=10000)
     p.add_argument("--test-subset", type=int, default=2000)
@@ -72,37 +116,43 @@ def main() -> int:
     # The artifacts first, outside the timed runs: a 1-trial sweep builds (or finds) them.
     warm = tune_args(args, results, "warmup", 1, 1)
     warm[warm.index("--num-samples") + 1] = "1"
-    print("artifacts (built once, cached for every run):", " ".join(warm), flush=True)
-    if subprocess.run(warm, cwd=REPO, env=env).returncode:
-        return 1
+    if not (args.reuse and (results / "warmup").is_dir()):
+        print("artifacts (built once, cached for every run):", " ".join(warm), flush=True)
+        if subprocess.run(warm, cwd=REPO, env=env).returncode:
+            return 1
 
+    space = load_search_space(REPO / "search_spaces" / "nba.yaml")
     figures = []
     for k in args.packs:
         packs = math.ceil(args.num_samples / k)
-        cmd = tune_args(args, results, f"pack{k}", k, packs)
-        print(f"\n== K = {k}: {' '.join(cmd)}", flush=True)
-        t0 = time.time()
-        rc = subprocess.run(cmd, cwd=REPO, env=env).returncode
-        wall = time.time() - t0
-        rows = read_table(results / f"pack{k}").to_pylist() if (results / f"pack{k}").is_dir() else []
-        ok = [r for r in rows if r.get("status") == "ok"]
-        asr, ba = [r["asr"] for r in ok], [r["ba"] for r in ok]
-        front = [(a, b) for a, b, keep in zip(asr, ba, pareto_mask(asr, ba)) if keep]
-        figures.append({"pack": k, "packs": packs, "rc": rc, "wall_s": round(wall, 1), "rows": len(rows),
-                        "ok": len(ok), "trials_per_hour": round(len(ok) / wall * 3600, 1),
-                        "defense_s_per_trial": round(defense_seconds(rows) / max(1, len(rows)), 2),
-                        "hypervolume": round(hypervolume(asr, ba), 4), "front": sorted(front)})
-        print(json.dumps(figures[-1]), flush=True)
+        fig = measure(args, results, f"pack{k}", tune_args(args, results, f"pack{k}", k, packs), env, space)
+        figures.append({**fig, "pack": k, "packs": packs, "scheduler": "none"})
+    full = next((f for f in figures if f["pack"] == 1), None)
+    if full and args.asha_packs:
+        points = results / "_points.json"
+        points.write_text(json.dumps(full["points"]))
+        on_front = {key(p) for p in full["front"]}
+        for k in args.asha_packs:
+            packs = math.ceil(args.num_samples / k)
+            name = f"asha_pack{k}"
+            cmd = tune_args(args, results, name, k, packs) + ["--scheduler", "asha", "--grace-period", "2",
+                                                              "--reduction-factor", "3", "--points", str(points)]
+            fig = measure(args, results, name, cmd, env, space)
+            lost = [p for p in fig["stopped"] if key(p) in on_front]
+            figures.append({**fig, "pack": k, "packs": packs, "scheduler": "asha", "front_stopped": len(lost)})
 
-    base = next((f["trials_per_hour"] for f in figures if f["pack"] == 1), None)
+    base = full["trials_per_hour"] if full else None
     print(f"\n{args.num_samples} NBA trials, {args.attack}, --preset quick, {args.dataset}, "
           f"train subset {args.train_subset}, slots {args.slots}, device {args.device}\n")
-    print("| K | packs | wall (s) | rows ok | trials/hour | vs K=1 | defense s/trial | hypervolume |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| K | scheduler | wall (s) | rows (ok / stopped) | epochs trained | trials/hour | vs K=1 | "
+          "defense s/trial | hypervolume | front trials stopped |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for f in figures:
         ratio = f"{f['trials_per_hour'] / base:.2f}x" if base else "-"
-        print(f"| {f['pack']} | {f['packs']} | {f['wall_s']:.0f} | {f['ok']}/{args.num_samples} | "
-              f"{f['trials_per_hour']:.0f} | {ratio} | {f['defense_s_per_trial']:.1f} | {f['hypervolume']:.4f} |")
+        lost = f"{f['front_stopped']} of {len(full['front'])}" if "front_stopped" in f else "-"
+        print(f"| {f['pack']} | {f['scheduler']} | {f['wall_s']:.0f} | {f['rows']} ({f['ok']} / {len(f['stopped'])}) | "
+              f"{f['epochs_run']} | {f['trials_per_hour']:.0f} | {ratio} | {f['defense_s_per_trial']:.1f} | "
+              f"{f['hypervolume']:.4f} | {lost} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "runs": figures}, indent=1))
     return 0 if all(f["rc"] == 0 for f in figures) else 1

@@ -79,11 +79,15 @@ def add_sweep_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--address", default=None, help="Ray cluster (auto, ray://host:10001); default: start Ray here")
     p.add_argument("--cpus-per-trial", type=amount, default=1.0)
-    p.add_argument("--gpus-per-trial", type=amount, default=0.0,
-                   help="a fraction (0.25) shares a GPU between trials; 2 or more runs a trial data-parallel")
+    p.add_argument("--gpus-per-trial", type=amount, default=None,
+                   help="default: 1 where there are GPUs, else 0; a fraction (0.25) shares a GPU between trials; "
+                        "2 or more runs a trial data-parallel")
     p.add_argument("--workers-per-trial", type=count, default=None,
                    help="data-parallel processes per trial (default: the whole GPUs per trial, or 1)")
     p.add_argument("--max-concurrent", type=count, default=None, help="trials at once")
+    p.add_argument("--pack", type=count, default=1,
+                   help="configurations of one defense trained together in one trial (shared batches, one teacher "
+                        "pass per batch, fixed costs paid once; one row each): nad, argd, nba")
 
 
 def base_config(args: argparse.Namespace, shared_cache: bool = False) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import logging
 import math
 import random
@@ -85,12 +84,23 @@ def resolve_device(device: str) -> str:
     return device
 
 
-@functools.lru_cache(maxsize=None)
-def make_accelerator(device: str = "auto", precision: str = "no"):
-    """One Accelerator per (device, precision) per process: its state is a process-wide singleton."""
-    from accelerate import Accelerator
+FP16_REFUSED = ("precision=fp16 is not supported: RNB and LNB sum squared Gram entries (4th powers of "
+                "activations) that overflow fp16, and its GradScaler syncs with the host every step; use bf16 "
+                "(fp32's range) or no")
 
-    require(precision in ("no", "bf16", "fp16"), f"precision={precision!r}: use no, bf16 or fp16")
+
+def make_accelerator(device: str = "auto", precision: str = "no"):
+    """An Accelerator on `device` with `precision`. Accelerate keeps one state per process, and a
+    Ray actor runs trial after trial: a later trial asking another device or precision would fail
+    or silently stay where the first one was, so a one-process run starts from a fresh state.
+    (Data-parallel workers keep theirs: their process group belongs to Ray Train.)"""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    require(precision != "fp16", FP16_REFUSED)
+    require(precision in ("no", "bf16"), f"precision={precision!r}: use no or bf16")
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        AcceleratorState._reset_state(reset_partial_state=True)
     return Accelerator(cpu=resolve_device(device) == "cpu", mixed_precision=precision)
 
 

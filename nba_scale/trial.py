@@ -44,7 +44,7 @@ from .defenses import Defense, DefenseContext, get_defense
 from .metrics import score
 from .models import build_model
 from .provenance import code_version
-from .training import NonFiniteLoss, OptimConfig, make_accelerator, nad_schedule, plain_progress, setup_run, train
+from .training import FP16_REFUSED, NonFiniteLoss, OptimConfig, make_accelerator, nad_schedule, plain_progress, setup_run, train
 
 log = logging.getLogger("nba_scale")
 
@@ -62,7 +62,7 @@ class TrialConfig:
     seed: int = 0
     arch: str = "wrn-16-1"
     device: str = "auto"  # auto | cpu | cuda
-    precision: Literal["no", "bf16", "fp16"] = "no"
+    precision: Literal["no", "bf16"] = "no"  # fp16 is refused (training.FP16_REFUSED)
     cache_dir: Optional[str] = None  # artifact cache (default $NBA_CACHE_DIR or ~/.cache/nba_scale/artifacts)
     model_path: Optional[str] = None  # defend these weights (safetensors / state_dict) instead of training one
     save_path: Optional[str] = None  # write the repaired model here (.safetensors)
@@ -115,6 +115,7 @@ def parse_config(config: dict[str, Any]) -> TrialConfig:
     for key, name in (("attack_params", attack), ("defense_params", defense)):
         if isinstance(name, str) and isinstance(cfg.get(name), dict):
             cfg[key] = {**cfg.get(key, {}), **cfg.pop(name)}
+    require(cfg.get("precision") != "fp16", FP16_REFUSED)
     return build(TrialConfig, cfg)
 
 
@@ -267,23 +268,33 @@ def _teacher(s: Setup, model: torch.nn.Module) -> tuple[torch.nn.Module, dict[st
     return teacher, {"teacher": {"key": meta["key"], "cached": not built, **s.pick(meta["metrics"])}}
 
 
-def _defend(s: Setup, defenses: list[Defense], report, resume) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _defend(s: Setup, defenses: list[Defense], report, resume,
+            epoch_metrics: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Repair the backdoored model with each of `defenses` (one: `repair`; several: one pack,
     `repair_pack`). Returns what the members share and each member's own results."""
     cfg = s.cfg
+    t0 = time.time()
     model, before, artifacts = _backdoored(s)
     teacher = None
     if defenses[0].needs_teacher:
         teacher, entry = _teacher(s, model)
         artifacts.update(entry)
+    s.timings["artifacts_s"] = time.time() - t0  # loaded from the cache, or built (then *_train_s say how long)
+    for key in ("epoch_eval_s", "epoch_report_s"):
+        s.timings.setdefault(key, 0.0)
 
     def on_epoch_end(epoch: int, k: int, m: torch.nn.Module, optimizer) -> None:
         if report is not None:
+            t0 = time.time()
+            metrics = s.pick(s.evaluate(m)) if epoch_metrics else {}
+            t1 = time.time()
             # Copies: the caller may keep them while training goes on (0.7 MB for WRN-16-1).
             state = {"epoch": epoch + 1, "model": {n: v.detach().clone() for n, v in m.state_dict().items()},
                      "optimizer": copy.deepcopy(optimizer.state_dict())}
             member = {"member": k} if len(defenses) > 1 else {}
-            report(epoch=epoch + 1, **member, **s.pick(s.evaluate(m)), state=state)
+            report(epoch=epoch + 1, **member, **metrics, state=state)
+            s.timings["epoch_eval_s"] += t1 - t0
+            s.timings["epoch_report_s"] += time.time() - t1
 
     setup_run(cfg.seed)
     x_clean, y_clean = s.clean_subset
@@ -298,7 +309,8 @@ def _defend(s: Setup, defenses: list[Defense], report, resume) -> tuple[dict[str
     else:
         members = type(defenses[0]).repair_pack(defenses, [copy.deepcopy(model) for _ in defenses], ctx, on_epoch_end)
         repaired, failed = [m.model for m in members], [m.failed for m in members]
-    s.timings["defense_s"] = time.time() - t0
+    s.timings["defense_s"] = time.time() - t0  # epoch_eval_s and epoch_report_s included
+    t0 = time.time()
     shared = {**{f"{k}_before": v for k, v in s.pick(before).items()}, "n_clean": len(x_clean),
               "n_train": len(s.ds.x_train), "n_test": len(s.ds.x_test), "n_poison_test": len(s.poisoned.x_test),
               "device": str(s.acc.device), "processes": s.acc.num_processes, "artifacts": artifacts}
@@ -316,6 +328,7 @@ def _defend(s: Setup, defenses: list[Defense], report, resume) -> tuple[dict[str
         if cfg.save_path:
             save_weights(m.state_dict(), cfg.save_path, metadata={"arch": cfg.arch, "defense": cfg.defense})
         per.append({**after, "epochs": d.epochs, **{f"{cfg.defense}_{k}": v for k, v in d.info.items()}})
+    s.timings["final_eval_s"] = time.time() - t0
     return shared, per
 
 
@@ -351,15 +364,17 @@ def _identity(cfg: TrialConfig, attack_params: Any, defense_cfg: Any) -> dict[st
 
 
 def run_trial(config: dict[str, Any], report: Optional[Callable[..., None]] = None,
-              resume: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+              resume: Optional[dict[str, Any]] = None, epoch_metrics: bool = True) -> dict[str, Any]:
     """Run one trial; never raises for failures inside training (status "failed" + error), only
     for bad configuration (`ConfigError`, one line naming the fix).
 
     `report(epoch=, ba=, asr=, ra=, state=)` is called after each defense epoch when given;
     `state` = {"epoch", "model", "optimizer"} (state dicts) is what `resume` takes back to
-    continue an interrupted defense after that epoch.
+    continue an interrupted defense after that epoch. `epoch_metrics=False` leaves the metrics out
+    of those reports and saves an evaluation per epoch (a sweep without an early-stopping
+    scheduler reads only the final ones).
     """
-    return run_pack([config], report, resume)[0]
+    return run_pack([config], report, resume, epoch_metrics)[0]
 
 
 def check_pack(cfgs: list[TrialConfig], defenses: list[Defense]) -> None:
@@ -383,7 +398,7 @@ def check_pack(cfgs: list[TrialConfig], defenses: list[Defense]) -> None:
 
 
 def run_pack(configs: list[dict[str, Any]], report: Optional[Callable[..., None]] = None,
-             resume: Optional[dict[str, Any]] = None) -> list[dict[str, Any]]:
+             resume: Optional[dict[str, Any]] = None, epoch_metrics: bool = True) -> list[dict[str, Any]]:
     """Several configurations of one defense against the same backdoored model, trained together
     (`training.train_pack`): each member's result is the one it gets alone with the same seed,
     while the data, the artifacts, the teacher's forward pass and the trial's fixed costs are paid
@@ -403,9 +418,11 @@ def run_pack(configs: list[dict[str, Any]], report: Optional[Callable[..., None]
     per: list[dict[str, Any]] = [{} for _ in cfgs]
 
     def steps() -> dict[str, Any]:
+        t0 = time.time()
         s = _setup(cfgs[0], timings)
+        timings["setup_s"] = time.time() - t0  # data, poisoning, device
         params["attack"] = s.attack.params  # resolved: the dataset may have chosen the target
-        shared, per[:] = _defend(s, defenses, report, resume)
+        shared, per[:] = _defend(s, defenses, report, resume, epoch_metrics)
         return shared
 
     outcome = _attempt(steps, timings)

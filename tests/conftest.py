@@ -6,6 +6,17 @@ import torch
 # Two CPU cores in CI: keep torch from oversubscribing them when pytest and Ray share the box.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+# `pytest --device cuda` (bench/gpu_check.sh) runs the trials of `small_config` on that device.
+DEVICE = {"name": "cpu"}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu", help="device of the trials built by small_config (cpu, cuda)")
+
+
+def pytest_configure(config):
+    DEVICE["name"] = config.getoption("--device")
+
 
 def small_config(cache_dir, **overrides):
     """A synthetic trial sized for CI (about a minute on 2 cores the first time, cached after).
@@ -16,7 +27,7 @@ def small_config(cache_dir, **overrides):
     2: with NAD's 2 (6 steps) the teacher kept the backdoor (ASR 92 %). See docs/DEVELOPING.md.
     """
     cfg = {
-        "dataset": "synthetic", "attack": "badnets", "defense": "nba", "device": "cpu",
+        "dataset": "synthetic", "attack": "badnets", "defense": "nba", "device": DEVICE["name"],
         "cache_dir": str(cache_dir), "seed": 1, "clean_fraction": 0.1,
         "data.synthetic_train": 2000, "data.synthetic_test": 500,
         "backdoor.epochs": 8, "backdoor.batch_size": 64, "badnets.rate": 0.2,

@@ -267,3 +267,18 @@ def test_reports_show_failed_rows_as_nan_not_as_the_searchers_worst():
         (row,) = read_table(d).to_pylist()
     assert math.isnan(row["asr"]) and math.isnan(row["ba"])
     assert json.dumps(row, default=str)  # still a plain row
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--points", "missing.json"], "--points missing.json: not a readable JSON file"),
+    (["--points", "{bad}"], "expected a JSON list of objects with exactly the keys"),
+    (["--scheduler", "asha", "--grace-period", "10"], "no more than --grace-period 10"),
+    (["--scheduler", "asha", "--objective", "worst-case", "--attack", "badnets", "blend"], "needs per-epoch results"),
+])
+def test_bad_scheduler_and_points_flags_are_refused_before_ray_starts(tmp_path, extra, fragment):
+    if "{bad}" in extra:
+        (tmp_path / "bad.json").write_text('[{"nba.lambda1": 1}]')
+        extra = ["--points", tmp_path / "bad.json"]
+    r = cli("nba_scale.tune", "--attack", "badnets", "--dataset", "synthetic", "--preset", "quick",
+            "--results", tmp_path, *extra)
+    one_line_exit_2(r, fragment)

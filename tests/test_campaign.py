@@ -262,3 +262,27 @@ def test_compare_runs_the_table2_grid_serially_with_the_reports_table(tmp_path, 
     assert "was run with set" in capsys.readouterr().err
     text = write_report(root, tmp_path / "out").read_text()  # the same folder, as a campaign report
     assert report_cell(text, "badnets")[2] == cells[2]
+
+
+@pytest.mark.slow
+def test_a_packed_campaign_writes_the_rows_of_the_unpacked_one(tmp_path):
+    """`campaign --pack 3`: three NBA variants against one backdoored model train as one pack (FT
+    beside them runs alone); every cell's row has the ASR/BA it has unpacked, and names its pack."""
+    path = write_yaml(tmp_path, "pk", attacks=["badnets"], defenses=["nba", "ft"],
+                      sample={"space": "nba", "n": 3, "seed": 0})
+    cache = tmp_path / "cache"
+    runs = {}
+    for label, extra in (("alone", []), ("packed", ["--pack", "3"])):
+        r = subprocess.run(campaign_cmd(path, tmp_path / label, cache, "--set", "nba.optim.epochs=1", *extra),
+                           cwd=REPO, env=env(), capture_output=True, text=True, timeout=1200)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        runs[label] = {x["trial_id"]: x for x in read_table(tmp_path / label / "pk").to_pylist()}
+    alone, packed = runs["alone"], runs["packed"]
+    assert set(alone) == set(packed) and sum(x["defense"] == "nba" for x in alone.values()) == 3
+    # the three NBA cells are one trial; FT's cells do not pack
+    assert f"{len(alone)} cells in {len(alone) - 2} trials (packs of up to 3)" in r.stdout
+    for cell, x in packed.items():
+        assert x["status"] == alone[cell]["status"] == "ok"
+        assert (x["asr"], x["ba"]) == (alone[cell]["asr"], alone[cell]["ba"]), cell
+    members = [x for x in packed.values() if x["defense"] == "nba"]
+    assert len({x["pack_id"] for x in members}) == 1 and sorted(x["member"] for x in members) == [0, 1, 2]

@@ -108,3 +108,34 @@ def test_a_sweep_refuses_what_cannot_pack_before_ray_starts(tmp_path):
                             (["--workers-per-trial", "2"], "does not combine with data-parallel")):
         r = run_tune(*tune_cmd(tmp_path, tmp_path / "c", "x", "--pack", "4", *extra))
         assert r.returncode == 2 and fragment in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_asha_stops_trials_early_and_their_rows_say_where(tmp_path):
+    """`--scheduler asha` on BA - ASR: 6 trials, rungs at epochs 1 and 2 of 4; a deliberately poor
+    point is evaluated late. Every planned trial has one row; a stopped one is `stopped` with its
+    epoch and the metrics it had there, and no ASR/BA of a finished defense."""
+    import json
+    import math
+
+    from test_tune import run_tune, tune_cmd
+
+    from nba_scale.sweep.store import read_table
+
+    names = ["nba.lambda1", "nba.lambda2", "nba.lambda3", "nba.alpha", "nba.beta", "nba.T", "nba.pgd_eps"]
+    poor = dict(zip(names, [20.0, 20.0, 1.0, 10.0, 5.0, 1.0, 0.0628]))
+    points = tmp_path / "points.json"
+    points.write_text(json.dumps([poor]))
+    cmd = tune_cmd(tmp_path, tmp_path / "cache", "asha", "--num-samples", "6", "--max-concurrent", "1",
+                   "--clean-fraction", "0.1", "--set", "nba.optim.epochs=4", "--scheduler", "asha",
+                   "--grace-period", "1", "--reduction-factor", "2", "--points", str(points))
+    r = run_tune(*cmd)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = read_table(tmp_path / "asha").to_pylist()
+    assert len(rows) == 6 and len({x["trial_id"] for x in rows}) == 6
+    stopped = [x for x in rows if x["status"] == "stopped"]
+    assert stopped, "ASHA stopped no trial"
+    assert all(x["status"] in ("ok", "stopped") for x in rows) and sum(bool(x["is_default"]) for x in rows) == 1
+    for x in stopped:
+        assert x["stopped_at_epoch"] in (1, 2) and math.isnan(x["asr"]) and 0 <= x["asr_at_stop"] <= 1
+    assert any(x["nba_lambda1"] == 20.0 for x in rows)  # the --points point ran
+    assert "stopped by the scheduler after epoch" in r.stdout

@@ -64,3 +64,12 @@ def test_hypervolume_is_the_area_the_points_dominate_from_the_worst_corner():
     # (0.1, 0.5) and (0.2, 0.8): 0.1 x 0.5 + 0.8 x 0.8; a dominated point and a NaN add nothing.
     assert hypervolume([0.1, 0.2], [0.5, 0.8]) == pytest.approx(0.69)
     assert hypervolume([0.2, 0.1, 0.3, float("nan")], [0.8, 0.5, 0.7, 0.9]) == pytest.approx(0.69)
+
+
+def test_a_resumed_study_tells_optuna_what_each_row_scored():
+    from nba_scale.sweep.resume import objectives
+
+    assert objectives({"status": "ok", "asr": 0.0, "ba": 0.8}) == [0.0, 0.8]  # ASR 0 is the best, not missing
+    assert objectives({"status": "stopped", "asr": float("nan"), "ba": float("nan"),
+                       "asr_at_stop": 0.3, "ba_at_stop": 0.6}) == [0.3, 0.6]
+    assert objectives({"status": "failed", "asr": float("nan"), "ba": float("nan")}) == [1.0, 0.0]

@@ -39,5 +39,5 @@ class BadNets(Attack):
         s, m = p.patch_size, p.margin
         h, w = x.shape[-2:]
         out = x.clone()
-        out[..., h - m - s:h - m, w - m - s:w - m] = checkerboard(s).to(x.device)
+        out[..., h - m - s:h - m, w - m - s:w - m] = self.on_device(("board", s), x.device, lambda: checkerboard(s))
         return out

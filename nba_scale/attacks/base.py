@@ -73,6 +73,14 @@ class Attack(abc.ABC):
     def apply_trigger(self, x: torch.Tensor) -> torch.Tensor:
         """Triggered copies of a uint8 (N,3,H,W) batch; works on any device."""
 
+    def on_device(self, key: Any, device: torch.device, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """`make()` on `device`, made and copied once per key: a trigger applied batch after batch
+        (the oracle UDL ablation, the poisoned test set) costs no host-to-device copy per batch."""
+        cache = self.__dict__.setdefault("_on_device", {})
+        if (key, str(device)) not in cache:
+            cache[(key, str(device))] = make().to(device)
+        return cache[(key, str(device))]
+
     def prepare(self, x_train: torch.Tensor, y_train: torch.Tensor, ctx: Optional[AttackContext]) -> None:
         """Hook for attacks that learn something from the data first (e.g. an optimised trigger)."""
 

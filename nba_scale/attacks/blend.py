@@ -59,7 +59,8 @@ class Blend(Attack):
         return torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
 
     def blend(self, x: torch.Tensor, alpha: float) -> torch.Tensor:
-        pat = self.pattern(*x.shape[-2:]).to(x.device).float()
+        h, w = x.shape[-2:]
+        pat = self.on_device(("pattern", h, w), x.device, lambda: self.pattern(h, w).float())
         return ((1 - alpha) * x.float() + alpha * pat).round().clamp_(0, 255).to(torch.uint8)
 
     def apply_trigger(self, x: torch.Tensor) -> torch.Tensor:

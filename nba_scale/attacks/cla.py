@@ -63,8 +63,8 @@ class CLA(Attack):
     def apply_trigger(self, x: torch.Tensor) -> torch.Tensor:
         p = self.params
         s, (h, w) = p.patch_size, x.shape[-2:]
-        board = checkerboard(s).to(x.device)
-        board = (board.float() * p.amplitude / 255).round().to(torch.uint8)
+        board = self.on_device(("board", s), x.device,
+                               lambda: (checkerboard(s).float() * p.amplitude / 255).round().to(torch.uint8))
         out = x.clone()
         # Mirrored into each corner, as in Turner et al.'s Fig. 4, so a flip keeps it whole.
         out[..., :s, :s] = board

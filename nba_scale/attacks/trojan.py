@@ -62,7 +62,7 @@ class Trojan(Attack):
         require(self.trigger is not None, "trojan: the trigger is made by prepare(); call poison() first")
         s, (h, w) = self.params.patch_size, x.shape[-2:]
         out = x.clone()
-        out[..., h - s:, w - s:] = self.trigger.to(x.device)
+        out[..., h - s:, w - s:] = self.on_device(("trigger", id(self.trigger)), x.device, lambda: self.trigger)
         return out
 
 

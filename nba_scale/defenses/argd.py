@@ -75,12 +75,12 @@ class ARGD(TeacherDistillation):
 
     def distill_loss(self, teacher, ctx):
         c = self.cfg
-        betas = torch.tensor(c.betas)
+        betas = torch.tensor(c.betas, device=ctx.accelerator.device)  # once, not a host copy per step
 
         def loss(student, x, y):
             (_, feats_t), (logits, feats_s) = forward_both(teacher, student, x)
             t = argd_terms(feats_t, feats_s, c.p)
-            return (F.cross_entropy(logits, y) + (betas.to(x.device) * t["vertex"]).sum()
+            return (F.cross_entropy(logits, y) + (betas * t["vertex"]).sum()
                     + c.gamma_edge * t["edge"] + c.gamma_embed * t["embed"])
 
         return loss

@@ -125,20 +125,46 @@ def command_line(prog: str, argv: list[str]) -> str:
     return f"python -m {prog} " + " ".join(_quote(a) for a in argv)
 
 
-def run_cells(name: str, root: Path, todo: list[tuple[Cell, dict]], shape, concurrency: int) -> None:
+def packs_of(cells: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
+    """Cells that differ only in their defense's parameters (variants of one defense against one
+    backdoored model, teacher, clean subset and seed), `size` at a time, when the defense packs."""
+    from ..config import nest
+    from ..defenses import get_defense
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for cell in cells:
+        cfg = nest(cell["config"])
+        defense = cfg.get("defense", "nba")
+        alone = size <= 1 or not get_defense(defense).packable
+        key = cell["id"] if alone else json.dumps({k: v for k, v in cfg.items() if k != defense}, sort_keys=True,
+                                                  default=str)
+        groups.setdefault(key, []).append(cell)
+    return [g[i:i + size] for g in groups.values() for i in range(0, len(g), max(1, size))]
+
+
+def run_cells(name: str, root: Path, todo: list[tuple[Cell, dict]], shape, concurrency: int, pack: int = 1) -> None:
     import ray.tune as tune
 
     from .execution import ParquetSink, Progress, run_config, run_name
-    from .trainable import trainable
+    from .trainable import trainable, unit
 
     tune_dir = (root / "_tune").resolve()
     resources, consts = shape.tune_setup(tune_dir)
     cells = [{"id": c.id, "config": cfg, "row": cell_row(name, c)} for c, cfg in todo]
-    callbacks = [ParquetSink(root, lambda t: t.config["cell"]["row"]),
-                 Progress(name, len(cells), lambda t: t.config["cell"]["id"])]
+    units = [{"cell": p[0]} if len(p) == 1 else {"cells": p} for p in packs_of(cells, pack)]
+    if len(units) < len(cells):
+        print(f"[{name}] {len(cells)} cells in {len(units)} trials (packs of up to {pack})", flush=True)
+
+    def label(t) -> str:
+        c = unit(t.config)
+        return c["cell"]["id"] if "cell" in c else " + ".join(cell["id"] for cell in c["cells"])
+
+    callbacks = [ParquetSink(root, lambda t: unit(t.config)["cell"]["row"],
+                             lambda t, k: {**unit(t.config)["cells"][k]["row"], "pack_id": t.trial_id, "member": k}),
+                 Progress(name, len(units), label)]
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
-        param_space={**consts, "cell": tune.grid_search(cells)},
+        param_space={**consts, "unit": tune.grid_search(units)},
         tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=concurrency),
         run_config=run_config(run_name(), tune_dir, callbacks))  # a campaign resumes by cell, from its rows
     tuner.fit()
@@ -186,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
         plan.check_settings(args)
     cpus = os.cpu_count() or 1
     concurrency = args.max_concurrent or (max(1, int(cpus // args.cpus_per_trial)) if args.address is None
-                                          and not args.gpus_per_trial else 64)
+                                          and not shape.gpus else 64)
     est = estimate_s([c for c, _ in todo], Path(args.results), args.dataset, concurrency)
     print(f"campaign {camp.name} ({camp.paper or 'beyond the paper'}): {camp.title}\n"
           f"  grid: {len(camp.attacks)} attacks x {len(camp.defenses)} defenses x {len(camp.clean_fractions)} "
@@ -208,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
         start_ray(args.address)
         if args.address is None:
             prebuild(camp.name, [cfg for _, cfg in todo])
-        run_cells(camp.name, root, todo, shape, concurrency)
+        run_cells(camp.name, root, todo, shape, concurrency, args.pack)
     rows = finished_cells(root)
     missing = [c.id for c in cells if c.id not in rows]
     print(f"campaign {camp.name}: {len(cells) - len(missing)}/{len(cells)} cells ok in {time.time() - t0:.0f}s"

@@ -18,10 +18,11 @@ import ray.tune as tune
 from ..config import ConfigError, nest
 from ..provenance import code_version
 from .store import column_name, pareto_mask, write_row
-from .trainable import trial_axes
+from .trainable import trial_axes, unit
 
-# What Tune adds to every reported result; the rest of a final report is the trial's row.
-TUNE_RESULT_KEYS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date",
+# What Tune adds to every reported result, and what the scheduler alone reads (`utility`); the
+# rest of a final report is the trial's row.
+TUNE_RESULT_KEYS = {"utility", "timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date",
                     "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "time_since_restore",
                     "iterations_since_restore", "config", "final", "experiment_tag"}
 
@@ -41,7 +42,7 @@ class Shape:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Shape":
-        gpus = args.gpus_per_trial
+        gpus = args.gpus_per_trial if args.gpus_per_trial is not None else default_gpus(args.address)
         if args.cpus_per_trial <= 0 and not gpus:
             raise ConfigError("--cpus-per-trial 0 without GPUs would give a trial nothing to run on; use 1 or more")
         workers = args.workers_per_trial or max(1, math.ceil(gpus))
@@ -51,6 +52,9 @@ class Shape:
         if workers > 1 and gpus and gpus < workers:
             raise ConfigError(f"--workers-per-trial {workers} needs at least one GPU each; "
                               f"pass --gpus-per-trial {workers} (or 0 for CPU workers)")
+        if getattr(args, "pack", 1) > 1 and workers > 1:
+            raise ConfigError("--pack trains its members in one process: it does not combine with data-parallel "
+                              "workers (--workers-per-trial, --gpus-per-trial above 1)")
         return cls(args.cpus_per_trial, gpus, workers)
 
     def tune_setup(self, storage: Path) -> tuple[dict[str, float], dict[str, Any]]:
@@ -62,6 +66,25 @@ class Shape:
         # refuses an empty request, so the driver takes a token share of a CPU.
         consts.update({"__cpus__": self.cpus, "__gpus__": self.gpus, "__train_storage__": str(storage / "_train")})
         return {"cpu": 0.01}, consts
+
+
+def default_gpus(address: str | None) -> float:
+    """GPUs per trial when --gpus-per-trial is not given: one where there are GPUs (this machine's,
+    or the cluster's), else none. Ray hides the GPUs from a trial that asks for none, so a default
+    of 0 would run every trial of a GPU machine on its CPU."""
+    if address is None:
+        import torch
+
+        n = torch.cuda.device_count()
+    else:
+        import ray
+
+        start_ray(address)
+        n = ray.cluster_resources().get("GPU", 0)
+    if n:
+        print(f"{n:g} GPU(s) found: each trial gets one (--gpus-per-trial 0.25 shares one between four "
+              f"trials; 0 runs them on the CPU)", flush=True)
+    return 1.0 if n else 0.0
 
 
 def start_ray(address: str | None) -> None:
@@ -117,26 +140,51 @@ class ParquetSink(tune.Callback):
     """Driver-side: writes each finished trial's row (idempotent per trial id). `identity(trial)`
     names the row (sweep, study, trial id, a campaign cell's axes)."""
 
-    def __init__(self, root: Path, identity: Callable[[Any], dict[str, Any]]):
+    def __init__(self, root: Path, identity: Callable[[Any], dict[str, Any]],
+                 member: Callable[[Any, int], dict[str, Any]] | None = None):
         self.root, self.identity = root, identity
+        self.member = member or (lambda trial, k: member_identity(identity(trial), k))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         r = dict(trial.last_result or {})
         if r.get("final") and "__rows__" in r:  # a pack: one row per member
             for row in json.loads(r["__rows__"]):
-                write_row(self.root, {**row, **member_identity(self.identity(trial), row["member"])})
+                write_row(self.root, {**row, **self.member(trial, row["member"])})
         elif r.get("final"):
             write_row(self.root, {**row_fields(r), **self.identity(trial)})
+        elif r.get("epoch"):  # stopped early by the scheduler (ASHA)
+            self._stopped(trial, r)
+
+    def _stopped(self, trial, r: dict[str, Any]) -> None:
+        """A stopped trial's row (per pack member): its point, `stopped_at_epoch` and the metrics
+        it had there (`asr_at_stop`, ...). Its ASR/BA stay NaN: they are not a finished defense's."""
+        from .search_space import decode
+        from .trainable import sampled
+
+        pack = trial.config.get("__pack__")
+        row = {**trial_axes(trial.config), **code_version(), "status": "stopped", "stopped_at_epoch": r["epoch"],
+               "error": f"stopped by the scheduler after epoch {r['epoch']}", "finished": time.time()}
+        for k, point in enumerate(pack or [sampled(trial.config)]):
+            tag = f"_m{k}" if pack else ""
+            at_stop = {f"{m}_at_stop": r.get(f"{m}{tag}") for m in ("asr", "ba", "ra")}
+            write_row(self.root, {**row, **{column_name(n): decode(v) for n, v in point.items()}, **at_stop,
+                                  "is_default": point == trial.config.get("__default__"),
+                                  **(member_identity(self.identity(trial), k) if pack else self.identity(trial)),
+                                  **({"pack_size": len(pack)} if pack else {})})
 
     def on_trial_error(self, iteration, trials, trial, **info):
         # The worker died (killed, out of memory): the trainable could not write its row.
-        row = {**trial_axes(trial.config), **code_version(), "status": "failed",
+        config = unit(trial.config)
+        row = {**trial_axes(config), **code_version(), "status": "failed",
                "error": f"trial process died: {trial.error_file or 'no error file'}"}
-        if "__pack__" in trial.config:  # each member's row names its point, so a resume skips it
-            for k, point in enumerate(trial.config["__pack__"]):
+        if "__pack__" in config:  # each member's row names its point, so a resume skips it
+            for k, point in enumerate(config["__pack__"]):
                 params = {column_name(n): v for n, v in point.items()}
-                write_row(self.root, {**row, **params, **member_identity(self.identity(trial), k),
-                                      "pack_size": len(trial.config["__pack__"])})
+                write_row(self.root, {**row, **params, **self.member(trial, k), "pack_size": len(config["__pack__"])})
+        elif "cells" in config:  # a campaign's pack: each cell's row
+            for k, cell in enumerate(config["cells"]):
+                write_row(self.root, {**row, **trial_axes({"cell": cell}), **self.member(trial, k),
+                                      "pack_size": len(config["cells"])})
         else:
             write_row(self.root, {**row, **self.identity(trial)})
 
@@ -174,6 +222,9 @@ class Progress(tune.Callback):
 
     def _finished(self, trials, trial, r: dict[str, Any]) -> None:
         self.finished_here += 1
+        if not r.get("final") and r.get("epoch"):
+            self._print(trials, {trial.trial_id}, f" | {self.name(trial)}: stopped by the scheduler after epoch {r['epoch']}")
+            return
         whats = [f"ASR {m['asr']:.1%} BA {m['ba']:.1%}" if m.get("status") == "ok" else f"FAILED {m.get('error')}"
                  for m in outcomes(r)]
         what = whats[0] if len(whats) == 1 else f"pack of {len(whats)}: " + "; ".join(whats)
@@ -189,8 +240,8 @@ class Progress(tune.Callback):
     def _print(self, trials, just_finished: set[str], tail: str) -> None:
         self.last = time.time()
         ended = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")} | just_finished
-        failed = sum(1 for t in trials if t.trial_id in ended and
-                     (t.status == "ERROR" or (t.last_result or {}).get("status") != "ok"))
+        failed = sum(1 for t in trials if t.trial_id in ended and (t.status == "ERROR" or (
+            (t.last_result or {}).get("final") and (t.last_result or {}).get("status") != "ok")))
         running = sum(1 for t in trials if t.status == "RUNNING" and t.trial_id not in ended)
         elapsed = self.last - self.t0
         line = f"[{self.label}] {len(ended)}/{self.total}{self.unit} done ({failed} failed), {running} running, {elapsed / 60:.1f} min"

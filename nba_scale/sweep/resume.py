@@ -51,11 +51,15 @@ def point_of_row(space: SearchSpace, row: dict[str, Any]) -> Optional[dict[str, 
 
 
 def objectives(row: dict[str, Any]) -> list[float]:
-    """What the searcher was told when the trial ended: its ASR and BA, the worst if it failed."""
+    """What the searcher was told when the trial ended: its ASR and BA, those it had when the
+    scheduler stopped it, the worst if it failed."""
     from .trainable import WORST
 
-    ok = row.get("status") == "ok" and all(math.isfinite(row.get(k) or math.nan) for k in WORST)
-    return [row[k] if ok else worst for k, worst in WORST.items()]
+    tag = "_at_stop" if row.get("status") == "stopped" else ""
+    # (not `row.get(k) or nan`: an ASR of exactly 0 is the best there is, not a missing value)
+    ok = row.get("status") in ("ok", "stopped") and all(
+        isinstance(row.get(k + tag), (int, float)) and math.isfinite(row[k + tag]) for k in WORST)
+    return [row[k + tag] if ok else worst for k, worst in WORST.items()]
 
 
 def tell_rows(space: SearchSpace, rows: list[dict[str, Any]], study_name: str, storage) -> int:

@@ -37,6 +37,16 @@ from .store import trial_row
 WORST = {"asr": 1.0, "ba": 0.0}
 
 
+def utility(asr: float, ba: float) -> float:
+    """What an early-stopping scheduler ranks trials by (`tune --scheduler asha`): BA - ASR."""
+    return ba - asr
+
+
+def scored(metrics: dict[str, float]) -> dict[str, float]:
+    """An epoch report's utility, where the epoch was evaluated (`__epoch_metrics__`)."""
+    return {"utility": utility(metrics["asr"], metrics["ba"])} if "asr" in metrics else {}
+
+
 class Session:
     """Where a trial reads its last checkpoint and sends its reports (Tune or Train)."""
 
@@ -63,6 +73,12 @@ class Session:
                    is_main=train.get_context().get_world_rank() == 0)
 
 
+def unit(config: dict[str, Any]) -> dict[str, Any]:
+    """A campaign trial's config with its grid value (`unit`: a `cell`, or the `cells` of a pack)
+    in place: the keys every reader of a trial's config expects."""
+    return {**{k: v for k, v in config.items() if k != "unit"}, **config.get("unit", {})}
+
+
 def config_hash(cfg: dict) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -79,7 +95,7 @@ def sampled(config: dict[str, Any]) -> dict[str, Any]:
 
 def trial_axes(config: dict[str, Any]) -> dict[str, Any]:
     """What partitions the trial's row, known before it runs (a failed trial's row needs them)."""
-    base = trial_base(config)
+    base = trial_base(config) if "cells" not in config else config["cells"][0]["config"]
     attacks = config.get("__attacks__")
     return {"dataset": base.get("dataset"), "attack": "+".join(attacks) if attacks else base.get("attack"),
             "defense": base.get("defense"), "clean_fraction": base.get("clean_fraction"), "seed": base.get("seed")}
@@ -91,7 +107,7 @@ def finish(config: dict[str, Any], cfg: dict[str, Any], result: dict[str, Any], 
     row = trial_row(result)
     row.update({"started": started, "finished": time.time(), "workers": int(config.get("__workers__", 1)),
                 "config_hash": config_hash(cfg)})
-    if "cell" not in config:
+    if "cell" not in config and "cells" not in config:
         row["is_default"] = point == config.get("__default__")
     if row.get("status") == "ok" and not all(math.isfinite(row.get(k, math.nan)) for k in WORST):
         row.update(status="failed", error="the trial's ASR or BA is not a finite number")
@@ -99,19 +115,26 @@ def finish(config: dict[str, Any], cfg: dict[str, Any], result: dict[str, Any], 
 
 
 def pack_loop(config: dict[str, Any], session: Session) -> None:
-    """A pack (`tune --pack K`): the K points of `__pack__` trained together (`trial.run_pack`).
-    Each epoch's report carries every member's metrics (`asr_m0`, `ba_m0`, ...); the final one,
-    every member's objectives and its row (`__rows__`, JSON). A pack restarts from scratch."""
+    """A pack, trained together (`trial.run_pack`): the K points of `__pack__` (`tune --pack K`)
+    or the K campaign cells of `cells` (`campaign --pack K`). Each epoch's report carries every
+    member's metrics (`asr_m0`, `ba_m0`, ...); the final one, every member's objectives and its
+    row (`__rows__`, JSON). A pack restarts from scratch."""
     from ..trial import run_pack
     from .search_space import decode
 
-    points = config["__pack__"]
-    cfgs = [merge(trial_base(config), nest({k: decode(v) for k, v in p.items()})) for p in points]
+    if "cells" in config:
+        cfgs = [c["config"] for c in config["cells"]]
+        points: list[dict[str, Any]] = [{} for _ in cfgs]
+    else:
+        points = config["__pack__"]
+        cfgs = [merge(trial_base(config), nest({k: decode(v) for k, v in p.items()})) for p in points]
     pending: dict[str, Any] = {}
 
     def flush() -> None:
-        if pending:
-            session.report({**pending, "final": False})
+        if pending:  # a pack goes on while one of its members is promising
+            scores = [utility(pending[f"asr_m{k}"], pending[f"ba_m{k}"]) for k in range(len(points))
+                      if f"asr_m{k}" in pending]
+            session.report({**pending, **({"utility": max(scores)} if scores else {}), "final": False})
             pending.clear()
 
     def report(epoch: int, state: dict, member: int = 0, **metrics: float) -> None:  # a pack of one: no member
@@ -121,7 +144,8 @@ def pack_loop(config: dict[str, Any], session: Session) -> None:
 
     started = time.time()
     try:
-        results = run_pack(cfgs, report=report)
+        results = run_pack(cfgs, report=None if "cells" in config else report,
+                           epoch_metrics=config.get("__epoch_metrics__", True))
     except ConfigError as e:  # sampled values the pack rejects: recorded, the sweep goes on
         results = [{**trial_axes(config), "status": "failed", "error": f"ConfigError: {e}",
                     "config": {k: decode(v) for k, v in p.items()}} for p in points]
@@ -132,13 +156,15 @@ def pack_loop(config: dict[str, Any], session: Session) -> None:
         row, told = finish(config, cfg, result, started, p)
         rows.append({**row, "member": k, "pack_size": len(points)})
         final.update({f"{m}_m{k}": v for m, v in told.items()})
+        final["utility"] = max(final.get("utility", -math.inf), utility(told["asr"], told["ba"]))
     final["status"] = "ok" if any(r["status"] == "ok" for r in rows) else "failed"
     final["error"] = next((r.get("error") for r in rows if r["status"] != "ok"), None)
     session.report({**final, "__rows__": json.dumps(rows, default=str)})
 
 
 def trial_loop(config: dict[str, Any], session: Session) -> None:
-    if "__pack__" in config:
+    config = unit(config)
+    if "__pack__" in config or "cells" in config:
         return pack_loop(config, session)
     import torch
 
@@ -163,13 +189,13 @@ def trial_loop(config: dict[str, Any], session: Session) -> None:
 
     def report(epoch: int, state: dict, **metrics: float) -> None:
         if not session.is_main:  # every rank reports (Train's barrier); rank 0 alone writes
-            session.report({"epoch": epoch, **metrics, "final": False})
+            session.report({"epoch": epoch, **metrics, **scored(metrics), "final": False})
             return
         with tempfile.TemporaryDirectory() as d:
             save_weights(state["model"], Path(d) / "model.safetensors")
             torch.save(state["optimizer"], Path(d) / "optimizer.pt")
             (Path(d) / "state.json").write_text(json.dumps({"epoch": epoch}))
-            session.report({"epoch": epoch, **metrics, "final": False}, checkpoint_dir=d)
+            session.report({"epoch": epoch, **metrics, **scored(metrics), "final": False}, checkpoint_dir=d)
 
     started = time.time()
     try:
@@ -177,12 +203,14 @@ def trial_loop(config: dict[str, Any], session: Session) -> None:
             result = run_across_attacks(cfg, config["__attacks__"])
         else:
             # Campaigns resume by cell, not by epoch: no per-epoch evaluation or checkpoint to pay for.
-            result = run_trial(cfg, report=None if "cell" in config else report, resume=resume)
+            result = run_trial(cfg, report=None if "cell" in config else report, resume=resume,
+                               epoch_metrics=config.get("__epoch_metrics__", True))
     except ConfigError as e:  # a sampled value the trial rejects: recorded, the sweep goes on
         result = {**trial_axes(config), "status": "failed", "error": f"ConfigError: {e}",
                   "config": flatten(nest(params))}
     row, objectives = finish(config, cfg, result, started, sampled(config))
-    session.report({**{k: v for k, v in row.items() if v is not None}, **objectives, "final": True})
+    session.report({**{k: v for k, v in row.items() if v is not None}, **objectives,
+                    "utility": utility(objectives["asr"], objectives["ba"]), "final": True})
 
 
 def run_across_attacks(cfg: dict[str, Any], attacks: list[str]) -> dict[str, Any]:
@@ -215,7 +243,7 @@ def run_across_attacks(cfg: dict[str, Any], attacks: list[str]) -> dict[str, Any
     return out
 
 
-def _train_worker(config: dict[str, Any]) -> None:
+def _train_worker(config: dict[str, Any]) -> None:  # trial_loop unpacks the campaign's unit
     trial_loop(config, Session.train())
 
 

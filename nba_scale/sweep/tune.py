@@ -27,6 +27,7 @@ searcher pickles for restore.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import time
@@ -70,18 +71,21 @@ def make_searcher(space, sampler: str, seed: int, study_name: str, storage, poin
 
 def run_study(base: dict[str, Any], space, *, root: Path, sweep: str, study: str, num_samples: int,
               max_concurrent: int, shape, sampler: str = "tpe", seed: int = 0, resume: bool = False,
-              progress_every_s: float = 30.0, attacks: Optional[list[str]] = None, storage=None, pack: int = 1):
+              progress_every_s: float = 30.0, attacks: Optional[list[str]] = None, storage=None, pack: int = 1,
+              scheduler=None, extra_points: Optional[list[dict[str, Any]]] = None):
     """Run, or continue (`resume`), one Optuna study as a Ray Tune experiment, until the study has
     `num_samples` rows. Continuing reads only data (sweep/resume.py): the rows, told to Optuna
     again, and the trials that left no row, which restart from their last epoch checkpoint.
     `storage`: the Optuna storage of the study (default: in memory, rebuilt from the rows).
-    `pack`: configurations per Tune trial, trained together (sweep/pack.py); one row each."""
+    `pack`: configurations per Tune trial, trained together (sweep/pack.py); one row each.
+    `scheduler`: a Tune scheduler (ASHA) that may stop trials early. `extra_points`: points
+    evaluated after the default and the restarting ones (`--points`)."""
     import optuna
     import ray.tune as tune
     from ray.tune.search import ConcurrencyLimiter
 
     from .execution import ParquetSink, Progress, run_config, run_name
-    from .resume import interrupted_trials, study_rows, tell_rows
+    from .resume import interrupted_trials, point_of_row, study_rows, tell_rows
     from .trainable import config_hash, trainable
 
     tune_dir = (root / "_tune" / study).resolve()
@@ -101,12 +105,15 @@ def run_study(base: dict[str, Any], space, *, root: Path, sweep: str, study: str
     fresh_default = not any(r.get("is_default") for r in rows) and not any(r.point == default for r in found)
     restart = found[:todo - fresh_default]
     points = [default] * fresh_default + [r.point for r in restart]
+    ran = {json.dumps(p, sort_keys=True) for p in [*points, *(point_of_row(space, r) for r in rows)] if p}
+    points += [p for p in extra_points or [] if json.dumps(p, sort_keys=True) not in ran][:max(0, todo - len(points))]
     if rows or restart:
         print(f"[{study}] continuing: {len(rows)} trials have rows ({told} told to Optuna), {len(restart)} "
               f"interrupted restart ({sum(r.checkpoint is not None for r in restart)} from an epoch checkpoint), "
               f"{todo - len(restart)} to run in all", flush=True)
     resources, consts = shape.tune_setup(tune_dir)
-    consts.update({"__base__": base, "__default__": space.default_point(),
+    # Each epoch is evaluated only for a scheduler that reads it; the checkpoint needs no metrics.
+    consts.update({"__base__": base, "__default__": space.default_point(), "__epoch_metrics__": scheduler is not None,
                    "__resume__": {config_hash(r.point): str(r.checkpoint) for r in restart if r.checkpoint}})
     if attacks:
         consts["__attacks__"] = list(attacks)
@@ -128,7 +135,7 @@ def run_study(base: dict[str, Any], space, *, root: Path, sweep: str, study: str
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources), param_space=consts,
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_concurrent),
-                                    num_samples=trials, reuse_actors=True),
+                                    scheduler=scheduler, num_samples=trials, reuse_actors=True),
         # a new Tune experiment per run, beside the earlier ones (which resume.py reads, as data)
         run_config=run_config(run_name(), tune_dir, callbacks))
     return tuner.fit()
@@ -148,9 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-attack: one study per attack; worst-case: one study whose trials run every "
                         "--attack and score worst ASR and mean BA over them")
     p.add_argument("--sampler", default="tpe", help="tpe | nsga2")
-    p.add_argument("--pack", type=cli.count, default=1,
-                   help="configurations trained together in one trial (one teacher pass per batch, shared "
-                        "batches and fixed costs; one row each): nad, argd, nba")
+    p.add_argument("--scheduler", default="none", choices=["none", "asha"],
+                   help="asha: stop unpromising trials early (Ray Tune's ASHA on BA - ASR after each epoch); "
+                        "their rows say stopped_at_epoch")
+    p.add_argument("--grace-period", type=cli.count, default=2, help="ASHA: epochs every trial runs")
+    p.add_argument("--reduction-factor", type=cli.count, default=3, help="ASHA: 1/factor of the trials go on at each rung")
+    p.add_argument("--points", default=None,
+                   help="JSON file: a list of points ({parameter: value}) to evaluate after the default")
     return p
 
 
@@ -173,6 +184,41 @@ def plan(args: argparse.Namespace, space) -> list[tuple[str, dict[str, Any], lis
             studies += [(study_id(a, cf), c, [a]) for a, c in zip(args.attack, per_attack)]
     cli.check_run(checked, sets)
     return studies
+
+
+def make_scheduler(args: argparse.Namespace, base: dict[str, Any]):
+    """ASHA on BA - ASR (reported after every epoch), with the trial's epochs as its budget; a
+    fresh one per study."""
+    if args.scheduler == "none":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    from ..defenses import get_defense
+    from ..trial import parse_config
+
+    cfg = parse_config(base)
+    epochs = int(get_defense(cfg.defense)(cfg.defense_params).epochs)
+    if epochs <= args.grace_period:
+        raise ConfigError(f"--scheduler asha: the defense trains {epochs} epochs, no more than --grace-period "
+                          f"{args.grace_period}: nothing to stop early; lower --grace-period")
+    return ASHAScheduler(metric="utility", mode="max", time_attr="epoch", max_t=epochs,
+                         grace_period=args.grace_period, reduction_factor=args.reduction_factor)
+
+
+def read_points(path: str, space) -> list[dict[str, Any]]:
+    """`--points FILE`: a JSON list of {parameter: value} holding every searched parameter."""
+    from .search_space import encode
+
+    try:
+        points = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--points {path}: not a readable JSON file ({e})") from None
+    names = {p.name for p in space.params}
+    if not isinstance(points, list) or not all(isinstance(p, dict) and set(p) == names for p in points):
+        raise ConfigError(f"--points {path}: expected a JSON list of objects with exactly the keys "
+                          f"{', '.join(sorted(names))}")
+    kinds = {p.name: p.type for p in space.params}
+    return [{k: encode(v) if kinds[k] == "categorical" else v for k, v in p.items()} for p in points]
 
 
 def check_packable(defense: str, space) -> None:
@@ -211,9 +257,6 @@ def run(args: argparse.Namespace) -> int:
     from .execution import Shape
 
     shape = Shape.from_args(args)
-    if args.pack > 1 and shape.workers > 1:
-        raise ConfigError("--pack trains its members in one process: it does not combine with data-parallel "
-                          "workers (--workers-per-trial, --gpus-per-trial above 1)")
     budget = TUNE_PRESETS.get(args.preset or "quick", TUNE_PRESETS["quick"])
     num_samples = args.num_samples or budget["num_samples"]
     max_concurrent = args.max_concurrent or budget["max_concurrent"]
@@ -223,6 +266,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--resume: there is no sweep {name!r} in {args.results} to continue; "
                           f"check --name and --results, or drop --resume to start it")
     studies = plan(args, space)
+    points = read_points(args.points, space) if args.points else None
+    if args.scheduler != "none" and args.objective == "worst-case":
+        raise ConfigError("--scheduler asha needs per-epoch results, and a worst-case trial runs its attacks one after "
+                          "another without them: use --objective per-attack, or no scheduler")
+    for _, base, _ in studies:
+        make_scheduler(args, base)  # its budget checked before Ray starts
     if args.pack > 1:
         check_packable(args.defense, space)
 
@@ -243,7 +292,7 @@ def run(args: argparse.Namespace) -> int:
             run_study(base, space, root=root, sweep=name, study=study, num_samples=num_samples,
                       max_concurrent=max_concurrent, shape=shape, sampler=args.sampler, seed=args.seed,
                       resume=args.resume, attacks=attacks if args.objective == "worst-case" else None,
-                      pack=args.pack)
+                      pack=args.pack, scheduler=make_scheduler(args, base), extra_points=points)
     print(f"done in {time.time() - t0:.0f}s: {len(parquet_files(root))} rows in {root}", flush=True)
     print_pareto(root)
     # "_" first: Parquet readers of the folder (pyarrow.dataset, hive partitioning) skip it.

@@ -1,0 +1,109 @@
+"""Trials per hour of packed NBA trials in one process, without Ray: the torch path of `tune --pack`.
+
+    python bench/pack.py --dataset npz:~/.cache/nba_scale/cifar10_jpeg.npz [--packs 1 8 32]
+        [--num-samples 32] [--device auto] [--set data.train_subset=10000 ...] [--json FILE]
+
+`--num-samples` NBA configurations are drawn once (Optuna's random sampler over
+search_spaces/nba.yaml, seed 0, the paper default first) and run as packs of K (`trial.run_pack`)
+for each K, at `--preset quick` unless `--set` says otherwise. The artifacts are built (or found in
+the cache) before the timing. Per K it prints trials/hour, the ratio to K = 1, the defense seconds
+per trial and the hypervolume of the (ASR, BA) front: the members of a pack get the results they
+would get alone, so the front must not move with K. For a machine without Ray and Optuna (the GPU
+image): it needs neither, the points are drawn with numpy.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from nba_scale.config import merge, nest, parse_set
+from nba_scale.sweep.search_space import decode, load_search_space
+from nba_scale.sweep.store import hypervolume
+from nba_scale.trial import prepare_artifacts, run_pack, with_preset
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def draw(space, n: int, seed: int) -> list[dict]:
+    """The default point, then n - 1 random ones (log-uniform where the space says log)."""
+    rng = np.random.default_rng(seed)
+    points = [space.default_point()]
+    for _ in range(n - 1):
+        point = {}
+        for p in space.params:
+            if p.type == "categorical":
+                point[p.name] = p.choices[rng.integers(len(p.choices))]
+            elif p.log:
+                point[p.name] = float(math.exp(rng.uniform(math.log(p.low), math.log(p.high))))
+            else:
+                point[p.name] = float(rng.uniform(p.low, p.high))
+            if p.type == "int":
+                point[p.name] = int(round(point[p.name]))
+        points.append(point)
+    return points
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="npz:~/.cache/nba_scale/cifar10_jpeg.npz")
+    ap.add_argument("--attack", default="badnets")
+    ap.add_argument("--packs", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--num-samples", type=int, default=32)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="no")
+    ap.add_argument("--preset", default="quick")
+    ap.add_argument("--clean-fraction", type=float, default=0.05)
+    ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    space = load_search_space(REPO / "search_spaces" / "nba.yaml")
+    base = with_preset(merge(nest({"dataset": args.dataset, "attack": args.attack, "defense": "nba",
+                                   "device": args.device, "precision": args.precision,
+                                   "clean_fraction": args.clean_fraction, **space.fixed}),
+                             parse_set(args.set)), args.preset)
+    configs = [merge(base, nest({k: decode(v) for k, v in p.items()})) for p in draw(space, args.num_samples, 0)]
+    t0 = time.time()
+    got = prepare_artifacts(configs[0])
+    if got["status"] != "ok":
+        print(f"artifacts failed: {got['error']}", file=sys.stderr)
+        return 1
+    print(f"artifacts in {time.time() - t0:.0f}s: backdoored BA {got['ba_before']:.1%} ASR {got['asr_before']:.1%}",
+          flush=True)
+
+    runs = []
+    for k in args.packs:
+        t0, results = time.time(), []
+        for i in range(0, len(configs), k):
+            results += run_pack(configs[i:i + k])
+            print(f"  K={k}: {len(results)}/{len(configs)} trials, {time.time() - t0:.0f}s", flush=True)
+        wall = time.time() - t0
+        ok = [r for r in results if r["status"] == "ok"]
+        defense_s = sum(r["timings"].get("defense_s", 0.0) for r in results[::k])  # a pack's time, once
+        runs.append({"pack": k, "wall_s": round(wall, 1), "ok": len(ok), "trials_per_hour": round(len(ok) / wall * 3600, 1),
+                     "defense_s_per_trial": round(defense_s / len(results), 3),
+                     "hypervolume": round(hypervolume([r["asr"] for r in ok], [r["ba"] for r in ok]), 4),
+                     "device": results[0].get("device"), "errors": sorted({r["error"] for r in results if r["status"] != "ok"})})
+        print(json.dumps(runs[-1]), flush=True)
+
+    base_rate = next((r["trials_per_hour"] for r in runs if r["pack"] == 1), None)
+    print(f"\n{len(configs)} NBA trials, {args.attack}, --preset {args.preset}, {args.dataset}, {' '.join(args.set)}\n")
+    print("| K | wall (s) | ok | trials/hour | vs K=1 | defense s/trial | hypervolume |")
+    print("|---|---|---|---|---|---|---|")
+    for r in runs:
+        ratio = f"{r['trials_per_hour'] / base_rate:.2f}x" if base_rate else "-"
+        print(f"| {r['pack']} | {r['wall_s']:.0f} | {r['ok']}/{len(configs)} | {r['trials_per_hour']:.0f} | {ratio} | "
+              f"{r['defense_s_per_trial']:.2f} | {r['hypervolume']:.4f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Device and precision handling that a GPU run relies on, checked on the CPU (bench/gpu_check.sh
+proves the CUDA side)."""
+import argparse
+
+import pytest
+import torch
+
+from nba_scale.attacks.badnets import BadNets
+from nba_scale.config import ConfigError
+from nba_scale.sweep.execution import Shape
+from nba_scale.trial import check_config
+from nba_scale.training import make_accelerator
+
+
+def test_one_process_can_run_trials_of_different_precisions_one_after_another():
+    """A Ray actor runs trial after trial: Accelerate's process-wide state must follow each one
+    (it used to refuse the second precision, or keep the first device)."""
+    first = make_accelerator("cpu", "no")
+    assert first.mixed_precision == "no"
+    second = make_accelerator("cpu", "bf16")
+    assert second.mixed_precision == "bf16" and second.device.type == "cpu"
+    with second.autocast():
+        assert torch.nn.Linear(2, 2)(torch.randn(1, 2)).dtype == torch.bfloat16
+    assert make_accelerator("cpu", "no").mixed_precision == "no"
+
+
+def test_fp16_is_refused_in_one_line_that_names_bf16():
+    with pytest.raises(ConfigError, match="fp16 is not supported.*use bf16") as e:
+        check_config({"dataset": "synthetic", "precision": "fp16"})
+    assert "\n" not in str(e.value)
+
+
+def test_a_trigger_is_copied_to_the_device_once():
+    attack = BadNets({}, num_classes=10)
+    x = torch.zeros(4, 3, 32, 32, dtype=torch.uint8)
+    attack.apply_trigger(x)
+    cached = dict(attack._on_device)
+    out = attack.apply_trigger(x)
+    assert attack._on_device == cached and len(cached) == 1  # the same tensor, not a new copy
+    assert out[..., -3:, -3:].float().std() > 0 and out[..., :20, :20].sum() == 0
+
+
+def test_trials_default_to_one_gpu_each_where_there_are_gpus(monkeypatch, capsys):
+    args = argparse.Namespace(gpus_per_trial=None, cpus_per_trial=1.0, workers_per_trial=None, address=None)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert Shape.from_args(args).gpus == 0.0
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert Shape.from_args(args).gpus == 1.0
+    assert "2 GPU(s) found: each trial gets one" in capsys.readouterr().out
+    assert Shape.from_args(argparse.Namespace(**{**vars(args), "gpus_per_trial": 0.0})).gpus == 0.0
