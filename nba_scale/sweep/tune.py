@@ -202,7 +202,8 @@ def make_scheduler(args: argparse.Namespace, base: dict[str, Any]):
         raise ConfigError(f"--scheduler asha: the defense trains {epochs} epochs, no more than --grace-period "
                           f"{args.grace_period}: nothing to stop early; lower --grace-period")
     return ASHAScheduler(metric="utility", mode="max", time_attr="epoch", max_t=epochs,
-                         grace_period=args.grace_period, reduction_factor=args.reduction_factor)
+                         grace_period=args.grace_period, reduction_factor=args.reduction_factor,
+                         stop_last_trials=False)  # else it stops a trial at its last epoch, before its final report
 
 
 def read_points(path: str, space) -> list[dict[str, Any]]:
