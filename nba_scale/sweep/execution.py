@@ -91,6 +91,10 @@ def start_ray(address: str | None) -> None:
     import ray
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Epoch reports carry no ASR/BA unless a scheduler reads them (an evaluation per epoch saved);
+    # Tune would refuse them for lacking the searcher's metrics. Every final report has both
+    # (sweep/trainable.py), and that is the one the searcher is told.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     # Per-epoch checkpoints are on purpose (an interrupted trial restarts from its last epoch).
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False,
