@@ -41,6 +41,7 @@ from .checkpoints import load_into, save_weights
 from .config import ConfigError, build, flatten, merge, nest, require
 from .data import DataConfig, Dataset, PoisonedData, load_dataset, stratified_indices
 from .defenses import Defense, DefenseContext, get_defense
+from .defenses.base import cannot_pack
 from .metrics import score
 from .models import build_model
 from .provenance import code_version
@@ -388,7 +389,7 @@ def check_pack(cfgs: list[TrialConfig], defenses: list[Defense]) -> None:
             raise ConfigError(f"a pack's configurations may differ only in their defense's parameters; "
                               f"{diff[0]} differs ({first[diff[0]]!r} vs {other[diff[0]]!r})")
     if not defenses[0].packable:
-        raise ConfigError(f"defense {cfgs[0].defense!r} cannot train as a pack; packable: nad, argd, nba (use --pack 1)")
+        raise ConfigError(cannot_pack(cfgs[0].defense))
     if cfgs[0].save_path:
         raise ConfigError("save_path names one repaired model: a pack repairs several")
     shape = {(d.cfg.optim.epochs, d.cfg.optim.batch_size, d.cfg.optim.augment) for d in defenses}

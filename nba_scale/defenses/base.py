@@ -62,5 +62,10 @@ class Defense(abc.ABC):
                     on_epoch_end=None) -> list:
         """Repair `models[k]` with `defenses[k]`, all together on the same batches; returns
         `training.Member`s (a member that diverged has `failed` set). Packable defenses only."""
-        raise ConfigError(f"defense {cls.name!r} cannot train as a pack; packable: those built on a teacher "
-                          f"(nad, argd, nba); use --pack 1")
+        raise ConfigError(cannot_pack(cls.name))
+
+
+def cannot_pack(name: str, flag: str = "") -> str:
+    """Why defense `name` is refused as a pack, naming the defenses that do pack."""
+    packable = ", ".join(n for n in DEFENSES.names() if get_defense(n).packable)
+    return f"{flag}defense {name!r} cannot train as a pack; packable: {packable} (use --pack 1)"

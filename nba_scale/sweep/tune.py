@@ -226,9 +226,10 @@ def check_packable(defense: str, space) -> None:
     """Refused before Ray starts: a defense that cannot pack, or a space that samples what a
     pack's members must share (their batches)."""
     from ..defenses import get_defense
+    from ..defenses.base import cannot_pack
 
     if not get_defense(defense).packable:
-        raise ConfigError(f"--pack: defense {defense!r} cannot train as a pack; packable: nad, argd, nba (use --pack 1)")
+        raise ConfigError(cannot_pack(defense, "--pack: "))
     shared = [p.name for p in space.params if p.name.split(".")[-1] in ("epochs", "batch_size", "augment")]
     if shared:
         raise ConfigError(f"--pack: {space.path} samples {shared[0]}, which a pack's members share (their batches); "
