@@ -60,11 +60,10 @@ def test_a_packed_sweep_writes_one_row_per_member_and_resumes_after_a_kill(tmp_p
     5 rows, 5 distinct points, the paper default once, every row naming its pack and member."""
     import os
     import shutil
-    import subprocess
     import time
     from pathlib import Path
 
-    from test_tune import REPO, kill_driver, run_tune, tune_cmd
+    from test_tune import kill_driver, run_tune, start_tune, tune_cmd
 
     from nba_scale.sweep.store import parquet_files, read_table
 
@@ -75,9 +74,7 @@ def test_a_packed_sweep_writes_one_row_per_member_and_resumes_after_a_kill(tmp_p
                    "--clean-fraction", "0.1", "--set", "nba.optim.epochs=2")
     root = tmp_path / "packed"
     try:
-        proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-                                                    **env},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = start_tune(cmd, env)
         deadline = time.time() + 600
         while time.time() < deadline and proc.poll() is None and len(parquet_files(root)) < 2:
             time.sleep(0.2)

@@ -24,9 +24,18 @@ def tune_cmd(results, cache, name, *extra):
             "--device", "cpu", *extra]
 
 
+def tune_env(env_extra=None):
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env_extra or {})}
+
+
 def run_tune(*args, timeout=900, env_extra=None):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    return subprocess.run(list(args), capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
+    return subprocess.run(list(args), capture_output=True, text=True, env=tune_env(env_extra), timeout=timeout, cwd=REPO)
+
+
+def start_tune(args, env_extra=None):
+    """A driver in the background, in a session of its own, for the tests that kill it."""
+    return subprocess.Popen(list(args), cwd=REPO, env=tune_env(env_extra), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 @pytest.fixture(scope="module")
@@ -123,9 +132,7 @@ def test_study_counts_every_trial_and_failures_are_recorded(tmp_path, tune_cache
 def test_killed_sweep_resumes_without_losing_or_repeating_trials(tmp_path, tune_cache):
     cmd = tune_cmd(tmp_path, tune_cache, "kill", "--num-samples", "4", "--max-concurrent", "1",
                    "--clean-fraction", "0.1", "--set", "nba.optim.epochs=3")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = start_tune(cmd)
     deadline = time.time() + 600
     while time.time() < deadline and len(parquet_files(tmp_path / "kill")) < 1:
         time.sleep(0.5)
@@ -310,9 +317,7 @@ def test_a_sweep_killed_ten_times_at_random_ends_with_every_planned_trial_once(t
     try:
         for i in range(10):
             args = cmd + (["--resume"] if root.is_dir() else [])
-            proc = subprocess.Popen(args, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-                                                         **env},
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            proc = start_tune(args, env)
             try:
                 proc.wait(timeout=rng.uniform(4, 30))
             except subprocess.TimeoutExpired:
@@ -337,9 +342,7 @@ def test_an_interrupted_trial_restarts_from_its_last_epoch_checkpoint(tmp_path, 
                    "--set", "nba.optim.epochs=5")
     study = tmp_path / "ckpt" / "_tune" / "badnets-cf0.1"
     ray_tmp = Path("/tmp") / f"nbackpt{os.getpid()}"
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-                                                "RAY_TMPDIR": str(ray_tmp)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = start_tune(cmd, {"RAY_TMPDIR": str(ray_tmp)})
     deadline = time.time() + 600
     while time.time() < deadline and not list(study.rglob("checkpoint_000001/state.json")):
         time.sleep(0.2)
