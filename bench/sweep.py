@@ -2,7 +2,7 @@
 
     python bench/sweep.py --dataset npz:~/.cache/nba_scale/cifar10_jpeg.npz [--packs 1 4 8 16]
         [--asha-packs 1 8] [--num-samples 16] [--train-subset 10000] [--test-subset 2000] [--slots 2]
-        [--gpus-per-trial 0] [--results DIR [--reuse]] [--json FILE]
+        [--gpus-per-trial 0] [--grace-period 2] [--reduction-factor 3] [--results DIR [--reuse]] [--json FILE]
 
 Each K runs the same sweep through the real driver (`python -m nba_scale.tune`, NBA, BadNets,
 `--preset quick`, seed 0, a fresh results folder): `--num-samples` trials in ceil(N/K) packs,
@@ -13,8 +13,8 @@ waits for: Ray's start, loading, training, evaluation, rows. Prints a table of t
 ratio to K = 1 and the hypervolume of each run's (ASR, BA) front (so a speed-up that loses the
 front is visible); `--json FILE` writes the same figures.
 
-Then, for each K of `--asha-packs`, the same sweep with `--scheduler asha` (grace 2 epochs,
-reduction factor 3) on exactly the points the K = 1 run evaluated (`tune --points`), so that the
+Then, for each K of `--asha-packs`, the same sweep with `--scheduler asha` (`--grace-period`,
+default 2 epochs, `--reduction-factor`, default 3) on exactly the points the K = 1 run evaluated (`tune --points`), so that the
 table also says how many trials ASHA stopped that ran to the end on the K = 1 run's Pareto front.
 `--reuse` takes a run whose folder (under `--results`) already holds its figures instead of
 running it again.
@@ -104,6 +104,8 @@ def main() -> int:
     p.add_argument("--attack", default="badnets")
     p.add_argument("--packs", type=int, nargs="+", default=[1, 4, 8, 16])
     p.add_argument("--asha-packs", type=int, nargs="*", default=[1, 8], help="K of the ASHA runs (none: skip them)")
+    p.add_argument("--grace-period", type=int, default=2, help="ASHA runs: epochs every trial runs")
+    p.add_argument("--reduction-factor", type=float, default=3, help="ASHA runs: keep 1/rf at each rung")
     p.add_argument("--reuse", action="store_true", help="reuse runs whose folder holds their figures")
     p.add_argument("--num-samples", type=int, default=16)
     p.add_argument("--train-subset", type=int, default=10000)
@@ -140,24 +142,27 @@ def main() -> int:
         for k in args.asha_packs:
             packs = math.ceil(args.num_samples / k)
             name = f"asha_pack{k}"
-            cmd = tune_args(args, results, name, k, packs) + ["--scheduler", "asha", "--grace-period", "2",
-                                                              "--reduction-factor", "3", "--points", str(points)]
+            cmd = tune_args(args, results, name, k, packs) + [
+                "--scheduler", "asha", "--grace-period", str(args.grace_period),
+                "--reduction-factor", f"{args.reduction_factor:g}", "--points", str(points)]
             fig = measure(args, results, name, cmd, env, space)
             lost = [p for p in fig["stopped"] if key(p) in on_front]
             figures.append({**fig, "pack": k, "packs": packs, "scheduler": "asha", "front_stopped": len(lost)})
 
     base = full["trials_per_hour"] if full else None
+    base_hv = full["hypervolume"] if full else None
     print(f"\n{args.num_samples} NBA trials, {args.attack}, --preset quick, {args.dataset}, "
           f"train subset {args.train_subset}, slots {args.slots}, device {args.device}\n")
     print("| K | scheduler | wall (s) | rows (ok / stopped) | epochs trained | trials/hour | vs K=1 | "
-          "defense s/finished trial | hypervolume | front trials stopped |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "defense s/finished trial | hypervolume | vs K=1 | front trials stopped |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for f in figures:
         ratio = f"{f['trials_per_hour'] / base:.2f}x" if base else "-"
         lost = f"{f['front_stopped']} of {len(full['front'])}" if "front_stopped" in f else "-"
+        hv = f"{f['hypervolume'] / base_hv - 1:+.1%}" if base_hv else "-"
         print(f"| {f['pack']} | {f['scheduler']} | {f['wall_s']:.0f} | {f['rows']} ({f['ok']} / {len(f['stopped'])}) | "
               f"{f['epochs_run']} | {f['trials_per_hour']:.0f} | {ratio} | {f['defense_s_per_trial']:.1f} | "
-              f"{f['hypervolume']:.4f} | {lost} |")
+              f"{f['hypervolume']:.4f} | {hv} | {lost} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "runs": figures}, indent=1))
     return 0 if all(f["rc"] == 0 for f in figures) else 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from .data import PoisonedData
+from .training import fast_layout
 
 
 @torch.no_grad()
@@ -16,11 +17,12 @@ def predict(model: torch.nn.Module, x: torch.Tensor, device, batch_size: int = 1
     was_training = model.training
     model.eval()
     out, finite = [], torch.ones((), dtype=torch.bool, device=device)
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size].to(device, non_blocking=True).float().div_(255)
-        logits = model(xb)
-        finite &= torch.isfinite(logits).all()
-        out.append(logits.argmax(1))
+    with fast_layout(model, device) as fmt:
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size].to(device, non_blocking=True).float().div_(255).contiguous(memory_format=fmt)
+            logits = model(xb)
+            finite &= torch.isfinite(logits).all()
+            out.append(logits.argmax(1))
     model.train(was_training)
     if not bool(finite):  # argmax of NaN logits is a class like any other: a score would be made up
         raise FloatingPointError("the model's logits are not finite (NaN/inf): its weights are broken")

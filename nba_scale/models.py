@@ -29,10 +29,12 @@ class BasicBlock(nn.Module):
         self.shortcut = None if cin == cout else nn.Conv2d(cin, cout, 1, stride, 0, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        o = F.relu(self.bn1(x))
+        # In-place ReLUs on BatchNorm outputs (BN's backward keeps its input, not its output), as the
+        # NAD code's nn.ReLU(inplace=True): one activation-sized allocation fewer each.
+        o = F.relu(self.bn1(x), inplace=True)
         # The projection shortcut takes the pre-activated input, as in the reference WRN code.
         skip = x if self.shortcut is None else self.shortcut(o)
-        o = self.conv2(F.relu(self.bn2(self.conv1(o))))
+        o = self.conv2(F.relu(self.bn2(self.conv1(o)), inplace=True))
         return o + skip
 
 
@@ -71,7 +73,7 @@ class WideResNet(nn.Module):
         for group in self.groups:
             o = group(o)
             taps.append(o)
-        o = F.relu(self.bn(o))
+        o = F.relu(self.bn(o), inplace=True)
         logits = self.fc(torch.flatten(F.adaptive_avg_pool2d(o, 1), 1))
         return (logits, taps) if features else logits
 

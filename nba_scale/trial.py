@@ -31,6 +31,7 @@ import math
 import time
 import traceback
 from pathlib import Path
+from collections.abc import Collection
 from typing import Any, Callable, Literal, Optional
 
 import torch
@@ -270,7 +271,7 @@ def _teacher(s: Setup, model: torch.nn.Module) -> tuple[torch.nn.Module, dict[st
 
 
 def _defend(s: Setup, defenses: list[Defense], report, resume,
-            epoch_metrics: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+            epoch_metrics: bool | Collection[int] = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Repair the backdoored model with each of `defenses` (one: `repair`; several: one pack,
     `repair_pack`). Returns what the members share and each member's own results."""
     cfg = s.cfg
@@ -287,7 +288,8 @@ def _defend(s: Setup, defenses: list[Defense], report, resume,
     def on_epoch_end(epoch: int, k: int, m: torch.nn.Module, optimizer) -> None:
         if report is not None:
             t0 = time.time()
-            metrics = s.pick(s.evaluate(m)) if epoch_metrics else {}
+            scored = epoch_metrics if isinstance(epoch_metrics, bool) else epoch + 1 in epoch_metrics
+            metrics = s.pick(s.evaluate(m)) if scored else {}
             t1 = time.time()
             # Copies: the caller may keep them while training goes on (0.7 MB for WRN-16-1).
             state = {"epoch": epoch + 1, "model": {n: v.detach().clone() for n, v in m.state_dict().items()},
@@ -365,7 +367,8 @@ def _identity(cfg: TrialConfig, attack_params: Any, defense_cfg: Any) -> dict[st
 
 
 def run_trial(config: dict[str, Any], report: Optional[Callable[..., None]] = None,
-              resume: Optional[dict[str, Any]] = None, epoch_metrics: bool = True) -> dict[str, Any]:
+              resume: Optional[dict[str, Any]] = None,
+              epoch_metrics: bool | Collection[int] = True) -> dict[str, Any]:
     """Run one trial; never raises for failures inside training (status "failed" + error), only
     for bad configuration (`ConfigError`, one line naming the fix).
 
@@ -373,7 +376,8 @@ def run_trial(config: dict[str, Any], report: Optional[Callable[..., None]] = No
     `state` = {"epoch", "model", "optimizer"} (state dicts) is what `resume` takes back to
     continue an interrupted defense after that epoch. `epoch_metrics=False` leaves the metrics out
     of those reports and saves an evaluation per epoch (a sweep without an early-stopping
-    scheduler reads only the final ones).
+    scheduler reads only the final ones); a collection of epochs (1-based) scores only those (ASHA's
+    rungs).
     """
     return run_pack([config], report, resume, epoch_metrics)[0]
 
@@ -399,7 +403,8 @@ def check_pack(cfgs: list[TrialConfig], defenses: list[Defense]) -> None:
 
 
 def run_pack(configs: list[dict[str, Any]], report: Optional[Callable[..., None]] = None,
-             resume: Optional[dict[str, Any]] = None, epoch_metrics: bool = True) -> list[dict[str, Any]]:
+             resume: Optional[dict[str, Any]] = None,
+             epoch_metrics: bool | Collection[int] = True) -> list[dict[str, Any]]:
     """Several configurations of one defense against the same backdoored model, trained together
     (`training.train_pack`): each member's result is the one it gets alone with the same seed,
     while the data, the artifacts, the teacher's forward pass and the trial's fixed costs are paid

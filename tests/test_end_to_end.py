@@ -63,3 +63,26 @@ def test_report_is_called_after_every_defense_epoch(cache_dir):
     # Resuming after epoch 1 from its state replays the uninterrupted run's second epoch exactly.
     resumed = run_trial(small_config(cache_dir, **{"nba.optim.epochs": 2}), resume=seen[0]["state"])
     assert resumed["status"] == "ok" and (resumed["asr"], resumed["ba"]) == (out["asr"], out["ba"])
+
+
+def test_a_trial_scores_only_the_epochs_it_is_asked_for(cache_dir):
+    """ASHA reads its rungs only (`tune.evaluated_epochs`): the other epochs report the checkpoint
+    without an evaluation; the final result is scored all the same."""
+    seen = []
+    out = run_trial(small_config(cache_dir, **{"nba.optim.epochs": 3}), report=lambda **m: seen.append(m),
+                    epoch_metrics=[2])
+    assert out["status"] == "ok" and [m["epoch"] for m in seen] == [1, 2, 3]
+    assert ["asr" in m for m in seen] == [False, True, False] and 0 <= out["asr"] <= 1
+
+
+def test_the_rungs_scored_are_the_rungs_ray_asha_reads():
+    """Every rung before the last epoch; none at it (Ray would stop a trial that trained every
+    epoch before its final report)."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    from nba_scale.sweep.tune import asha_rungs
+
+    for max_t, grace, rf in [(10, 2, 3), (10, 4, 3), (4, 1, 2), (20, 1, 4), (9, 1, 3), (27, 3, 3), (100, 5, 2)]:
+        ray_rungs = ASHAScheduler(metric="u", mode="max", max_t=max_t, grace_period=grace,
+                                  reduction_factor=rf)._brackets[0]._rungs
+        assert asha_rungs(max_t, grace, rf) == sorted(m for m, _ in ray_rungs if m < max_t), (max_t, grace, rf)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import require
-from ..training import LossFn, Member, train, train_pack
+from ..training import LossFn, Member, memory_format, train, train_pack
 from .base import Defense, DefenseContext
 
 
@@ -57,7 +57,7 @@ class TeacherDistillation(Defense):
     @staticmethod
     def shared_teacher(ctx: DefenseContext) -> SharedForward:
         require(ctx.teacher is not None, "distillation needs a teacher model (DefenseContext.teacher)")
-        teacher = ctx.teacher.to(ctx.accelerator.device).eval()
+        teacher = ctx.teacher.to(ctx.accelerator.device, memory_format=memory_format(ctx.accelerator.device)).eval()
         for q in teacher.parameters():
             q.requires_grad_(False)
         return SharedForward(teacher)

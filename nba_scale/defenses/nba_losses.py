@@ -34,6 +34,10 @@ TERMS = ("rnb", "lnb", "pnb")
 def gram(f: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, C) response matrix G_ij = sum_k F_ik F_jk."""
     b, c = f.shape[:2]
+    if not f.is_contiguous() and f.is_contiguous(memory_format=torch.channels_last):
+        # (B, HW, C) is a view of a channels_last map: G = X^T X without copying it to (B, C, HW)
+        x = f.permute(0, 2, 3, 1).reshape(b, -1, c).float()
+        return x.transpose(1, 2) @ x
     f = f.reshape(b, c, -1).float()
     return f @ f.transpose(1, 2)
 
