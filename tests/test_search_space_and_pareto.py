@@ -73,3 +73,30 @@ def test_a_resumed_study_tells_optuna_what_each_row_scored():
     assert objectives({"status": "stopped", "asr": float("nan"), "ba": float("nan"),
                        "asr_at_stop": 0.3, "ba_at_stop": 0.6}) == [0.3, 0.6]
     assert objectives({"status": "failed", "asr": float("nan"), "ba": float("nan")}) == [1.0, 0.0]
+
+
+
+def test_tpe_models_results_after_a_quarter_of_a_small_budget():
+    """Optuna's default of 10 random trials made the 8-trial quick sweep a random search: an 8-trial
+    study now draws 2 at random, then TPE proposes; a 100-trial one still starts with 10."""
+    import optuna
+
+    from nba_scale.sweep.tune import make_searcher, tpe_startup_trials
+
+    assert [tpe_startup_trials(b) for b in (1, 8, 16, 32, 64, 1000)] == [2, 2, 4, 8, 10, 10]
+    space = load_search_space("search_spaces/nba.yaml")
+    dists = space.optuna_space()
+
+    def random_draws_after_two(budget):
+        sampler = make_searcher(space, "tpe", 0, "s", optuna.storages.InMemoryStorage(), [], budget=budget,
+                                concurrent=2)._sampler  # the sampler OptunaSearch gives its study
+        study = optuna.create_study(directions=["minimize", "maximize"], sampler=sampler)
+        for i in range(2):
+            study.tell(study.ask(dists), (i / 2, 1 - i / 4))
+        draws, real = [], sampler._random_sampler.sample_independent
+        sampler._random_sampler.sample_independent = lambda *a, **k: draws.append(1) or real(*a, **k)
+        study.ask(dists)
+        return len(draws)
+
+    assert random_draws_after_two(8) == 0
+    assert random_draws_after_two(100) == len(dists)
