@@ -48,15 +48,19 @@ def test_nad_and_argd_terms_vanish_for_identical_networks_only():
 
 
 # Smallest ASR drop each defense must reach on the test model (ASR before: 100 %). Measured
-# here, seed 1: FT, FP, NAD, ARGD reach <= 0.2 % in every run; MCR at t = 0.4 is the weakest and
-# varies with float nondeterminism (6.4 % with one thread, 59.2 % with two).
-MIN_DROP = {"ft": 0.5, "fp": 0.5, "mcr": 0.25, "nad": 0.5, "argd": 0.5}
+# here, seed 1: FT, FP, NAD, ARGD reach <= 0.2 % in every run. MCR at its default t = 0.4 is
+# float chaos on this model: 6.4 % with one thread, 59.2 % with two, and 48.8 % vs 92.9 % with the
+# backdoored model and teacher trained in the default layout vs channels_last (same seed). At
+# t = 0.6 it read 4.4 % and 13.5 % in those two builds (t = 0.5: 19.2 %, 53.4 %), so MCR is
+# tested there, with the others' drop.
+MIN_DROP = {"ft": 0.5, "fp": 0.5, "mcr": 0.5, "nad": 0.5, "argd": 0.5}
+AT = {"mcr": {"mcr.t": 0.6}}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MIN_DROP))
 def test_each_defense_changes_the_model_and_lowers_badnets_asr(name, cache_dir):
-    cfg = small_config(cache_dir, defense=name)
+    cfg = small_config(cache_dir, defense=name, **AT.get(name, {}))
     r = run_trial(cfg)
     assert r["status"] == "ok", r["error"]
     assert r["asr_before"] >= 0.9
