@@ -24,7 +24,7 @@ import optuna
 
 from nba_scale.sweep.search_space import load_search_space
 from nba_scale.sweep.store import hypervolume
-from nba_scale.sweep.tune import tpe_startup_trials
+from nba_scale.sweep.study import tpe_startup_trials
 
 SPACE = load_search_space(Path(__file__).resolve().parent.parent / "search_spaces" / "nba.yaml")
 

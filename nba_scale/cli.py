@@ -85,6 +85,9 @@ def add_sweep_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers-per-trial", type=count, default=None,
                    help="data-parallel processes per trial (default: the whole GPUs per trial, or 1)")
     p.add_argument("--max-concurrent", type=count, default=None, help="trials at once")
+    p.add_argument("--max-failures", type=int, default=None,
+                   help="restarts of a trial whose process or node dies (a spot preemption), each from its last "
+                        "epoch checkpoint; default 3 with --address, else 0")
     p.add_argument("--pack", type=count, default=1,
                    help="configurations of one defense trained together in one trial (shared batches, one teacher "
                         "pass per batch, fixed costs paid once; one row each): nad, argd, nba")

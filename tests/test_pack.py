@@ -94,7 +94,7 @@ def test_a_packed_sweep_writes_one_row_per_member_and_resumes_after_a_kill(tmp_p
                                                             if x["trial_id"] in {f["trial_id"] for f in first}}
     for x in rows:
         assert x["trial_id"] == f"{x['pack_id']}-m{x['member']}" and x["member"] < x["pack_size"] <= 2
-    assert f"{len(first)} trials have rows ({len(first)} told to Optuna)" in r.stdout
+    assert f"{len(first)} trials have rows ({len(first)} in the Optuna study" in r.stdout
     assert "packs of up to 2" in r.stdout and "pack of" in r.stdout
 
 

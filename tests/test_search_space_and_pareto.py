@@ -81,7 +81,7 @@ def test_tpe_models_results_after_a_quarter_of_a_small_budget():
     study now draws 2 at random, then TPE proposes; a 100-trial one still starts with 10."""
     import optuna
 
-    from nba_scale.sweep.tune import make_searcher, tpe_startup_trials
+    from nba_scale.sweep.study import make_searcher, tpe_startup_trials
 
     assert [tpe_startup_trials(b) for b in (1, 8, 16, 32, 64, 1000)] == [2, 2, 4, 8, 10, 10]
     space = load_search_space("search_spaces/nba.yaml")
@@ -100,3 +100,36 @@ def test_tpe_models_results_after_a_quarter_of_a_small_budget():
 
     assert random_draws_after_two(8) == 0
     assert random_draws_after_two(100) == len(dists)
+
+
+def test_a_continued_study_holds_each_row_once_and_no_trial_a_dead_driver_left_open(tmp_path):
+    """A study in a journal (the default storage) outlives its driver: continuing it tells only the
+    rows it lacks, closes what the dead driver asked for and never told, and keeps failures
+    infeasible, so `best_trials` is the front of the trials that ran."""
+    import optuna
+
+    from nba_scale.sweep.store import column_name
+    from nba_scale.sweep.study import continue_study, open_storage
+
+    space = load_search_space("search_spaces/nba.yaml")
+    point = space.default_point()
+    row = {column_name(k): decode(v) for k, v in point.items()}
+    rows = [{**row, "trial_id": "a", "status": "ok", "asr": 0.1, "ba": 0.8},
+            {**row, "trial_id": "b", "status": "failed", "asr": float("nan"), "ba": float("nan"), "error": "NaN loss"},
+            {**row, "trial_id": "c", "status": "ok", "asr": 0.05, "ba": 0.7}]
+    storage = open_storage("journal", tmp_path)
+    assert (tmp_path / "_optuna.journal").is_file()
+    assert continue_study(space, rows[:1], "s/x", storage) == (1, 1, 0)
+    study = optuna.load_study(study_name="s/x", storage=storage)
+    study.ask(space.optuna_space())  # the dead driver's running trial ...
+    study.enqueue_trial(point)  # ... and a point it had queued
+    again = open_storage("journal", tmp_path)  # a new driver, the same file
+    assert continue_study(space, rows, "s/x", again) == (3, 2, 2)
+    trials = optuna.load_study(study_name="s/x", storage=again).trials
+    assert sorted(t.state.name for t in trials) == ["COMPLETE"] * 3 + ["FAIL"] * 2
+    done = {t.user_attrs["trial_id"]: t for t in trials if t.state.name == "COMPLETE"}
+    assert sorted(done) == ["a", "b", "c"]
+    assert done["b"].constraints == {"trial_failed": 1.0} and done["b"].values == [1.0, 0.0]
+    front = optuna.load_study(study_name="s/x", storage=again).best_trials
+    assert sorted(t.user_attrs["trial_id"] for t in front) == ["a", "c"]
+    assert continue_study(space, rows, "s/x", open_storage("journal", tmp_path)) == (3, 0, 0)

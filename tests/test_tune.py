@@ -38,6 +38,14 @@ def start_tune(args, env_extra=None):
                             stderr=subprocess.DEVNULL, start_new_session=True)
 
 
+def journal_study(root, name):
+    import optuna
+
+    from nba_scale.sweep.study import open_storage
+
+    return optuna.load_study(study_name=name, storage=open_storage("journal", root))
+
+
 @pytest.fixture(scope="module")
 def tune_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("tune_cache")
@@ -58,6 +66,9 @@ def test_smoke_sweep_writes_readable_rows_with_the_paper_default(smoke_sweep):
     assert table.num_rows == 3 and len(set(table["trial_id"].to_pylist())) == 3
     rows = table.to_pylist()
     assert sum(bool(x["is_default"]) for x in rows) == 1
+    study = journal_study(root, "smoke/badnets-cf0.1")  # the study persists beside the rows
+    assert sorted(t.user_attrs["trial_id"] for t in study.trials if t.state.name == "COMPLETE") == sorted(
+        x["trial_id"] for x in rows) and len(study.best_trials) >= 1
     default = next(x for x in rows if x["is_default"])
     assert (default["nba_lambda1"], default["nba_lambda2"], default["nba_lambda3"], default["nba_beta"]) == (2.0, 2.0, 0.1, 0.5)
     for x in rows:
@@ -120,11 +131,16 @@ def test_study_counts_every_trial_and_failures_are_recorded(tmp_path, tune_cache
                   shape=Shape(cpus=1, gpus=0, workers=1), storage=storage)
     finally:
         ray.shutdown()
-    trials = optuna.load_study(study_name="nan/badnets-nan", storage=storage).trials
+    study = optuna.load_study(study_name="nan/badnets-nan", storage=storage)
+    trials = study.trials
     assert len(trials) == 3 and all(t.state.name == "COMPLETE" for t in trials)
     assert all(t.values == [1.0, 0.0] for t in trials)  # failed trials report the worst objectives
+    # ... and are infeasible, which the samplers rank below every feasible trial: no "best" among them
+    assert all(t.constraints == {"trial_failed": 1.0} and "NonFiniteLoss" in t.user_attrs["error"] for t in trials)
+    assert study.best_trials == []
     rows = read_table(tmp_path).to_pylist()
     assert len(rows) == 3 and all(r["status"] == "failed" and "NonFiniteLoss" in r["error"] for r in rows)
+    assert {t.user_attrs["trial_id"] for t in trials} == {r["trial_id"] for r in rows}
     assert all(math.isnan(r[m]) for r in rows for m in ("asr", "ba", "ra"))  # not ASR 1 / BA 0
 
 
@@ -145,6 +161,10 @@ def test_killed_sweep_resumes_without_losing_or_repeating_trials(tmp_path, tune_
     table = read_table(tmp_path / "kill")
     ids = table["trial_id"].to_pylist()
     assert len(ids) == 4 and len(set(ids)) == 4
+    # The study in the journal holds each row once; what the killed driver left open is closed.
+    trials = journal_study(tmp_path / "kill", "kill/badnets-cf0.1").trials
+    assert sorted(t.user_attrs["trial_id"] for t in trials if t.state.name == "COMPLETE") == sorted(ids)
+    assert all(t.state.name in ("COMPLETE", "FAIL") for t in trials)
     assert sum(bool(x) for x in table["is_default"].to_pylist()) == 1
 
 
@@ -289,7 +309,7 @@ def test_resume_continues_from_the_rows_alone_and_never_unpickles_tune_state(smo
     assert len(after) == 4 and set(before) < set(after)
     assert all(after[t]["started"] == before[t]["started"] for t in before)  # kept, not rerun
     assert sum(bool(x["is_default"]) for x in after.values()) == 1  # the default ran once, before the copy
-    assert "3 trials have rows (3 told to Optuna)" in r.stdout
+    assert "3 trials have rows (3 in the Optuna study" in r.stdout
 
     shutil.rmtree(copy / "_tune")  # Tune's state lost: the rows still say what ran
     again = run_tune(*tune_cmd(tmp_path, tune_cache, "copy", "--num-samples", "5", *more))
@@ -359,3 +379,40 @@ def test_an_interrupted_trial_restarts_from_its_last_epoch_checkpoint(tmp_path, 
     (result,) = list(runs[-1].rglob("result.json"))
     epochs = [json.loads(line)["epoch"] for line in result.read_text().splitlines() if '"epoch"' in line]
     assert epochs[0] == saved + 1  # the restarted trial went on after its last checkpoint
+
+
+@slow
+def test_a_trial_whose_process_dies_starts_again_from_its_last_epoch(tmp_path, tune_cache):
+    """A spot preemption, as the trial sees it: its worker process is killed mid-trial. With
+    --max-failures the sweep goes on by itself: the trial starts again from its last epoch
+    checkpoint and ends with one ok row, no --resume needed."""
+    import json
+
+    import psutil
+
+    cmd = tune_cmd(tmp_path, tune_cache, "spot", "--num-samples", "1", "--clean-fraction", "0.1",
+                   "--set", "nba.optim.epochs=5", "--max-failures", "1")
+    study = tmp_path / "spot" / "_tune" / "badnets-cf0.1"
+    ray_tmp = Path("/tmp") / f"nbaspot{os.getpid()}"
+    proc = subprocess.Popen(cmd, cwd=REPO, env=tune_env({"RAY_TMPDIR": str(ray_tmp)}), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and not list(study.rglob("checkpoint_000001/state.json")):
+            time.sleep(0.2)
+        workers = [p for p in psutil.process_iter() if _in_ray_tmp(p, ray_tmp) and "ImplicitFunc" in " ".join(p.cmdline())]
+        assert len(workers) == 1, [" ".join(p.cmdline())[:80] for p in psutil.process_iter() if _in_ray_tmp(p, ray_tmp)]
+        workers[0].kill()
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        kill_driver(proc, ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert proc.returncode == 0, out[-3000:]
+    assert "its process died; starting it again after epoch" in out
+    (row,) = read_table(tmp_path / "spot").to_pylist()
+    assert row["status"] == "ok" and 0 <= row["asr"] <= 1
+    (result,) = list(study.rglob("result.json"))
+    reports = [json.loads(line) for line in result.read_text().splitlines()]
+    # Killed after epoch 1's checkpoint, started again: each epoch ran once (from scratch, the
+    # restarted trial would have reported epoch 1 again)
+    assert [r["epoch"] for r in reports if r.get("final") is False] == [1, 2, 3, 4, 5]

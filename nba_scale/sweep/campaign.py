@@ -14,7 +14,7 @@ as a sweep (rows in `--results DIR/NAME/`, trial id = cell id; `nba_scale.compar
 `table2` grid the same way, one cell after the other in this process, without Ray). Before running it prints the plan:
 cells, those already finished, and an estimate from the per-trial times measured in DIR's earlier
 rows. On this machine the backdoored models and teachers are built first with every core; on a
-cluster (`--address`) the first trial that needs one builds it and the others wait on its lock.
+cluster (`--address`) Ray tasks build them, a whole GPU each, before the cells start.
 
 Resume: a cell is finished when its row says status ok. `--resume` runs every other cell again
 from its start (an interrupted cell loses at most one trial's work; failed cells are retried).
@@ -166,7 +166,8 @@ def run_cells(name: str, root: Path, todo: list[tuple[Cell, dict]], shape, concu
         tune.with_resources(trainable, resources),
         param_space={**consts, "unit": tune.grid_search(units)},
         tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=concurrency),
-        run_config=run_config(run_name(), tune_dir, callbacks))  # a campaign resumes by cell, from its rows
+        # a campaign resumes by cell, from its rows; a cell whose process died restarts (it keeps no epoch checkpoint)
+        run_config=run_config(run_name(), tune_dir, callbacks, retries=shape.retries))
     tuner.fit()
 
 
@@ -232,8 +233,7 @@ def run(args: argparse.Namespace) -> int:
     with driver_lock(root):
         plan.write_manifest(args, command_line("nba_scale.campaign", args.argv))
         start_ray(args.address)
-        if args.address is None:
-            prebuild(camp.name, [cfg for _, cfg in todo])
+        prebuild(camp.name, [cfg for _, cfg in todo], args.address)
         run_cells(camp.name, root, todo, shape, concurrency, args.pack)
     rows = finished_cells(root)
     missing = [c.id for c in cells if c.id not in rows]

@@ -35,10 +35,13 @@ def row_fields(result: dict[str, Any]) -> dict[str, Any]:
 class Shape:
     """The resources of one trial: `--cpus-per-trial`, `--gpus-per-trial`, `--workers-per-trial`.
     A fraction of a GPU packs several trials on one; two or more workers run a trial
-    data-parallel through Ray Train (sweep/trainable.py)."""
+    data-parallel through Ray Train (sweep/trainable.py). `retries` (`--max-failures`): how often
+    a trial whose process or node died (a spot preemption) starts again, from its last epoch
+    checkpoint, before its row says failed."""
     cpus: float
     gpus: float
     workers: int
+    retries: int = 0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Shape":
@@ -55,7 +58,9 @@ class Shape:
         if getattr(args, "pack", 1) > 1 and workers > 1:
             raise ConfigError("--pack trains its members in one process: it does not combine with data-parallel "
                               "workers (--workers-per-trial, --gpus-per-trial above 1)")
-        return cls(args.cpus_per_trial, gpus, workers)
+        retries = args.max_failures if getattr(args, "max_failures", None) is not None else (
+            CLUSTER_RETRIES if args.address else 0)
+        return cls(args.cpus_per_trial, gpus, workers, retries)
 
     def tune_setup(self, storage: Path) -> tuple[dict[str, float], dict[str, Any]]:
         """(the resources Tune reserves per trial, the constants every trial's config carries)."""
@@ -63,9 +68,25 @@ class Shape:
         if self.workers <= 1:
             return {"cpu": self.cpus, "gpu": self.gpus}, consts
         # The Tune trial only drives a Ray Train run whose workers hold the CPUs and GPUs; Tune
-        # refuses an empty request, so the driver takes a token share of a CPU.
-        consts.update({"__cpus__": self.cpus, "__gpus__": self.gpus, "__train_storage__": str(storage / "_train")})
-        return {"cpu": 0.01}, consts
+        # refuses an empty request, so the driver takes a token share of a CPU, or, where the
+        # cluster offers it (ray_cluster.yaml's head), of DRIVER_RESOURCE: the driver then stays
+        # on the head, never on a spot worker whose loss would take the whole Train run with it.
+        consts.update({"__cpus__": self.cpus, "__gpus__": self.gpus, "__train_storage__": str(storage / "_train"),
+                       "__max_failures__": self.retries})
+        return driver_resources(), consts
+
+
+CLUSTER_RETRIES = 3  # --max-failures with --address: spot nodes come and go
+DRIVER_RESOURCE = "nba_scale_driver"  # a custom resource only the head offers (ray_cluster.yaml)
+
+
+def driver_resources() -> dict[str, float]:
+    """What the driver of a data-parallel trial reserves (see `Shape.tune_setup`)."""
+    import ray
+
+    if ray.is_initialized() and ray.cluster_resources().get(DRIVER_RESOURCE):
+        return {"cpu": 0, DRIVER_RESOURCE: 1}
+    return {"cpu": 0.01}
 
 
 def default_gpus(address: str | None) -> float:
@@ -106,18 +127,43 @@ def run_name() -> str:
     return f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
 
 
-def run_config(name: str, storage: Path, callbacks: list) -> tune.RunConfig:
+def run_config(name: str, storage: Path, callbacks: list, retries: int = 0) -> tune.RunConfig:
+    """`retries`: restarts of a trial whose process or node died, each from its last checkpoint
+    (Tune hands it to the trainable); a trial that fails by itself (NaN loss) ends with its row."""
     return tune.RunConfig(name=name, storage_path=str(storage), verbose=0, callbacks=callbacks,
                           checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                          failure_config=tune.FailureConfig(max_failures=0))
+                          failure_config=tune.FailureConfig(max_failures=retries))
 
 
-def prebuild(label: str, configs: list[dict[str, Any]]) -> None:
+def prebuild(label: str, configs: list[dict[str, Any]], address: str | None = None) -> None:
     """Every distinct backdoored model, and a teacher where some trial's defense needs one, once,
-    here with every core, before the trials start (otherwise the first trials build them on one
-    core each while the others wait on the cache's lock)."""
+    before the trials start: otherwise the first trials build them while the others wait on the
+    cache's lock, holding their share of a CPU or GPU idle. Here (no `address`) with every core;
+    on a cluster as Ray tasks, in parallel, each with a whole GPU where the cluster has GPUs
+    (retried on another node if theirs is lost), into the shared `--cache-dir`."""
+    groups = artifact_groups(configs)
+    if address is None:
+        for i, cfg in enumerate(groups, 1):
+            t0 = time.time()
+            print(f"[{label}] artifacts {i}/{len(groups)}: {_what(cfg)} (building or loading from the cache) ...",
+                  flush=True)
+            _ready(label, cfg, build_artifacts(cfg), t0)
+        return
+    import ray
+
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=CLUSTER_RETRIES)(build_artifacts)
+    print(f"[{label}] artifacts: {len(groups)} to build or load, as Ray tasks ({gpus} GPU, 1 CPU each) ...", flush=True)
+    t0, pending = time.time(), {task.remote(cfg): cfg for cfg in groups}
+    while pending:
+        (done,), _ = ray.wait(list(pending), num_returns=1)
+        _ready(label, pending.pop(done), ray.get(done), t0)
+
+
+def artifact_groups(configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One config per distinct artifact set (attack, data, seed, ...: all but the defense), one
+    whose defense needs a teacher where any does."""
     from ..defenses import get_defense
-    from ..trial import prepare_artifacts
 
     def needs_teacher(cfg: dict[str, Any]) -> bool:
         return get_defense(cfg.get("defense", "nba")).needs_teacher
@@ -128,16 +174,27 @@ def prebuild(label: str, configs: list[dict[str, Any]]) -> None:
                          sort_keys=True, default=str)
         if key not in groups or (needs_teacher(cfg) and not needs_teacher(groups[key])):
             groups[key] = cfg
-    for i, cfg in enumerate(groups.values(), 1):
-        t0 = time.time()
-        what = "backdoored model and teacher" if needs_teacher(cfg) else "backdoored model"
-        print(f"[{label}] artifacts {i}/{len(groups)}: {cfg['attack']} cf {cfg['clean_fraction']:g} seed "
-              f"{cfg.get('seed', 0)}, {what} (building or loading from the cache) ...", flush=True)
-        got = prepare_artifacts(cfg)
-        if got["status"] != "ok":
-            raise ConfigError(f"[{label}] could not build the artifacts of {cfg['attack']}: {got['error']}")
-        print(f"[{label}]   ready in {time.time() - t0:.0f}s: backdoored BA {got['ba_before']:.1%}, "
-              f"ASR {got['asr_before']:.1%}", flush=True)
+    return list(groups.values())
+
+
+def build_artifacts(cfg: dict[str, Any]) -> dict[str, Any]:
+    from ..trial import prepare_artifacts
+
+    return prepare_artifacts(cfg)
+
+
+def _what(cfg: dict[str, Any]) -> str:
+    from ..defenses import get_defense
+
+    what = "backdoored model and teacher" if get_defense(cfg.get("defense", "nba")).needs_teacher else "backdoored model"
+    return f"{cfg['attack']} cf {cfg['clean_fraction']:g} seed {cfg.get('seed', 0)}, {what}"
+
+
+def _ready(label: str, cfg: dict[str, Any], got: dict[str, Any], t0: float) -> None:
+    if got["status"] != "ok":
+        raise ConfigError(f"[{label}] could not build the artifacts of {cfg['attack']}: {got['error']}")
+    print(f"[{label}]   {_what(cfg)}: ready after {time.time() - t0:.0f}s: backdoored BA {got['ba_before']:.1%}, "
+          f"ASR {got['asr_before']:.1%}", flush=True)
 
 
 class ParquetSink(tune.Callback):
@@ -223,6 +280,11 @@ class Progress(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._finished(trials, trial, {"status": "failed", "error": "trial process died"})
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        epoch = (trial.last_result or {}).get("epoch")
+        print(f"[{self.label}] {self.name(trial)}: its process died; starting it again "
+              f"{f'after epoch {epoch}' if epoch else 'from the start'} (--max-failures)", flush=True)
 
     def _finished(self, trials, trial, r: dict[str, Any]) -> None:
         self.finished_here += 1

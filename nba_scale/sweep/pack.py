@@ -10,6 +10,7 @@ numbers, so differences between members are the configurations', not the data or
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Optional
 
 from ray.tune.search import Searcher
@@ -45,10 +46,14 @@ class PackSearcher(Searcher):
         return {"__pack__": points}
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        rows = json.loads(result["__rows__"]) if result and "__rows__" in result else []
         for k, member in enumerate(self.members.pop(trial_id, [])):
             told = None
             if result and not error:
                 told = {m: result.get(f"{m}_m{k}", worst) for m, worst in WORST.items()}
+                if result.get("final"):  # a failed member is infeasible in the study (sweep/study.py)
+                    row = rows[k] if k < len(rows) else {"status": "failed", "error": "no row"}
+                    told.update(final=True, status=row.get("status"), error=row.get("error"))
             self.inner.on_trial_complete(member, told, error=told is None)
 
     def save(self, checkpoint_path: str) -> None:

@@ -3,8 +3,8 @@
 The study's Parquet rows are the record of what ran. Continuing a study (`tune --resume`, also
 after its Tune state was deleted or lost) reads:
 
-- its rows, whose results are told to the Optuna study again (a failed trial as its worst
-  objectives, as when it ran) so that the sampler learns from them;
+- its rows, which the Optuna study is brought level with (sweep/study.py: `continue_study`),
+  so that the sampler learns from every trial that has one;
 - the trials that started but left no row (the driver died): their sampled parameters from the
   `params.json` Tune wrote for each trial, and their last epoch checkpoint (safetensors, an
   optimizer state through `torch.load(weights_only=True)`, a JSON epoch), so that they restart
@@ -27,9 +27,6 @@ from typing import Any, Optional
 from .search_space import SearchSpace, encode
 from .store import column_name, read_table
 from .trainable import config_hash
-
-DIRECTIONS = ["minimize", "maximize"]  # ASR, BA
-
 
 def study_rows(root: Path, study: str) -> list[dict[str, Any]]:
     if not root.exists():
@@ -60,25 +57,6 @@ def objectives(row: dict[str, Any]) -> list[float]:
     ok = row.get("status") in ("ok", "stopped") and all(
         isinstance(row.get(k + tag), (int, float)) and math.isfinite(row[k + tag]) for k in WORST)
     return [row[k + tag] if ok else worst for k, worst in WORST.items()]
-
-
-def tell_rows(space: SearchSpace, rows: list[dict[str, Any]], study_name: str, storage) -> int:
-    """Create the Optuna study `study_name` in `storage` holding the rows' trials; returns how many
-    were told (a row whose parameters today's space cannot hold stays a row, untold)."""
-    import optuna
-
-    study = optuna.create_study(storage=storage, study_name=study_name, directions=DIRECTIONS, load_if_exists=True)
-    dists, told = space.optuna_space(), 0
-    for row in rows:
-        point = point_of_row(space, row)
-        if point is None:
-            continue
-        try:
-            study.add_trial(optuna.trial.create_trial(params=point, distributions=dists, values=objectives(row)))
-        except ValueError:
-            continue
-        told += 1
-    return told
 
 
 @dataclasses.dataclass

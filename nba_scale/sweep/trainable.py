@@ -106,12 +106,19 @@ def finish(config: dict[str, Any], cfg: dict[str, Any], result: dict[str, Any], 
     """The Parquet row of a finished trial (or pack member) and what its searcher is told."""
     row = trial_row(result)
     row.update({"started": started, "finished": time.time(), "workers": int(config.get("__workers__", 1)),
-                "config_hash": config_hash(cfg)})
+                "config_hash": config_hash(cfg), "node_id": node_id()})
     if "cell" not in config and "cells" not in config:
         row["is_default"] = point == config.get("__default__")
     if row.get("status") == "ok" and not all(math.isfinite(row.get(k, math.nan)) for k in WORST):
         row.update(status="failed", error="the trial's ASR or BA is not a finite number")
     return row, {k: (row[k] if row.get("status") == "ok" else worst) for k, worst in WORST.items()}
+
+
+def node_id() -> Optional[str]:
+    """The Ray node the trial ran on (on a cluster: which machine, for a row that looks wrong)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 def pack_loop(config: dict[str, Any], session: Session) -> None:
@@ -264,6 +271,7 @@ def trainable(config: dict[str, Any]) -> None:
         _train_worker, train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus > 0, resources_per_worker=per_worker),
         run_config=RunConfig(name=tune.get_context().get_trial_id(), storage_path=config["__train_storage__"],
-                             callbacks=[TuneReportCallback()], failure_config=FailureConfig(max_failures=0),
+                             callbacks=[TuneReportCallback()],
+                             failure_config=FailureConfig(max_failures=int(config.get("__max_failures__", 0))),
                              checkpoint_config=CheckpointConfig(num_to_keep=1)))
     trainer.fit()

@@ -11,7 +11,8 @@ Parquet under `--results DIR/NAME/` (see nba_scale/sweep/store.py); `--resume` c
 interrupted sweep from its rows (sweep/resume.py: finished trials are kept and told to the
 searcher again, interrupted ones go on from their last epoch checkpoint). `--pack K` trains K
 configurations per Tune trial together (sweep/pack.py): same results, one teacher pass per batch. Read the results with
-`python -m nba_scale.results DIR/NAME --pareto`.
+`python -m nba_scale.results DIR/NAME --pareto`; the Optuna studies persist beside the rows in
+`DIR/NAME/_optuna.journal` (`--storage`, sweep/study.py: `optuna-dashboard`, `optuna.load_study`).
 
 Resources: `--gpus-per-trial 0.25` lets four trials share a GPU; `--gpus-per-trial 2` runs each
 trial data-parallel on two GPUs (a Ray Train TorchTrainer around the same Accelerate loop; see
@@ -20,8 +21,9 @@ nba_scale/sweep/trainable.py); `--workers-per-trial 2` does the same with CPU pr
 Traps in OptunaSearch this module designs around: metric and mode lists go to OptunaSearch, not
 TuneConfig; with several objectives it ignores intermediate results, so nothing is pruned; a final
 result missing an objective (or NaN) makes the trial silently vanish from the study, so every
-trial ends by reporting both objectives, a failed one its worst values (ASR 1, BA 0; its
-Parquet row holds NaN and status/error); the space is a dict of Optuna distributions, not a closure, so the
+trial ends by reporting both objectives, a failed one its worst values (ASR 1, BA 0, and the
+constraint that makes it infeasible, sweep/study.py; its Parquet row holds NaN and
+status/error); the space is a dict of Optuna distributions, not a closure, so the
 searcher pickles for restore.
 """
 from __future__ import annotations
@@ -45,8 +47,6 @@ TUNE_PRESETS = {
     "quick": {"num_samples": 8, "max_concurrent": 2},
     "paper": {"num_samples": 64, "max_concurrent": 8},
 }
-OBJECTIVES = ["asr", "ba"]
-MODES = ["min", "max"]
 
 
 def default_name(args: argparse.Namespace) -> str:
@@ -56,41 +56,15 @@ def default_name(args: argparse.Namespace) -> str:
     return f"{args.defense}_{ds}_{'-'.join(args.attack)}_cf{cfs}_{args.preset}_s{args.seed}{worst}"
 
 
-def tpe_startup_trials(budget: int) -> int:
-    """Random trials before TPE models the results: a quarter of the budget, 2 to 10. Optuna's
-    default, 10, made the 8-trial `quick` sweep a random search (`bench/sampler.py`)."""
-    return max(2, min(10, budget // 4))
-
-
-def make_searcher(space, sampler: str, seed: int, study_name: str, storage, points: list[dict[str, Any]],
-                  budget: int = 100, concurrent: int = 1):
-    """OptunaSearch over `space` in the Optuna study `study_name` of `storage` (created, or loaded
-    with the trials told so far), evaluating `points` first. `budget`: the study's trials (TPE's
-    random start scales with it); `concurrent`: trials asked before earlier ones are told (Tune's
-    concurrency times the pack size): TPE then uses the constant liar, as Optuna advises for
-    parallel trials. (With Optuna 5.0's two-objective multivariate TPE and Ray's eager `ask`, it
-    drew the same points as without: `bench/sampler.py` shows no difference; it costs nothing.)"""
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    samplers = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True,
-                                                          n_startup_trials=tpe_startup_trials(budget),
-                                                          constant_liar=concurrent > 1),
-                "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed)}
-    if sampler not in samplers:
-        raise ConfigError(f"unknown sampler {sampler!r}; known: {', '.join(samplers)}")
-    return OptunaSearch(space=space.optuna_space(), metric=OBJECTIVES, mode=MODES, points_to_evaluate=points or None,
-                        sampler=samplers[sampler](), seed=seed, study_name=study_name, storage=storage)
-
-
 def run_study(base: dict[str, Any], space, *, root: Path, sweep: str, study: str, num_samples: int,
               max_concurrent: int, shape, sampler: str = "tpe", seed: int = 0, resume: bool = False,
               progress_every_s: float = 30.0, attacks: Optional[list[str]] = None, storage=None, pack: int = 1,
               scheduler=None, extra_points: Optional[list[dict[str, Any]]] = None):
     """Run, or continue (`resume`), one Optuna study as a Ray Tune experiment, until the study has
-    `num_samples` rows. Continuing reads only data (sweep/resume.py): the rows, told to Optuna
-    again, and the trials that left no row, which restart from their last epoch checkpoint.
-    `storage`: the Optuna storage of the study (default: in memory, rebuilt from the rows).
+    `num_samples` rows. Continuing reads only data (sweep/resume.py): the rows, which the Optuna
+    study is brought level with, and the trials that left no row, which restart from their last epoch checkpoint.
+    `storage`: the Optuna storage of the study (`study.open_storage`; default: in memory),
+    brought level with the rows before the run.
     `pack`: configurations per Tune trial, trained together (sweep/pack.py); one row each.
     `scheduler`: a Tune scheduler (ASHA) that may stop trials early. `extra_points`: points
     evaluated after the default and the restarting ones (`--points`)."""
@@ -99,7 +73,8 @@ def run_study(base: dict[str, Any], space, *, root: Path, sweep: str, study: str
     from ray.tune.search import ConcurrencyLimiter
 
     from .execution import ParquetSink, Progress, run_config, run_name
-    from .resume import interrupted_trials, point_of_row, study_rows, tell_rows
+    from .resume import interrupted_trials, point_of_row, study_rows
+    from .study import continue_study, make_searcher
     from .trainable import config_hash, trainable
 
     tune_dir = (root / "_tune" / study).resolve()
@@ -112,7 +87,7 @@ def run_study(base: dict[str, Any], space, *, root: Path, sweep: str, study: str
         print(f"[{study}] {len(rows)} trials have rows (of {num_samples} planned): nothing to run", flush=True)
         return None
     storage = storage if storage is not None else optuna.storages.InMemoryStorage()
-    told = tell_rows(space, rows, f"{sweep}/{study}", storage)
+    held, told, closed = continue_study(space, rows, f"{sweep}/{study}", storage)
     # Every study evaluates the paper's configuration first; then the interrupted trials.
     default = space.default_point()
     found = sorted(interrupted_trials(tune_dir, space, rows), key=lambda r: r.point != default)
@@ -122,7 +97,8 @@ def run_study(base: dict[str, Any], space, *, root: Path, sweep: str, study: str
     ran = {json.dumps(p, sort_keys=True) for p in [*points, *(point_of_row(space, r) for r in rows)] if p}
     points += [p for p in extra_points or [] if json.dumps(p, sort_keys=True) not in ran][:max(0, todo - len(points))]
     if rows or restart:
-        print(f"[{study}] continuing: {len(rows)} trials have rows ({told} told to Optuna), {len(restart)} "
+        print(f"[{study}] continuing: {len(rows)} trials have rows ({held} in the Optuna study, {told} told now; "
+              f"{closed} unfinished Optuna trials closed), {len(restart)} "
               f"interrupted restart ({sum(r.checkpoint is not None for r in restart)} from an epoch checkpoint), "
               f"{todo - len(restart)} to run in all", flush=True)
     resources, consts = shape.tune_setup(tune_dir)
@@ -152,7 +128,7 @@ def run_study(base: dict[str, Any], space, *, root: Path, sweep: str, study: str
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_concurrent),
                                     scheduler=scheduler, num_samples=trials, reuse_actors=True),
         # a new Tune experiment per run, beside the earlier ones (which resume.py reads, as data)
-        run_config=run_config(run_name(), tune_dir, callbacks))
+        run_config=run_config(run_name(), tune_dir, callbacks, retries=shape.retries))
     return tuner.fit()
 
 
@@ -170,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-attack: one study per attack; worst-case: one study whose trials run every "
                         "--attack and score worst ASR and mean BA over them")
     p.add_argument("--sampler", default="tpe", help="tpe | nsga2")
+    p.add_argument("--storage", default="journal",
+                   help="where the Optuna studies live: journal (DIR/NAME/_optuna.journal, for optuna-dashboard and "
+                        "optuna.load_study), a journal file path, a database URL (sqlite:///studies.db), or memory")
     p.add_argument("--scheduler", default="none", choices=["none", "asha"],
                    help="asha: stop unpromising trials early (Ray Tune's ASHA on BA - ASR at its rungs); "
                         "their rows say stopped_at_epoch")
@@ -315,21 +294,24 @@ def run(args: argparse.Namespace) -> int:
     from .execution import prebuild, start_ray
     from .results import load, plot, print_pareto
     from .store import driver_lock, parquet_files
+    from .study import JOURNAL, open_storage
 
     t0 = time.time()
     with driver_lock(root):
+        storage = open_storage(args.storage, root)
         start_ray(args.address)
         print(f"sweep {name}: {len(studies)} studies x {num_samples} trials, results in {root}", flush=True)
+        if args.storage != "memory":
+            where = root / JOURNAL if args.storage == "journal" else args.storage
+            print(f"Optuna studies ({name}/<study>) in {where}: optuna-dashboard {where}", flush=True)
         for study, base, attacks in studies:
-            if args.address is None:
-                # Here, with every core, rather than in the first trial (one core, others waiting on
-                # its lock). On a cluster the first trial that needs an artifact builds it on a GPU.
-                prebuild(study, [merge(cli.drop_unused_sections(merge(base, {"attack": a})),
-                                       nest(space.default_config())) for a in attacks])
+            # Before the trials, rather than in the first of them while the others wait on its lock.
+            prebuild(study, [merge(cli.drop_unused_sections(merge(base, {"attack": a})),
+                                   nest(space.default_config())) for a in attacks], args.address)
             run_study(base, space, root=root, sweep=name, study=study, num_samples=num_samples,
                       max_concurrent=max_concurrent, shape=shape, sampler=args.sampler, seed=args.seed,
                       resume=args.resume, attacks=attacks if args.objective == "worst-case" else None,
-                      pack=args.pack, scheduler=make_scheduler(args, base), extra_points=points)
+                      pack=args.pack, scheduler=make_scheduler(args, base), extra_points=points, storage=storage)
     print(f"done in {time.time() - t0:.0f}s: {len(parquet_files(root))} rows in {root}", flush=True)
     print_pareto(root)
     # "_" first: Parquet readers of the folder (pyarrow.dataset, hive partitioning) skip it.
