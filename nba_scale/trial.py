@@ -465,3 +465,13 @@ def poison_only(config: dict[str, Any]) -> tuple[TrialConfig, Dataset, Attack, P
     attack context). For looking at poisons (attacks.show) and measuring a clean model's ASR."""
     s = _setup(parse_config(config), {})
     return s.cfg, s.ds, s.attack, s.poisoned, s.attack_context()
+
+
+def student_and_teacher(config: dict[str, Any]) -> tuple[Setup, torch.nn.Module, dict[str, float], torch.nn.Module,
+                                                         dict[str, float]]:
+    """(the trial's setup, the backdoored model, its metrics, the teacher, its metrics), from the
+    cache or built as a trial would: a defense's starting point, for probes (`nba_scale.diagnose`)."""
+    s = _setup(parse_config(config), {})
+    model, before, _ = _backdoored(s)
+    teacher, entry = _teacher(s, model)
+    return s, model, s.pick(before), teacher, entry["teacher"]
