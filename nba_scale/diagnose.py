@@ -112,11 +112,10 @@ def pgd_to_target(model, x, y, target: int, eps: float, steps: int, step_size: f
 
 def diagnose(cfg_dict: dict[str, Any], batches: int, pgd_images: int) -> dict[str, Any]:
     from .defenses import get_defense
-    from .trial import parse_config, student_and_teacher
+    from .trial import student_and_teacher
 
-    cfg = parse_config(cfg_dict)
-    torch.manual_seed(cfg.seed)
-    s, model, before, teacher, teacher_metrics = student_and_teacher(cfg_dict)
+    s, model, before, teacher, teacher_metrics = student_and_teacher(cfg_dict)  # seeds the run (setup_run)
+    cfg = s.cfg
     model, teacher = model.to("cpu").float(), teacher.to("cpu").float().eval()
     for q in teacher.parameters():
         q.requires_grad_(False)

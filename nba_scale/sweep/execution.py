@@ -141,18 +141,20 @@ def prebuild(label: str, configs: list[dict[str, Any]], address: str | None = No
     cache's lock, holding their share of a CPU or GPU idle. Here (no `address`) with every core;
     on a cluster as Ray tasks, in parallel, each with a whole GPU where the cluster has GPUs
     (retried on another node if theirs is lost), into the shared `--cache-dir`."""
+    from ..trial import prepare_artifacts
+
     groups = artifact_groups(configs)
     if address is None:
         for i, cfg in enumerate(groups, 1):
             t0 = time.time()
             print(f"[{label}] artifacts {i}/{len(groups)}: {_what(cfg)} (building or loading from the cache) ...",
                   flush=True)
-            _ready(label, cfg, build_artifacts(cfg), t0)
+            _ready(label, cfg, prepare_artifacts(cfg), t0)
         return
     import ray
 
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=CLUSTER_RETRIES)(build_artifacts)
+    task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=CLUSTER_RETRIES)(prepare_artifacts)
     print(f"[{label}] artifacts: {len(groups)} to build or load, as Ray tasks ({gpus} GPU, 1 CPU each) ...", flush=True)
     t0, pending = time.time(), {task.remote(cfg): cfg for cfg in groups}
     while pending:
@@ -163,11 +165,6 @@ def prebuild(label: str, configs: list[dict[str, Any]], address: str | None = No
 def artifact_groups(configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One config per distinct artifact set (attack, data, seed, ...: all but the defense), one
     whose defense needs a teacher where any does."""
-    from ..defenses import get_defense
-
-    def needs_teacher(cfg: dict[str, Any]) -> bool:
-        return get_defense(cfg.get("defense", "nba")).needs_teacher
-
     groups: dict[str, dict[str, Any]] = {}
     for cfg in map(nest, configs):
         key = json.dumps({k: v for k, v in cfg.items() if k not in ("defense", cfg.get("defense"))},
@@ -177,16 +174,14 @@ def artifact_groups(configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(groups.values())
 
 
-def build_artifacts(cfg: dict[str, Any]) -> dict[str, Any]:
-    from ..trial import prepare_artifacts
+def needs_teacher(cfg: dict[str, Any]) -> bool:
+    from ..defenses import get_defense
 
-    return prepare_artifacts(cfg)
+    return get_defense(cfg.get("defense", "nba")).needs_teacher
 
 
 def _what(cfg: dict[str, Any]) -> str:
-    from ..defenses import get_defense
-
-    what = "backdoored model and teacher" if get_defense(cfg.get("defense", "nba")).needs_teacher else "backdoored model"
+    what = "backdoored model and teacher" if needs_teacher(cfg) else "backdoored model"
     return f"{cfg['attack']} cf {cfg['clean_fraction']:g} seed {cfg.get('seed', 0)}, {what}"
 
 
