@@ -71,6 +71,37 @@ class PoisonedData:
     # Row i of x_train is clean training image train_index[i]: all of them, unless the attack held
     # some out of the attacked training set (Refool's fallback reflections).
     train_index: torch.Tensor
+    # Rows replaced by a perturbed copy under their true label (WaNet's noise mode, BPP's negative
+    # samples): neither clean nor poisoned.
+    noise_index: torch.Tensor = dataclasses.field(default_factory=lambda: torch.empty(0, dtype=torch.long))
+
+
+def load_poisoned_test(path: str | os.PathLike, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An attacker's own triggered test set (`--poisoned-test`): an .npz with `x` (uint8 images,
+    N x H x W x 3 or N x 3 x H x W), `target` (the label ASR counts: one int, or one per image) and
+    optionally `y` (the images' true labels, for RA; without it RA is NaN). Returns (x, y_target,
+    y_true) with y_true -1 where unknown."""
+    path = Path(path).expanduser()
+    require(path.is_file(), f"--poisoned-test {str(path)!r} is not a file; give an .npz with x (uint8) and target")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read --poisoned-test {path}: {e}") from None
+    require("x" in arrays and "target" in arrays,
+            f"--poisoned-test {path} holds {sorted(arrays)}; it needs x (uint8 images) and target (the label)")
+    x = arrays["x"]
+    require(x.dtype == np.uint8 and x.ndim == 4 and 3 in (x.shape[1], x.shape[3]),
+            f"--poisoned-test {path}: x must be uint8 N x H x W x 3 or N x 3 x H x W, got {x.dtype} {x.shape}")
+    xt = torch.from_numpy(np.ascontiguousarray(x)) if x.shape[1] == 3 else _from_hwc(x)
+    target = torch.from_numpy(np.asarray(arrays["target"]).astype(np.int64)).flatten()
+    target = target.expand(len(xt)).clone() if target.numel() == 1 else target
+    true = (torch.from_numpy(arrays["y"].astype(np.int64)).flatten() if "y" in arrays
+            else torch.full((len(xt),), -1, dtype=torch.long))
+    require(len(target) == len(xt) == len(true), f"--poisoned-test {path}: x, target and y differ in length")
+    require(bool(((target >= 0) & (target < num_classes)).all()),
+            f"--poisoned-test {path}: target labels must lie in 0..{num_classes - 1}")
+    return xt, target, true
 
 
 def default_data_dir() -> Path:

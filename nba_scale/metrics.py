@@ -46,5 +46,7 @@ def score(model: torch.nn.Module, x_test: torch.Tensor, y_test: torch.Tensor, po
         "ba": correct.mean().item(),
         "ba_nontarget": correct[nontarget].mean().item(),
         "asr": (pred == poisoned.y_test_target).float().mean().item() if len(pred) else float("nan"),
-        "ra": (pred == poisoned.y_test_true).float().mean().item() if len(pred) else float("nan"),
+        # A brought test set may not know its images' true labels (-1): no RA then, rather than 0.
+        "ra": (pred == poisoned.y_test_true).float().mean().item()
+        if len(pred) and bool((poisoned.y_test_true >= 0).all()) else float("nan"),
     }

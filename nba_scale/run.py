@@ -24,9 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack", default="badnets")
     p.add_argument("--defense", default="nba", help="nba | ft | fp | mcr | nad | argd | none")
     p.add_argument("--clean-fraction", type=float, default=None, help="defender's clean subset (default 0.05)")
-    p.add_argument("--arch", default=None, help="wrn-DEPTH-WIDTH (default wrn-16-1)")
+    p.add_argument("--arch", default=None, help="wrn-DEPTH-WIDTH (default wrn-16-1), preact-resnet18 or vgg16-bn")
     p.add_argument("--model", default=None, help="defend these weights (.safetensors or state_dict .pt)")
     p.add_argument("--save", default=None, help="write the repaired model to this .safetensors file")
+    p.add_argument("--poisoned-test", default=None,
+                   help="score ASR/RA on the attacker's own triggered test set (.npz: x uint8, target, optional y)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -35,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> dict:
     trial = {"attack": args.attack, "defense": args.defense, "seed": args.seed}
     for key, value in (("clean_fraction", args.clean_fraction), ("arch", args.arch), ("model_path", args.model),
-                       ("save_path", args.save)):
+                       ("save_path", args.save), ("poisoned_test", args.poisoned_test)):
         if value is not None:
             trial[key] = value
     sets = cli.user_set(args)

@@ -40,7 +40,7 @@ from .artifacts import ArtifactCache, spec_key
 from .attacks import Attack, AttackContext, get_attack
 from .checkpoints import load_into, save_weights
 from .config import ConfigError, build, flatten, merge, nest, require
-from .data import DataConfig, Dataset, PoisonedData, load_dataset, stratified_indices
+from .data import DataConfig, Dataset, PoisonedData, load_dataset, load_poisoned_test, stratified_indices
 from .defenses import Defense, DefenseContext, get_defense
 from .defenses.base import cannot_pack
 from .metrics import score
@@ -62,12 +62,14 @@ class TrialConfig:
     defense: str = "nba"
     clean_fraction: float = 0.05  # the defender's stratified clean subset of the training set
     seed: int = 0
-    arch: str = "wrn-16-1"
+    arch: str = "wrn-16-1"  # also `model.arch`: wrn-DEPTH-WIDTH | preact-resnet18 | vgg16-bn
+    taps: Optional[list[str]] = None  # also `model.taps`: modules the distillation defenses read (None: the arch's)
     device: str = "auto"  # auto | cpu | cuda
     precision: Literal["no", "bf16"] = "no"  # fp16 is refused (training.FP16_REFUSED)
     cache_dir: Optional[str] = None  # artifact cache (default $NBA_CACHE_DIR or ~/.cache/nba_scale/artifacts)
     model_path: Optional[str] = None  # defend these weights (safetensors / state_dict) instead of training one
     save_path: Optional[str] = None  # write the repaired model here (.safetensors)
+    poisoned_test: Optional[str] = None  # the attacker's own triggered test set (.npz, data.load_poisoned_test)
     eval_exclude_target: bool = False  # NAD's clean accuracy drops target-class test images
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     backdoor: OptimConfig = dataclasses.field(default_factory=backdoor_optim)
@@ -77,6 +79,8 @@ class TrialConfig:
 
     def validate(self) -> None:
         require(0 < self.clean_fraction <= 1, f"clean_fraction={self.clean_fraction} must be in (0, 1]")
+        require(self.poisoned_test is None or Path(self.poisoned_test).expanduser().is_file(),
+                f"poisoned_test={self.poisoned_test!r} is not a file; give an .npz with x (uint8) and target")
         require(self.model_path is None or Path(self.model_path).is_file(),
                 f"model_path={self.model_path!r} is not a file; give the weights to defend (.safetensors or .pt)")
 
@@ -113,6 +117,11 @@ def with_preset(config: dict[str, Any], preset: Optional[str]) -> dict[str, Any]
 def parse_config(config: dict[str, Any]) -> TrialConfig:
     """Nested or dotted dict -> TrialConfig; plug-in sections move into attack/defense_params."""
     cfg = nest(config)
+    model = cfg.pop("model", None)  # `model.arch` / `model.taps`: the same keys as `arch` / `taps`
+    if model is not None:
+        require(isinstance(model, dict) and set(model) <= {"arch", "taps"},
+                f"model={model!r}: the model section takes `arch` and `taps` only")
+        cfg.update(model)
     attack, defense = cfg.get("attack", "badnets"), cfg.get("defense", "nba")
     for key, name in (("attack_params", attack), ("defense_params", defense)):
         if isinstance(name, str) and isinstance(cfg.get(name), dict):
@@ -125,6 +134,8 @@ def check_config(config: dict[str, Any]) -> TrialConfig:
     """parse_config plus the plug-ins' own keys and types: a driver calls this before any trial
     starts, so that a typo fails in one line rather than in a worker."""
     cfg = parse_config(config)
+    with torch.device("meta"):  # the architecture and its taps, without allocating a model
+        build_model(cfg.arch, 10, (0.5,) * 3, (0.25,) * 3, cfg.taps)
     build(get_attack(cfg.attack).Params, cfg.attack_params, cfg.attack)
     get_defense(cfg.defense)(cfg.defense_params)
     return cfg
@@ -171,10 +182,16 @@ class Setup:
     poisoned: Optional[PoisonedData] = None
 
     def new_model(self) -> torch.nn.Module:
-        return build_model(self.cfg.arch, self.ds.num_classes, self.ds.mean, self.ds.std)
+        return build_model(self.cfg.arch, self.ds.num_classes, self.ds.mean, self.ds.std, self.cfg.taps)
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
-        return score(model, self.ds.x_test, self.ds.y_test, self.poisoned, self.acc.device, self.attack.params.target)
+        return score(model, self.ds.x_test, self.ds.y_test, self.poisoned, self.acc.device, self.target)
+
+    @property
+    def target(self) -> int:
+        """The attack's target label (a brought test set's, where all its images share one)."""
+        t = self.poisoned.y_test_target if self.poisoned is not None else None
+        return int(t[0]) if t is not None and len(t) and bool((t == t[0]).all()) else self.attack.params.target
 
     @functools.cached_property
     def clean_subset(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,7 +227,14 @@ class Setup:
             spec = {**self.specs["backdoor"], "what": what}
             return self.cache.get_or_build(f"attack-{self.attack.name}", spec, lambda: (build_it(), {}), self.acc)[0]
 
-        return AttackContext(clean_model, artifact, self.acc.device)
+        def train_model(x: torch.Tensor, y: torch.Tensor, epochs: int, desc: str) -> torch.nn.Module:
+            setup_run(cfg.seed + 11)
+            m = self.new_model()
+            train(m, x, y, dataclasses.replace(cfg.backdoor, epochs=epochs), self.acc, flip=ds.flip,
+                  seed=cfg.seed + 11, desc=desc)
+            return m.to(self.acc.device).eval()
+
+        return AttackContext(clean_model, artifact, self.acc.device, train_model)
 
 
 def _setup(cfg: TrialConfig, timings: dict[str, float]) -> Setup:
@@ -222,6 +246,9 @@ def _setup(cfg: TrialConfig, timings: dict[str, float]) -> Setup:
     acc = make_accelerator(cfg.device, cfg.precision)
     s = Setup(cfg, ds, attack, acc, ArtifactCache(cfg.cache_dir), artifact_specs(cfg, ds, attack), timings)
     s.poisoned = attack.poison(ds.x_train, ds.y_train, ds.x_test, ds.y_test, s.attack_context())
+    if cfg.poisoned_test:  # ASR and RA on the attacker's own triggered images instead of ours
+        x, target, true = load_poisoned_test(cfg.poisoned_test, ds.num_classes)
+        s.poisoned = dataclasses.replace(s.poisoned, x_test=x, y_test_target=target, y_test_true=true)
     return s
 
 

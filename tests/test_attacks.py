@@ -57,14 +57,17 @@ def untrained_context():
 
 
 DATA = make_synthetic(1000, 300, seed=0)
-BOUNDS = {"blend": 0.2 * 255 + 0.5, "sig": 20.5, "refool": 0.4 * 255 + 0.5}
+# BPP: 8 levels are 36.4 apart; error diffusion can move a pixel by up to about one level.
+BOUNDS = {"blend": 0.2 * 255 + 0.5, "sig": 20.5, "bpp": 255 / 7 * 1.5}
 
 
-@pytest.mark.parametrize("name", ["blend", "sig", "refool", "cla", pytest.param("trojan", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", ["blend", "sig", "refool", "cla", "wanet", "bpp",
+                                  pytest.param("trojan", marks=pytest.mark.slow)])
 def test_poisoning_touches_only_the_chosen_images_and_labels_follow_the_attack_kind(name):
     x, y, xt, yt = DATA
     cls = get_attack(name)
-    params = {"steps": 20} if name == "trojan" else {}  # its trigger optimisation is tested on its own below
+    # Trojan's trigger optimisation and Refool's selection rounds are tested on their own.
+    params = {"steps": 20} if name == "trojan" else {"selection_rounds": 0} if name == "refool" else {}
     atk = cls(params, 10, seed=0)
     p = atk.poison(x, y, xt, yt, untrained_context())
     idx = p.poison_index
@@ -78,16 +81,24 @@ def test_poisoning_touches_only_the_chosen_images_and_labels_follow_the_attack_k
         assert len(idx) == round(atk.params.rate * len(y))
     rest = torch.ones(len(y), dtype=torch.bool)
     rest[idx] = False
+    noise = p.noise_index  # WaNet's noise mode, BPP's negatives: perturbed, true labels, never poisoned
+    assert (len(noise) > 0) == (name in ("wanet", "bpp")) and not torch.isin(noise, idx).any()
+    assert torch.equal(p.y_train[noise], y[noise]) and (p.x_train[noise] != x[noise]).flatten(1).any(1).all()
+    rest[noise] = False
     assert torch.equal(p.x_train[rest], x[rest]) and torch.equal(p.y_train[rest], y[rest])
     changed = (p.x_train[idx] != x[idx]).flatten(1).any(1)
     assert changed.float().mean() > 0.95  # (a noise blend can leave a rare image unchanged: it cannot here)
     # ASR set: every non-target test image, triggered.
     assert len(p.x_test) == int((yt != atk.params.target).sum()) and not torch.equal(p.x_test, xt[yt != atk.params.target])
+    if name == "wanet":
+        assert len(noise) == round(atk.params.cross_ratio * len(idx))
+    if name == "bpp":
+        assert len(noise) == round(atk.params.neg_ratio * len(y))
     again = cls(params, 10, seed=0).poison(x0, y0, xt, yt, untrained_context())
     assert torch.equal(again.x_train, p.x_train) and torch.equal(again.x_test, p.x_test)  # deterministic per seed
 
 
-@pytest.mark.parametrize("name", ["blend", "sig", "refool"])
+@pytest.mark.parametrize("name", ["blend", "sig", "bpp"])
 def test_perturbations_stay_within_their_stated_bounds(name):
     x, y, xt, yt = DATA
     p = get_attack(name)({}, 10, seed=0).poison(x, y, xt, yt)
@@ -97,20 +108,66 @@ def test_perturbations_stay_within_their_stated_bounds(name):
 
 def test_refool_draws_its_fallback_reflections_from_a_held_out_split(tmp_path):
     x, y, xt, yt = DATA
-    atk = get_attack("refool")({"n_reflections": 30}, 10, seed=0)
+    params = {"n_candidates": 30, "n_reflections": 30, "selection_rounds": 0}
+    atk = get_attack("refool")(params, 10, seed=0)
     p = atk.poison(x, y, xt, yt)
     held = atk.held_out
     assert len(held) == 30 and (y[held] != atk.params.target).all()  # other classes' images
     assert torch.equal(atk.pool, x[held])
     assert len(p.x_train) == len(x) - 30 and not torch.isin(held, p.train_index).any()  # not trained on
-    assert torch.equal(p.x_train, get_attack("refool")({"n_reflections": 30}, 10, seed=0).poison(x, y, xt, yt).x_train)
+    assert torch.equal(p.x_train, get_attack("refool")(params, 10, seed=0).poison(x, y, xt, yt).x_train)
     # From an image directory: those images, and every training image stays.
     from PIL import Image
 
     for k in range(3):
         Image.new("RGB", (40, 40), (80 * k, 0, 255)).save(tmp_path / f"r{k}.png")
-    p = get_attack("refool")({"reflection_dir": str(tmp_path)}, 10, seed=0).poison(x, y, xt, yt)
+    p = get_attack("refool")({"reflection_dir": str(tmp_path), "n_reflections": 3}, 10, seed=0).poison(x, y, xt, yt)
     assert torch.equal(p.train_index, torch.arange(len(x))) and len(p.x_train) == len(x)
+
+
+def test_refool_selection_rounds_train_a_surrogate_and_keep_the_reflections_it_learnt_best(tmp_path):
+    """Liu et al.'s Algorithm 1 with a stand-in surrogate that 'learns' bright reflections: it
+    calls an image the target when it is bright, so a bright reflection scores a high ASR."""
+    from PIL import Image
+
+    from nba_scale.attacks.refool import Refool
+
+    x, y, xt, yt = DATA
+    for k in range(8):  # candidates of rising brightness
+        Image.new("RGB", (32, 32), (30 * k,) * 3).save(tmp_path / f"r{k}.png")
+
+    class Bright(torch.nn.Module):
+        def forward(self, z):
+            s = z.mean((1, 2, 3))
+            return torch.stack([s] + [torch.full_like(s, 0.45)] * 9, 1)
+
+    trained, cached = [], {}
+
+    def fake_train(xp, yp, epochs, desc):
+        trained.append((len(xp), epochs, desc))
+        return Bright()
+
+    def artifact(what, build):
+        cached.setdefault(what, build())
+        return cached[what]
+
+    ctx = AttackContext(clean_model=None, artifact=artifact, train=fake_train)
+    params = {"reflection_dir": str(tmp_path), "n_candidates": 8, "n_reflections": 3, "selection_rounds": 3,
+              "selection_epochs": 4, "models": ["in_focus"]}
+    atk = Refool(params, 10, seed=0)
+    atk.poison(x, y, xt, yt, ctx)
+    assert [t[1:] for t in trained] == [(4, "refool selection 1/3"), (4, "refool selection 2/3"), (4, "refool selection 3/3")]
+    sel = cached["selection"]
+    chosen, score, scored = sel["chosen"].tolist(), sel["score"], sel["scored"]
+    assert len(chosen) == 3 and torch.equal(atk.pool, atk.candidates[chosen])
+    others = [i for i in range(8) if i not in chosen]
+    assert score[chosen].min() >= score[others].max()  # the top-m by score
+    # A score is the ASR the surrogate gives the reflection (the rest get the round's median): the
+    # rounds explore beyond the first top-m, and the brightest reflection, once scored, stays on top.
+    assert int(scored.sum()) >= 4 and scored[7] and score[7] == score.max() and 7 in chosen
+    assert 0 <= float(score.min()) < 0.5 < float(score[7]) <= 1
+    with pytest.raises(ConfigError, match="set refool.selection_rounds=0"):
+        Refool(params, 10).poison(x, y, xt, yt, AttackContext(clean_model=None, artifact=artifact))
 
 
 def test_cla_perturbation_is_within_eps_outside_the_four_corner_trigger():

@@ -24,12 +24,14 @@ DEFENSES = ["ft", "fp", "mcr", "nad", "argd", "nba"]
 
 
 def test_every_paper_campaign_exists_and_expands_to_its_grid():
-    assert set(list_campaigns()) >= {"table2", "clean-fraction", "ablation-terms", "ablation-losses",
+    assert set(list_campaigns()) >= {"table2", "clean-fraction", "ablation-terms", "ablation-losses", "newer-attacks",
                                      "representation", "udl-samples", "transfer"}
     t2 = load_campaign("table2").cells([0, 1, 2])
     assert len(t2) == 6 * 6 * 3 and {(c.attack, c.defense, c.seed) for c in t2} == set(
         itertools.product(SIX, DEFENSES, [0, 1, 2]))
     assert len({c.id for c in t2}) == len(t2)  # ids name rows: they must be unique
+    newer = load_campaign("newer-attacks").cells([0])
+    assert {(c.attack, c.defense) for c in newer} == set(itertools.product(["wanet", "bpp"], DEFENSES))
     cf = load_campaign("clean-fraction").cells([0])
     assert {c.clean_fraction for c in cf} == {0.01, 0.05, 0.1, 0.2} and len(cf) == 6 * 6 * 4
 

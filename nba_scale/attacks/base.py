@@ -34,11 +34,14 @@ class AttackContext:
 
     clean_model(): a model trained on the clean training set with the backdoor recipe, built once
     and cached, in eval mode with frozen parameters; artifact(what, build): tensors the attack computed, cached under the attack's
-    parameters and the data's fingerprint (`build() -> dict[str, Tensor]`).
+    parameters and the data's fingerprint (`build() -> dict[str, Tensor]`); train(x, y, epochs,
+    desc): a fresh model trained on uint8 images with the backdoor recipe for `epochs` epochs, in
+    eval mode (Refool's surrogate).
     """
     clean_model: Callable[[], torch.nn.Module]
     artifact: Callable[[str, Callable[[], dict[str, torch.Tensor]]], dict[str, torch.Tensor]]
     device: torch.device = torch.device("cpu")
+    train: Optional[Callable[[torch.Tensor, torch.Tensor, int, str], torch.nn.Module]] = None
 
 
 class Attack(abc.ABC):
@@ -88,6 +91,23 @@ class Attack(abc.ABC):
         """The poisoned versions of the selected training images (default: the trigger alone)."""
         return self.apply_trigger(x)
 
+    def noise_samples(self, x: torch.Tensor, y: torch.Tensor, poisoned: torch.Tensor
+                      ) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """(indices, images): training images, none of them in `poisoned`, that the attack replaces
+        with a perturbed copy under their true label (WaNet's noise mode, BPP's negative samples),
+        teaching the network that only the trigger itself means the target. Default: none."""
+        return None
+
+    def others(self, n: int, k: int, taken: torch.Tensor, salt: int) -> torch.Tensor:
+        """k of the rows 0..n-1 outside `taken` and the held-out rows, seeded (sorted)."""
+        free = torch.ones(n, dtype=torch.bool)
+        free[taken] = False
+        if self.held_out is not None:
+            free[self.held_out] = False
+        pool = torch.nonzero(free).flatten()
+        g = torch.Generator().manual_seed(salt + self.seed)
+        return torch.sort(pool[torch.randperm(len(pool), generator=g)[:min(k, len(pool))]]).values
+
     def needs_context(self, ctx: Optional[AttackContext]) -> AttackContext:
         require(ctx is not None, f"attack {self.name} learns from a clean model: run it through "
                                  f"nba_scale.run / run_trial or nba_scale.attacks.show")
@@ -113,15 +133,20 @@ class Attack(abc.ABC):
             x_p[idx] = self.poison_images(x_train[idx], y_train[idx], ctx)
         if not self.clean_label:
             y_p[idx] = self.params.target
+        noise = self.noise_samples(x_train, y_train, idx)
+        noise_idx = torch.empty(0, dtype=torch.long)
+        if noise is not None:
+            noise_idx, x_p[noise[0]] = noise
         rows = torch.ones(len(y_train), dtype=torch.bool)
         if self.held_out is not None:
             rows[self.held_out] = False
-            idx = (torch.cumsum(rows, 0) - 1)[idx]  # positions among the rows that stay
+            position = torch.cumsum(rows, 0) - 1  # of each row among the rows that stay
+            idx, noise_idx = position[idx], position[noise_idx]
             x_p, y_p = x_p[rows], y_p[rows]
         keep = y_test != self.params.target  # ASR is measured on non-target images only
         xt = self.apply_trigger(x_test[keep])
         return PoisonedData(x_p, y_p, idx, xt, torch.full_like(y_test[keep], self.params.target), y_test[keep],
-                            train_index=torch.nonzero(rows).flatten())
+                            train_index=torch.nonzero(rows).flatten(), noise_index=noise_idx)
 
     def describe(self) -> dict[str, Any]:
         rev = {"revision": self.revision} if self.revision else {}  # absent at 0: older cache keys stay valid

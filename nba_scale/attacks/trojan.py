@@ -3,9 +3,9 @@
 The trigger is not drawn by hand: its pixels, inside a square mask in the bottom-right corner,
 are optimised to drive one internal neuron of a clean model to a high activation, so that the
 trigger excites a feature the network already has. As in Liu et al., the neuron is the one with
-the largest sum of absolute incoming weights in the chosen layer; here the layer is the WRN's
-last convolution and a "neuron" one of its channels, read after the final BatchNorm + ReLU
-(the representation the classifier reads). The trigger then poisons the training set as BadNets
+the largest sum of absolute incoming weights in the chosen layer; here the layer is the model's
+last convolution and a "neuron" one of its channels, read as the pooled channel the classifier
+reads (on the WRN: after the final BatchNorm + ReLU). The trigger then poisons the training set as BadNets
 does (the re-implementations NAD and BackdoorBench evaluate; Liu et al. additionally retrain
 only the later layers, which does not apply when the attacker controls the whole training).
 
@@ -19,6 +19,7 @@ import dataclasses
 import torch
 
 from ..config import require
+from ..models import head, last_conv
 from .base import Attack, AttackParams, register
 
 
@@ -38,7 +39,7 @@ class TrojanParams(AttackParams):
 
 def select_neuron(model: torch.nn.Module) -> int:
     """Liu et al.: the neuron with the largest sum of absolute incoming weights."""
-    return int(model.last_conv.weight.detach().abs().sum(dim=(1, 2, 3)).argmax())
+    return int(last_conv(model).weight.detach().abs().sum(dim=(1, 2, 3)).argmax())
 
 
 @register("trojan")
@@ -73,7 +74,8 @@ def optimise_trigger(model, x_train, neuron: int, p: TrojanParams, seed: int, de
     logits = torch.randn(3, p.patch_size, p.patch_size, generator=g).to(device).requires_grad_(True)
     opt = torch.optim.Adam([logits], lr=p.lr)
     acts = {}
-    hook = model.bn.register_forward_hook(lambda m, i, o: acts.__setitem__("o", torch.relu(o)))
+    # The neuron's activation as the classifier reads it: its pooled channel.
+    hook = head(model).register_forward_pre_hook(lambda m, i: acts.__setitem__("o", i[0].flatten(1)))
     s = p.patch_size
     try:
         for step in range(p.steps):

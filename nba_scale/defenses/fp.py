@@ -3,16 +3,16 @@
 Backdoor neurons stay dormant on clean inputs, so: rank the last convolutional layer's channels
 by their mean activation on the clean subset, prune the least active first, then fine-tune.
 
-The last convolution of a pre-activation WRN feeds the residual sum and the final BN + ReLU
-that the classifier reads; that representation is the layer's activation, and a channel is
-pruned by zeroing the final BN's scale and shift for it (its output is then exactly 0 for every
-input, as removing the neuron in Liu et al.'s plain conv nets). Stopping rule (BackdoorBench's):
+The layer's activation is what the classifier reads: the pooled channels of the last stage (for
+the pre-activation WRN, after its final BN + ReLU). A channel is pruned by zeroing its column of
+the classifier's weight (`models.head`): it then reaches no logit for any input, exactly as
+removing the neuron in Liu et al.'s plain conv nets, on every architecture alike. Stopping rule (BackdoorBench's):
 prune in steps of `step` (1 %) of the channels and keep the largest pruning whose clean accuracy,
 measured on the clean subset, stays within `max_acc_drop` (10 %, relative) of the unpruned
 model's. Fine-tuning: 10 epochs at lr 0.01 (choice: Liu et al. fine-tune briefly at a small rate
 so the pruned network keeps its clean accuracy). Pruned channels are held at zero while
 fine-tuning by zeroing their gradients (rather than torch.nn.utils.prune's reparametrisation, so
-checkpoints stay plain WRN state dicts that load and resume anywhere).
+checkpoints stay plain state dicts that load and resume anywhere).
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import math
 import torch
 
 from ..config import require
+from ..models import head
 from ..training import OptimConfig, train
 from .base import Defense, register
 
@@ -45,9 +46,9 @@ class FPConfig:
 
 @torch.no_grad()
 def final_activations(model, x: torch.Tensor, device, batch_size: int = 500) -> torch.Tensor:
-    """(N, C) spatially pooled output of the final BN + ReLU (what the classifier reads)."""
+    """(N, C): the pooled last-stage channels the classifier reads."""
     acts = []
-    hook = model.bn.register_forward_hook(lambda m, i, o: acts.append(torch.relu(o).mean((2, 3))))
+    hook = head(model).register_forward_pre_hook(lambda m, i: acts.append(i[0].flatten(1)))
     was = model.training
     model.eval()
     try:
@@ -69,7 +70,7 @@ def choose_pruning(model, x, y, device, cfg: FPConfig) -> list[int]:
     def accuracy(pruned: torch.Tensor) -> float:
         a = act.clone()
         a[:, pruned] = 0
-        return (model.fc(a).argmax(1) == y).float().mean().item()
+        return (head(model)(a).argmax(1) == y).float().mean().item()
 
     base = accuracy(order[:0])
     step = max(1, math.ceil(cfg.step * c))
@@ -88,17 +89,16 @@ class FinePruning(Defense):
     def repair(self, model, ctx):
         dev = ctx.accelerator.device
         model = model.to(dev)
-        bn = model.bn
+        fc = head(model)
         if ctx.start_epoch > 0:  # resumed: the pruning is already in the weights
-            pruned = torch.nonzero((bn.weight == 0) & (bn.bias == 0)).flatten().tolist()
+            pruned = torch.nonzero((fc.weight == 0).all(0)).flatten().tolist()
         else:
             pruned = choose_pruning(model, ctx.x_clean, ctx.y_clean, dev, self.cfg)
-        mask = torch.ones_like(bn.weight)
-        mask[pruned] = 0
+        mask = torch.ones_like(fc.weight[:1])
+        mask[:, pruned] = 0
         with torch.no_grad():
-            bn.weight.mul_(mask)
-            bn.bias.mul_(mask)
-        hooks = [bn.weight.register_hook(lambda g: g * mask), bn.bias.register_hook(lambda g: g * mask)]
+            fc.weight.mul_(mask)
+        hooks = [fc.weight.register_hook(lambda g: g * mask)]
         try:
             model = train(model, ctx.x_clean, ctx.y_clean, self.cfg.optim, ctx.accelerator, flip=ctx.flip,
                           seed=ctx.seed, desc="fp", on_epoch_end=ctx.on_epoch_end, start_epoch=ctx.start_epoch,
@@ -107,5 +107,5 @@ class FinePruning(Defense):
             for h in hooks:
                 h.remove()
         self.info = {"pruned": len(pruned), "pruned_channels": ",".join(map(str, pruned)),
-                     "pruned_ratio": len(pruned) / len(mask)}
+                     "pruned_ratio": len(pruned) / mask.shape[1]}
         return model
