@@ -98,19 +98,21 @@ def read_checkpoint(path: Path) -> Any:
     if sniff(path) != "torch":
         raise CheckpointError(f"{path} is neither safetensors nor a PyTorch file (torch.save)")
     try:
-        with open(path, "rb") as f:
-            return torch.load(f, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        pass  # it pickles objects: read it again with tensors only
-    except Exception as e:
-        raise CheckpointError(f"corrupt checkpoint {path}: {str(e).strip().splitlines()[0]}") from None
-    try:
-        with open(path, "rb") as f:
+        return _torch_load(path, weights_only=True)
+    except pickle.UnpicklingError:  # it pickles objects: read it again, tensors only
+        try:
             # weights_only=False only to hand torch our own unpickler, which builds nothing but
             # tensors and plain containers (see _TensorsOnly).
-            return torch.load(f, map_location="cpu", weights_only=False, pickle_module=_TensorsOnlyPickle)
+            return _torch_load(path, weights_only=False, pickle_module=_TensorsOnlyPickle)
+        except Exception as e:
+            raise CheckpointError(f"corrupt checkpoint {path}: {str(e).strip().splitlines()[0]}") from None
     except Exception as e:
         raise CheckpointError(f"corrupt checkpoint {path}: {str(e).strip().splitlines()[0]}") from None
+
+
+def _torch_load(path: Path, **kwargs) -> Any:
+    with open(path, "rb") as f:  # a file object: torch.load would pick a loader from the file's name
+        return torch.load(f, map_location="cpu", **kwargs)
 
 
 def is_state(obj: Any) -> bool:
@@ -179,7 +181,9 @@ def convert(src: Path, fmt: str, arch: str | None = None, classes: int | None = 
     arch = arch or found
     if arch != found:
         raise ConfigError(f"--arch {arch} but the checkpoint is a {found}")
-    mean, std = mean or default_stats[0], std or default_stats[1]
+    # A file that already carries our buffers knows its own normalisation.
+    carried = [tuple(state[k].flatten().tolist()) if k in state else None for k in ("mean", "std")]
+    mean, std = mean or carried[0] or default_stats[0], std or carried[1] or default_stats[1]
     head = state.get("fc.weight", state.get("linear.weight", state.get("classifier.weight")))
     if head is None or head.dim() != 2:
         raise CheckpointError(f"{src}: no single linear classifier head (fc / linear / classifier.weight) among "

@@ -18,6 +18,7 @@ excites one of them.
 """
 from __future__ import annotations
 
+import abc
 import re
 from typing import Callable, Sequence
 
@@ -53,7 +54,7 @@ def run_tapped(net: nn.Module, names: Sequence[str], run: Callable[[], torch.Ten
     return logits, [outs[n] for n in names]
 
 
-class Classifier(nn.Module):
+class Classifier(nn.Module, abc.ABC):
     """Normalisation inside, taps by name. Subclasses build their layers and `logits(x)`."""
 
     default_taps: tuple[str, ...] = ()
@@ -64,8 +65,9 @@ class Classifier(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
         self.taps = tuple(self.default_taps)
 
+    @abc.abstractmethod
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Logits of normalised images."""
 
     def forward(self, x: torch.Tensor, features: bool = False):
         x = (x - self.mean) / self.std

@@ -57,6 +57,11 @@ def test_an_unknown_layout_names_the_keys_that_did_not_map(tmp_path):
     with pytest.raises(CheckpointError, match="not NAD's WideResNet layout"):
         convert.convert(tmp_path / "ours.pt", "nad")
     assert convert.main([str(tmp_path / "ours.pt"), str(tmp_path / "x.safetensors"), "--from", "torchvision"]) == 2
+    # Our own layout with its buffers: its normalisation is kept, not replaced by ImageNet's.
+    assert convert.main([str(tmp_path / "ours.pt"), str(tmp_path / "x.safetensors"), "--from", "torchvision",
+                         "--arch", "wrn-16-1"]) == 0
+    side = json.loads((tmp_path / "x.json").read_text())
+    assert side["mean"] == [0.5] * 3 and side["std"] == [0.25] * 3
 
 
 class Payload:

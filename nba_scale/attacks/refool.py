@@ -50,7 +50,7 @@ class RefoolParams(AttackParams):
     # Fraction of the target class poisoned (choice: Refool's CIFAR runs inject ~3 % of the
     # training set, i.e. about a third of one class; 0.8 here for the short budgets used on CPU).
     rate: float = 0.8
-    alpha_min: float = 0.05  # reflection share 1 - a of the ghost model (authors' code: 0.05-0.45)
+    alpha_min: float = 0.05  # reflection share 1 - a, every model (authors' code: 0.05-0.45)
     alpha_max: float = 0.45
     models: tuple[str, ...] = MODELS  # reflection models drawn from (paper: all three)
     sigma_min: float = 1.0  # out-of-focus blur, px at working_size (authors' code: U(1, 5))
