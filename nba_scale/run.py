@@ -62,9 +62,11 @@ def format_summary(r: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .training import plain_progress
     from .trial import run_trial
 
-    result = run_trial(config_from_args(args))
+    with plain_progress():  # the one trial is this command's own work: epoch lines where stderr is a log
+        result = run_trial(config_from_args(args))
     if args.json:
         print(format_summary(result), file=sys.stderr)
         print(json.dumps(result, default=str))

@@ -44,12 +44,18 @@ class OptimConfig:
     gamma: float = 0.1
     augment: bool = True  # random crop (+ flip where the dataset allows it)
     grad_clip: Optional[float] = None  # max global L2 norm of the gradient (None: no clipping)
+    # This stage's precision (None: the trial's). `bf16` inside an fp32 trial trains just this stage
+    # under bf16 autocast, e.g. the attacker's model, which the defense only reads; the reverse is
+    # refused (Accelerate wraps a bf16 trial's model forward in autocast for the whole process).
+    precision: Optional[Literal["no", "bf16"]] = None
 
     def validate(self) -> None:
         require(self.epochs >= 0, f"epochs={self.epochs} must be >= 0")
         require(self.batch_size >= 2, f"batch_size={self.batch_size} must be >= 2 (BatchNorm)")
         finite_positive("lr", self.lr)
         finite_positive("weight_decay", self.weight_decay, allow_zero=True)
+        require(self.precision != "fp16", FP16_REFUSED)
+        require(self.precision in (None, "no", "bf16"), f"precision={self.precision!r}: use no or bf16")
 
     def lr_at(self, epoch: int) -> float:
         if self.schedule == "cosine":
@@ -259,8 +265,22 @@ def train_pack(members: list[Member], x: torch.Tensor, y: torch.Tensor, accelera
         return _train_pack(members, batches, accelerator, fmt, desc, on_epoch_end, start_epoch)
 
 
+def stage_autocast(cfg: OptimConfig, accelerator):
+    """The autocast a stage trains under: the trial's (Accelerate's), or bf16 where the stage asks
+    for it inside an fp32 trial."""
+    trial = accelerator.mixed_precision
+    if cfg.precision in (None, trial):
+        return accelerator.autocast
+    if cfg.precision == "no":
+        raise ConfigError(f"a stage at precision=no inside a {trial} trial is not supported (Accelerate keeps the "
+                          f"trial's autocast on the model); run the trial at precision=no and set bf16 per stage")
+    device = accelerator.device.type
+    return lambda: torch.autocast(device_type=device, dtype=torch.bfloat16)
+
+
 def _train_pack(members, batches, accelerator, fmt, desc, on_epoch_end, start_epoch):
     cfg, world, seed = members[0].cfg, accelerator.num_processes, batches.seed
+    autocasts = [stage_autocast(m.cfg, accelerator) for m in members]
     optimizers = []
     for m in members:
         opt = make_optimizer(m.model, m.cfg)
@@ -290,7 +310,7 @@ def _train_pack(members, batches, accelerator, fmt, desc, on_epoch_end, start_ep
             xb = xb.contiguous(memory_format=fmt)
             for k in live:
                 m, opt = members[k], optimizers[k]
-                with rng(k) if rng else contextlib.nullcontext(), accelerator.autocast():
+                with rng(k) if rng else contextlib.nullcontext(), autocasts[k]():
                     loss = m.loss_fn(m.model, xb, yb)
                 opt.zero_grad(set_to_none=True)
                 accelerator.backward(loss)

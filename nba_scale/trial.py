@@ -81,6 +81,9 @@ class TrialConfig:
         require(0 < self.clean_fraction <= 1, f"clean_fraction={self.clean_fraction} must be in (0, 1]")
         require(self.poisoned_test is None or Path(self.poisoned_test).expanduser().is_file(),
                 f"poisoned_test={self.poisoned_test!r} is not a file; give an .npz with x (uint8) and target")
+        require(self.precision != "bf16" or "no" not in (self.backdoor.precision, self.teacher.precision),
+                "a stage at precision=no inside a bf16 trial is not supported; run the trial at precision=no and "
+                "set backdoor.precision / teacher.precision = bf16 where you want it")
         require(self.model_path is None or Path(self.model_path).is_file(),
                 f"model_path={self.model_path!r} is not a file; give the weights to defend (.safetensors or .pt)")
 
@@ -96,16 +99,41 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Learning rates for the architectures whose training diverges at the WRN recipe's, applied to every
+# stage whose default is higher, under the preset and the user's settings. PreAct-ResNet18 has no
+# BatchNorm after its last block: at lr 0.1 (nesterov) the backdoor recipe on CIFAR-10 went from loss
+# 2.3 to 332 in 4 steps and NaN in epoch 1 (kuangliu's PreActResNet18 gives the same losses to the
+# digit). BackdoorBench trains and defends it at 0.01. VGG16-BN at 0.1 stayed finite (40 steps).
+ARCH_LR: dict[str, float] = {"preact-resnet18": 0.01}
+
+
+def _arch_defaults(cfg: dict[str, Any], defense: str) -> dict[str, Any]:
+    model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
+    arch = str(cfg.get("arch", model.get("arch", TrialConfig.arch))).lower()
+    if arch not in ARCH_LR:
+        return {}
+    lr, base = ARCH_LR[arch], {}
+    for key, optim in (("backdoor.lr", backdoor_optim()), ("teacher.lr", nad_schedule(epochs=10))):
+        if optim.lr > lr:
+            base[key] = lr
+    fields = {f.name: f for f in dataclasses.fields(get_defense(defense).Config)}
+    if "optim" in fields:
+        f = fields["optim"]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if default.lr > lr:
+            base[f"{defense}.optim.lr"] = lr
+    return base
+
+
 def with_preset(config: dict[str, Any], preset: Optional[str]) -> dict[str, Any]:
-    if not preset:
-        return config
-    if preset not in PRESETS:
+    """`config` over the preset's budgets, over the architecture's learning rates (`ARCH_LR`)."""
+    if preset and preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     cfg = nest(config)
     defense = cfg.get("defense", "nba")
     trains = any(f.name == "optim" for f in dataclasses.fields(get_defense(defense).Config))
-    base = {}
-    for k, v in PRESETS[preset].items():
+    base = _arch_defaults(cfg, defense)
+    for k, v in PRESETS[preset].items() if preset else ():
         if k.startswith("defense."):
             if not trains:
                 continue
@@ -149,6 +177,12 @@ def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
+def _recipe(optim: OptimConfig) -> dict[str, Any]:
+    """A stage's schedule for its artifact's key; its precision is keyed beside it, resolved, so a
+    bf16 stage keys alike whether the trial or the stage asked for bf16."""
+    return {k: v for k, v in dataclasses.asdict(optim).items() if k != "precision"}
+
+
 def artifact_specs(cfg: TrialConfig, ds: Dataset, attack: Attack) -> dict[str, dict[str, Any]]:
     """What decides each cached artifact of a trial, hence its key: `clean` (the attacker's clean
     model, the recipe on clean data), `backdoor` (the attacked model) and `teacher` (the backdoored
@@ -158,13 +192,13 @@ def artifact_specs(cfg: TrialConfig, ds: Dataset, attack: Attack) -> dict[str, d
             "fingerprint": _fingerprint(ds.x_train, ds.y_train),
             "test_fingerprint": _fingerprint(ds.x_test, ds.y_test),
             "data": {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "data_dir"}}
-    clean = {**data, "arch": cfg.arch, "train": dataclasses.asdict(cfg.backdoor), "seed": cfg.seed,
-             "precision": cfg.precision}
+    clean = {**data, "arch": cfg.arch, "train": _recipe(cfg.backdoor), "seed": cfg.seed,
+             "precision": cfg.backdoor.precision or cfg.precision}
     backdoor = {**clean, "attack": attack.describe()}
     parent = ("file:" + hashlib.sha256(Path(cfg.model_path).read_bytes()).hexdigest()[:32] if cfg.model_path
               else spec_key(backdoor))
-    teacher = {"parent": parent, "clean_fraction": cfg.clean_fraction, "train": dataclasses.asdict(cfg.teacher),
-               "seed": cfg.seed, "precision": cfg.precision}
+    teacher = {"parent": parent, "clean_fraction": cfg.clean_fraction, "train": _recipe(cfg.teacher),
+               "seed": cfg.seed, "precision": cfg.teacher.precision or cfg.precision}
     return {"clean": clean, "backdoor": backdoor, "teacher": teacher}
 
 

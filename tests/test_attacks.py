@@ -7,6 +7,25 @@ from nba_scale.config import ConfigError
 from nba_scale.data import make_synthetic
 
 
+def test_badnets_reproduces_the_nad_codes_triggers_pixel_for_pixel_and_keeps_its_old_cache_key():
+    img = torch.full((1, 3, 32, 32), 128, dtype=torch.uint8)
+    # bboylyg/NAD data_loader.py, _gridTriger on an HWC array: img[row][col] = value.
+    nad = {(31, 31): 255, (31, 30): 0, (31, 29): 255, (30, 31): 0, (30, 30): 255, (30, 29): 0,
+           (29, 31): 255, (29, 30): 0, (29, 29): 0}
+    grid = BadNets({"pattern": "nad-grid"}, 10).apply_trigger(img)
+    assert all((grid[0, :, r, c] == v).all() for (r, c), v in nad.items())
+    assert (grid[..., :29, :] == 128).all() and (grid[..., :, :29] == 128).all()
+    # _squareTrigger with trig_w = trig_h = 3 at its distance 1: rows and columns 28..30 white.
+    square = BadNets({"pattern": "white", "margin": 1}, 10).apply_trigger(img)
+    assert (square[..., 28:31, 28:31] == 255).all() and (square == 255).sum() == 27
+    assert "pattern" not in BadNets({}, 10).describe()  # the checkerboard's artifacts keep their keys
+    assert BadNets({"pattern": "nad-grid"}, 10).describe()["pattern"] == "nad-grid"
+    with pytest.raises(ConfigError, match="pattern='grid': use one of checkerboard, nad-grid, white"):
+        BadNets({"pattern": "grid"}, 10)
+    with pytest.raises(ConfigError, match="fixed 3x3 corner trigger"):
+        BadNets({"pattern": "nad-grid", "patch_size": 4}, 10)
+
+
 def test_registry_errors_list_known_names():
     with pytest.raises(ConfigError, match="unknown attack 'badnet'; known: badnets") as e:
         get_attack("badnet")

@@ -43,3 +43,18 @@ def test_nested_dataclass_build_checks_plugin_keys():
     assert build(NBAConfig, {"optim.epochs": 3}).optim.epochs == 3
     with pytest.raises(ConfigError, match="nba.terms"):
         build(NBAConfig, {"terms": ["rnb", "xyz"]}, "nba")
+
+
+def test_preact_resnet18_trains_every_stage_at_its_own_learning_rate_unless_the_user_sets_one():
+    """At the WRN recipe's lr 0.1 PreAct-ResNet18 diverges (trial.ARCH_LR); FP's and MCR's 0.01
+    stay, the user's own value wins, the WRN keeps 0.1."""
+    def cfg(**c):
+        return parse_config(with_preset({"dataset": "synthetic", **c}, "quick"))
+
+    preact = cfg(defense="nba", model={"arch": "preact-resnet18"})
+    assert (preact.backdoor.lr, preact.teacher.lr, preact.defense_params["optim"]["lr"]) == (0.01, 0.01, 0.01)
+    assert cfg(defense="fp", arch="preact-resnet18").defense_params["optim"] == {"epochs": 10}
+    mine = cfg(defense="nad", arch="PreAct-ResNet18", backdoor={"lr": 0.05}, nad={"optim": {"lr": 0.02}})
+    assert (mine.backdoor.lr, mine.teacher.lr, mine.defense_params["optim"]["lr"]) == (0.05, 0.01, 0.02)
+    wrn = cfg(defense="nba")
+    assert (wrn.backdoor.lr, wrn.teacher.lr) == (0.1, 0.1) and "lr" not in wrn.defense_params["optim"]

@@ -48,3 +48,43 @@ def test_trials_default_to_one_gpu_each_where_there_are_gpus(monkeypatch, capsys
     assert Shape.from_args(args).gpus == 1.0
     assert "2 GPU(s) found: each trial gets one" in capsys.readouterr().out
     assert Shape.from_args(argparse.Namespace(**{**vars(args), "gpus_per_trial": 0.0})).gpus == 0.0
+
+
+def test_a_stage_can_train_in_bf16_inside_an_fp32_trial_and_keys_its_artifact_alike():
+    """The attacker's model (which the defense only reads) may train in bf16 while the defense
+    runs in fp32; its artifact is the one a whole-bf16 trial would build, and not an fp32 one."""
+    import dataclasses
+
+    from nba_scale.training import OptimConfig, train
+
+    seen = []
+
+    def loss_fn(model, x, y):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return torch.nn.functional.cross_entropy(model(x.float().mean((2, 3))), y)
+
+    x, y = torch.randint(0, 255, (8, 3, 4, 4), dtype=torch.uint8), torch.arange(8) % 2
+    acc = make_accelerator("cpu", "no")
+    stage = OptimConfig(epochs=1, lr=0.01, batch_size=4, augment=False)
+    for precision, expected in ((None, False), ("bf16", True)):
+        seen.clear()
+        train(torch.nn.Linear(3, 2), x, y, dataclasses.replace(stage, precision=precision), acc, loss_fn=loss_fn)
+        assert seen == [expected] * 2
+    with pytest.raises(ConfigError, match="precision=no inside a bf16 trial"):
+        train(torch.nn.Linear(3, 2), x, y, dataclasses.replace(stage, precision="no"), make_accelerator("cpu", "bf16"),
+              loss_fn=loss_fn)
+    with pytest.raises(ConfigError, match="precision=no inside a bf16 trial"):
+        check_config({"dataset": "synthetic", "precision": "bf16", "backdoor.precision": "no"})
+
+    from nba_scale.attacks import get_attack
+    from nba_scale.data import load_dataset
+    from nba_scale.trial import artifact_specs
+
+    small = {"dataset": "synthetic", "data.synthetic_train": 200, "data.synthetic_test": 50}
+    whole, staged, plain = (check_config({**small, **c}) for c in
+                            ({"precision": "bf16"}, {"backdoor.precision": "bf16"}, {}))
+    ds = load_dataset("synthetic", plain.data, 0)
+    whole, staged, plain = (artifact_specs(c, ds, get_attack("badnets")({}, ds.num_classes, 0))
+                            for c in (whole, staged, plain))
+    assert whole["backdoor"] == staged["backdoor"] != plain["backdoor"]
+    assert staged["teacher"]["precision"] == "no" and whole["teacher"]["precision"] == "bf16"
