@@ -6,11 +6,13 @@ refuses pickled Python objects; that refusal becomes a one-line `CheckpointError
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Optional
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_write
@@ -37,6 +39,24 @@ def sniff(path: Path) -> str:
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
         return "torch"
     return "unknown"
+
+
+def saved_arch(path: str | os.PathLike) -> Optional[str]:
+    """The architecture a safetensors file names in its metadata (`nba_scale.convert` writes it),
+    or None: another format, no such entry, or a file that cannot be read (loading it says why)."""
+    path = Path(path).expanduser()
+    if not path.is_file() or sniff(path) != "safetensors":
+        return None
+    try:
+        with safe_open(str(path), "pt") as f:
+            arch = (f.metadata() or {}).get("arch")
+    except (SafetensorError, OSError, ValueError):
+        return None
+    try:  # convert writes JSON values ("\"wrn-16-1\""), a trial's --save the bare name
+        arch = json.loads(arch) if arch is not None else None
+    except ValueError:
+        pass
+    return arch if isinstance(arch, str) else None
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:

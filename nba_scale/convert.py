@@ -6,7 +6,7 @@ layer names to ours, check every shape, write safetensors plus a JSON sidecar.
     python -m nba_scale.convert model.pth OUT.safetensors --from torchvision --arch preact-resnet18 \\
         --mean 0.4914 0.4822 0.4465 --std 0.247 0.243 0.261
 
-then `python -m nba_scale.run --model OUT.safetensors --arch ARCH ...` (the sidecar names ARCH).
+then `python -m nba_scale.run --model OUT.safetensors ...` (the architecture comes from the file).
 Formats (docs/CONVERT.md lists the exact key patterns):
 - `nad`: the NAD authors' WideResNet (`block{1,2,3}.layer.{i}.{bn1,conv1,bn2,conv2,convShortcut}`,
   `conv1`, `bn1`, `fc`), fed raw [0, 1] pixels (mean 0, std 1); depth and width read from the keys.
@@ -235,8 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     with atomic_write(args.out.with_suffix(".json")) as tmp:
         Path(tmp).write_text(json.dumps(sidecar, indent=1) + "\n")
     print(f"wrote {args.out} ({sidecar['arch']}, {sidecar['classes']} classes, mean {sidecar['mean']}, "
-          f"std {sidecar['std']}); defend it with: python -m nba_scale.run --model {args.out} "
-          f"--arch {sidecar['arch']} ...")
+          f"std {sidecar['std']}); defend it with: python -m nba_scale.run --model {args.out} ...")
     return 0
 
 

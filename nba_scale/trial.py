@@ -38,7 +38,7 @@ import torch
 
 from .artifacts import ArtifactCache, spec_key
 from .attacks import Attack, AttackContext, get_attack
-from .checkpoints import load_into, save_weights
+from .checkpoints import load_into, saved_arch, save_weights
 from .config import ConfigError, build, flatten, merge, nest, require
 from .data import DataConfig, Dataset, PoisonedData, load_dataset, load_poisoned_test, stratified_indices
 from .defenses import Defense, DefenseContext, get_defense
@@ -108,11 +108,19 @@ ARCH_LR: dict[str, float] = {"preact-resnet18": 0.01}
 
 
 def _arch_defaults(cfg: dict[str, Any], defense: str) -> dict[str, Any]:
+    """The brought model's architecture (from its file, where it names one) and the learning rates
+    of the architecture (`ARCH_LR`), as defaults under the config."""
     model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
-    arch = str(cfg.get("arch", model.get("arch", TrialConfig.arch))).lower()
+    asked = cfg.get("arch", model.get("arch"))
+    saved = saved_arch(cfg["model_path"]) if isinstance(cfg.get("model_path"), str) else None
+    if saved and asked and str(asked).lower() != saved.lower():
+        raise ConfigError(f"{cfg['model_path']} holds a {saved}, but the run asks arch={asked}: drop --arch / "
+                          f"model.arch (the file's is used) or give the matching one")
+    base: dict[str, Any] = {"arch": saved} if saved and not asked else {}
+    arch = str(asked or saved or TrialConfig.arch).lower()
     if arch not in ARCH_LR:
-        return {}
-    lr, base = ARCH_LR[arch], {}
+        return base
+    lr = ARCH_LR[arch]
     for key, optim in (("backdoor.lr", backdoor_optim()), ("teacher.lr", nad_schedule(epochs=10))):
         if optim.lr > lr:
             base[key] = lr
@@ -126,7 +134,7 @@ def _arch_defaults(cfg: dict[str, Any], defense: str) -> dict[str, Any]:
 
 
 def with_preset(config: dict[str, Any], preset: Optional[str]) -> dict[str, Any]:
-    """`config` over the preset's budgets, over the architecture's learning rates (`ARCH_LR`)."""
+    """`config` over the preset's budgets, over the architecture's defaults (`_arch_defaults`)."""
     if preset and preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     cfg = nest(config)

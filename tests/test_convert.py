@@ -10,7 +10,9 @@ import torch
 from conftest import small_config
 from nba_scale import convert
 from nba_scale.checkpoints import CheckpointError, load_weights
+from nba_scale.config import ConfigError
 from nba_scale.models import WideResNet, build_model
+from nba_scale.trial import parse_config, with_preset
 
 
 def nad_layout(state):
@@ -95,6 +97,11 @@ def test_a_backdoorbench_result_file_is_read_without_running_what_it_pickles(tmp
     x = torch.rand(2, 3, 32, 32)
     mean, std = torch.tensor(side["mean"]).view(1, 3, 1, 1), torch.tensor(side["std"]).view(1, 3, 1, 1)
     assert torch.allclose(ours(x), net((x - mean) / std), atol=1e-4)  # their normalisation, now inside
+    # A run on the converted file takes its architecture (and that architecture's lr) from the file.
+    brought = parse_config(with_preset({"dataset": "synthetic", "model_path": str(out)}, "quick"))
+    assert brought.arch == "preact-resnet18" and brought.teacher.lr == 0.01
+    with pytest.raises(ConfigError, match="holds a preact-resnet18, but the run asks arch=wrn-16-1: drop --arch"):
+        with_preset({"dataset": "synthetic", "model_path": str(out), "model": {"arch": "wrn-16-1"}}, None)
 
 
 @pytest.mark.slow

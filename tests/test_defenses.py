@@ -71,13 +71,14 @@ def test_each_defense_changes_the_model_and_lowers_badnets_asr(name, cache_dir):
 
 @pytest.mark.slow
 def test_fine_pruning_prunes_exactly_the_channels_it_reports(cache_dir, tmp_path):
-    from nba_scale.checkpoints import load_weights
+    from nba_scale.checkpoints import load_weights, saved_arch
     from nba_scale.models import build_model, head
 
     out = tmp_path / "fp.safetensors"
     cfg = small_config(cache_dir, defense="fp", save_path=str(out), **{"fp.optim.epochs": 1})
     r = run_trial(cfg)
     assert r["status"] == "ok" and r["fp_pruned"] > 0
+    assert saved_arch(out) == "wrn-16-1"  # so `--model` of a repaired model needs no --arch
     pruned = [int(c) for c in r["fp_pruned_channels"].split(",")]
     assert len(pruned) == r["fp_pruned"]
     model = build_model("wrn-16-1", 10, (0.5,) * 3, (0.25,) * 3)
