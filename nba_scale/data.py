@@ -347,8 +347,12 @@ def load_dataset(name: str, cfg: DataConfig | None = None, seed: int = 0) -> Dat
 # device-side batches and augmentation
 
 
-def augment(x: torch.Tensor, flip: bool, pad: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random crop with zero padding + optional horizontal flip, on a whole uint8 batch at once."""
+def augment(x: torch.Tensor, flip: bool, pad: int = 4, generator: torch.Generator | None = None,
+            cutout: int = 0) -> torch.Tensor:
+    """Random crop with zero padding + optional horizontal flip (+ `cutout`), on a whole uint8
+    batch at once. `cutout` L > 0: one black square per image, centred anywhere, rows and columns
+    [c - L//2, c + L//2) clipped to the image, as the NAD code's `Cutout(1, L)` (its teacher and
+    NAD training use L = 3, a 2x2 hole)."""
     b, c, h, w = x.shape
     dev = x.device
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
@@ -360,6 +364,14 @@ def augment(x: torch.Tensor, flip: bool, pad: int = 4, generator: torch.Generato
     if flip:
         mask = torch.rand(b, device=dev, generator=generator) < 0.5
         out = torch.where(mask[:, None, None, None], out.flip(3), out)
+    if cutout:
+        half = cutout // 2
+        cy = torch.randint(0, h, (b, 1), device=dev, generator=generator)
+        cx = torch.randint(0, w, (b, 1), device=dev, generator=generator)
+        r, c = torch.arange(h, device=dev), torch.arange(w, device=dev)
+        rows_in = (r >= cy - half) & (r < cy + half)  # (B, H)
+        cols_in = (c >= cx - half) & (c < cx + half)  # (B, W)
+        out = out.masked_fill((rows_in[:, :, None] & cols_in[:, None, :])[:, None], 0)
     return out
 
 
@@ -372,8 +384,9 @@ class Batches:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device | str,
                  shuffle: bool = True, augment: bool = False, flip: bool = True, seed: int = 0,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, cutout: int = 0):
         self.x, self.y = x.to(device), y.to(device)
+        self.cutout = cutout
         self.batch_size, self.shuffle, self.aug, self.flip = batch_size, shuffle, augment, flip
         self.device = torch.device(device)
         self.rank, self.world = rank, world
@@ -401,5 +414,5 @@ class Batches:
                 continue
             xb = self.x[idx]
             if self.aug:
-                xb = augment(xb, self.flip, generator=self.gen)
+                xb = augment(xb, self.flip, generator=self.gen, cutout=self.cutout)
             yield xb.float().div_(255), self.y[idx]

@@ -43,6 +43,7 @@ class OptimConfig:
     milestones: tuple[int, ...] = ()  # `step`: epochs (0-based) at which lr is multiplied by gamma
     gamma: float = 0.1
     augment: bool = True  # random crop (+ flip where the dataset allows it)
+    cutout: int = 0  # with augment: one black L x L-ish hole per image, as the NAD code's Cutout(1, L) (data.augment)
     grad_clip: Optional[float] = None  # max global L2 norm of the gradient (None: no clipping)
     # This stage's precision (None: the trial's). `bf16` inside an fp32 trial trains just this stage
     # under bf16 autocast, e.g. the attacker's model, which the defense only reads; the reverse is
@@ -54,6 +55,7 @@ class OptimConfig:
         require(self.batch_size >= 2, f"batch_size={self.batch_size} must be >= 2 (BatchNorm)")
         finite_positive("lr", self.lr)
         finite_positive("weight_decay", self.weight_decay, allow_zero=True)
+        require(0 <= self.cutout <= 32, f"cutout={self.cutout} must be in 0..32 (0: none)")
         require(self.precision != "fp16", FP16_REFUSED)
         require(self.precision in (None, "no", "bf16"), f"precision={self.precision!r}: use no or bf16")
 
@@ -248,17 +250,17 @@ def train_pack(members: list[Member], x: torch.Tensor, y: torch.Tensor, accelera
     """
     cfg = members[0].cfg
     for m in members[1:]:
-        if (m.cfg.epochs, m.cfg.batch_size, m.cfg.augment) != (cfg.epochs, cfg.batch_size, cfg.augment):
-            raise ConfigError(f"a pack's members must share epochs, batch_size and augment (the batches are shared); "
-                              f"got {m.cfg.epochs}/{m.cfg.batch_size}/{m.cfg.augment} beside "
-                              f"{cfg.epochs}/{cfg.batch_size}/{cfg.augment}")
+        mine, first = ((c.epochs, c.batch_size, c.augment, c.cutout) for c in (m.cfg, cfg))
+        if mine != first:
+            raise ConfigError(f"a pack's members must share epochs, batch_size, augment and cutout (the batches are "
+                              f"shared); got {'/'.join(map(str, mine))} beside {'/'.join(map(str, first))}")
     world = accelerator.num_processes
     if world > 1 and len(members) > 1:
         raise ConfigError("packed trials run in one process: use --pack 1 with data-parallel workers")
     # The config's batch size is the global one, split over the data-parallel processes, so a
     # hyper-parameter means the same thing on one GPU and on eight.
     batches = Batches(x, y, max(2, cfg.batch_size // world), accelerator.device, shuffle=True, augment=cfg.augment,
-                      flip=flip, seed=seed, rank=accelerator.process_index, world=world)
+                      flip=flip, seed=seed, rank=accelerator.process_index, world=world, cutout=cfg.cutout)
     with contextlib.ExitStack() as layouts:
         formats = [layouts.enter_context(fast_layout(m.model, accelerator.device)) for m in members]
         fmt = formats[0]  # the members share an architecture

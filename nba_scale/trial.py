@@ -187,8 +187,12 @@ def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
 
 def _recipe(optim: OptimConfig) -> dict[str, Any]:
     """A stage's schedule for its artifact's key; its precision is keyed beside it, resolved, so a
-    bf16 stage keys alike whether the trial or the stage asked for bf16."""
-    return {k: v for k, v in dataclasses.asdict(optim).items() if k != "precision"}
+    bf16 stage keys alike whether the trial or the stage asked for bf16. Fields added later are
+    left out at their neutral value, so the artifacts built before them keep their keys."""
+    recipe = {k: v for k, v in dataclasses.asdict(optim).items() if k != "precision"}
+    if not recipe["cutout"]:
+        del recipe["cutout"]
+    return recipe
 
 
 def artifact_specs(cfg: TrialConfig, ds: Dataset, attack: Attack) -> dict[str, dict[str, Any]]:

@@ -74,6 +74,21 @@ def test_augment_crops_and_flips_only_when_allowed():
     assert len(shifts) > 10  # crops differ per image
 
 
+def test_cutout_blacks_out_one_hole_as_the_nad_codes_cutout_and_nothing_without_it():
+    x = torch.full((2000, 3, 32, 32), 200, dtype=torch.uint8)
+    holes = augment(x, flip=False, pad=0, generator=torch.Generator().manual_seed(0), cutout=3)
+    dark = holes[:, 0] == 0
+    assert torch.equal(dark, (holes == 0).all(1))  # every channel alike
+    for im in dark[:200]:  # one axis-aligned hole, 2x2 (rows/cols c-1, c) or clipped at the top/left edge
+        rows, cols = torch.nonzero(im.any(1)).flatten(), torch.nonzero(im.any(0)).flatten()
+        assert im.sum() == len(rows) * len(cols) and 1 <= len(rows) <= 2 and 1 <= len(cols) <= 2
+        assert rows.max() - rows.min() < 2 and cols.max() - cols.min() < 2
+    # Centres uniform over the image: 30/32 of them (not on row or column 0) per axis give 2 px.
+    assert abs(dark.sum((1, 2)).float().mean().item() - (1 + 31 / 32) ** 2) < 0.1
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    assert torch.equal(augment(x[:8], True, generator=g1), augment(x[:8], True, generator=g2, cutout=0))
+
+
 def test_batches_shard_disjointly_and_cover_each_epoch():
     x = torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1).expand(100, 3, 2, 2).contiguous()
     y = torch.arange(100)

@@ -87,4 +87,5 @@ def test_a_stage_can_train_in_bf16_inside_an_fp32_trial_and_keys_its_artifact_al
     whole, staged, plain = (artifact_specs(c, ds, get_attack("badnets")({}, ds.num_classes, 0))
                             for c in (whole, staged, plain))
     assert whole["backdoor"] == staged["backdoor"] != plain["backdoor"]
+    assert not {"cutout", "precision"} & set(plain["backdoor"]["train"])  # later fields: older keys hold
     assert staged["teacher"]["precision"] == "no" and whole["teacher"]["precision"] == "bf16"
