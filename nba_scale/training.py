@@ -98,6 +98,11 @@ FP16_REFUSED = ("precision=fp16 is not supported: RNB and LNB sum squared Gram e
                 "(fp32's range) or no")
 
 
+FP32_STAGE_REFUSED = ("a stage at precision=no inside a bf16 trial is not supported (Accelerate keeps the trial's "
+                      "autocast on the model); run the trial at precision=no and set backdoor.precision, "
+                      "teacher.precision or <defense>.optim.precision to bf16 where you want it")
+
+
 def make_accelerator(device: str = "auto", precision: str = "no"):
     """An Accelerator on `device` with `precision`. Accelerate keeps one state per process, and a
     Ray actor runs trial after trial: a later trial asking another device or precision would fail
@@ -274,8 +279,7 @@ def stage_autocast(cfg: OptimConfig, accelerator):
     if cfg.precision in (None, trial):
         return accelerator.autocast
     if cfg.precision == "no":
-        raise ConfigError(f"a stage at precision=no inside a {trial} trial is not supported (Accelerate keeps the "
-                          f"trial's autocast on the model); run the trial at precision=no and set bf16 per stage")
+        raise ConfigError(FP32_STAGE_REFUSED)
     device = accelerator.device.type
     return lambda: torch.autocast(device_type=device, dtype=torch.bfloat16)
 

@@ -46,7 +46,7 @@ from .defenses.base import cannot_pack
 from .metrics import score
 from .models import build_model
 from .provenance import code_version
-from .training import FP16_REFUSED, NonFiniteLoss, OptimConfig, make_accelerator, nad_schedule, plain_progress, setup_run, train
+from .training import FP16_REFUSED, FP32_STAGE_REFUSED, NonFiniteLoss, OptimConfig, make_accelerator, nad_schedule, plain_progress, setup_run, train
 
 log = logging.getLogger("nba_scale")
 
@@ -82,8 +82,7 @@ class TrialConfig:
         require(self.poisoned_test is None or Path(self.poisoned_test).expanduser().is_file(),
                 f"poisoned_test={self.poisoned_test!r} is not a file; give an .npz with x (uint8) and target")
         require(self.precision != "bf16" or "no" not in (self.backdoor.precision, self.teacher.precision),
-                "a stage at precision=no inside a bf16 trial is not supported; run the trial at precision=no and "
-                "set backdoor.precision / teacher.precision = bf16 where you want it")
+                FP32_STAGE_REFUSED)
         require(self.model_path is None or Path(self.model_path).is_file(),
                 f"model_path={self.model_path!r} is not a file; give the weights to defend (.safetensors or .pt)")
 
