@@ -170,7 +170,8 @@ def check_config(config: dict[str, Any]) -> TrialConfig:
     with torch.device("meta"):  # the architecture and its taps, without allocating a model
         build_model(cfg.arch, 10, (0.5,) * 3, (0.25,) * 3, cfg.taps)
     build(get_attack(cfg.attack).Params, cfg.attack_params, cfg.attack)
-    get_defense(cfg.defense)(cfg.defense_params)
+    optim = getattr(get_defense(cfg.defense)(cfg.defense_params).cfg, "optim", None)
+    require(cfg.precision != "bf16" or optim is None or optim.precision != "no", FP32_STAGE_REFUSED)
     return cfg
 
 

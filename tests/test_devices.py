@@ -75,6 +75,8 @@ def test_a_stage_can_train_in_bf16_inside_an_fp32_trial_and_keys_its_artifact_al
               loss_fn=loss_fn)
     with pytest.raises(ConfigError, match="precision=no inside a bf16 trial"):
         check_config({"dataset": "synthetic", "precision": "bf16", "backdoor.precision": "no"})
+    with pytest.raises(ConfigError, match="precision=no inside a bf16 trial"):  # before any trial starts
+        check_config({"dataset": "synthetic", "precision": "bf16", "defense": "nba", "nba.optim.precision": "no"})
 
     from nba_scale.attacks import get_attack
     from nba_scale.data import load_dataset
