@@ -288,3 +288,25 @@ def test_a_packed_campaign_writes_the_rows_of_the_unpacked_one(tmp_path):
         assert (x["asr"], x["ba"]) == (alone[cell]["asr"], alone[cell]["ba"]), cell
     members = [x for x in packed.values() if x["defense"] == "nba"]
     assert len({x["pack_id"] for x in members}) == 1 and sorted(x["member"] for x in members) == [0, 1, 2]
+
+
+def test_cells_start_longest_first_by_the_earlier_rows_of_their_defense(tmp_path):
+    from nba_scale.sweep.campaign import estimate_s, longest_first, mean_walls
+    from nba_scale.sweep.store import write_row
+
+    earlier = [("nba", 900.0, "ok", "npz:a"), ("nba", 1000.0, "ok", "npz:a"), ("ft", 150.0, "ok", "npz:a"),
+               ("nad", 220.0, "ok", "npz:a"), ("ft", 5000.0, "failed", "npz:a"), ("fp", 9000.0, "ok", "npz:b")]
+    for i, (defense, wall, status, spec) in enumerate(earlier):
+        write_row(tmp_path / "old", {"trial_id": f"t{i}", "dataset": spec[4:], "dataset_spec": spec, "attack": "badnets",
+                                     "defense": defense, "clean_fraction": 0.05, "status": status, "wall_s": wall})
+    walls = mean_walls(tmp_path, "npz:a")  # failed rows and other datasets say nothing about these cells
+    assert walls == {"nba": 950.0, "ft": 150.0, "nad": 220.0}
+
+    cells = load_campaign("table2").cells([0], {"attack": ["blend", "sig"], "defense": ["ft", "nad", "nba"]})
+    ordered = [c for c, _ in longest_first([(c, {}) for c in cells], walls)]
+    assert [(c.attack, c.defense) for c in ordered] == [("blend", "nba"), ("sig", "nba"), ("blend", "nad"),
+                                                         ("sig", "nad"), ("blend", "ft"), ("sig", "ft")]
+    assert estimate_s(cells, walls, 2) == pytest.approx((950 + 220 + 150) * 2 / 2)
+    fp = load_campaign("table2").cells([0], {"attack": ["blend"], "defense": ["ft", "fp"]})
+    assert estimate_s(fp, walls, 2) is None  # never measured on this dataset
+    assert [c.defense for c, _ in longest_first([(c, {}) for c in fp], walls)] == ["fp", "ft"]  # unknown first

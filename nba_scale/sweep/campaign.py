@@ -13,7 +13,7 @@ cells, each one trial of `run_trial` through the same trainable, artifact cache 
 as a sweep (rows in `--results DIR/NAME/`, trial id = cell id; `nba_scale.compare` runs the
 `table2` grid the same way, one cell after the other in this process, without Ray). Before running it prints the plan:
 cells, those already finished, and an estimate from the per-trial times measured in DIR's earlier
-rows. On this machine the backdoored models and teachers are built first with every core; on a
+rows; the same times start the longest cells first. On this machine the backdoored models and teachers are built first with every core; on a
 cluster (`--address`) Ray tasks build them, a whole GPU each, before the cells start.
 
 Resume: a cell is finished when its row says status ok. `--resume` runs every other cell again
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import statistics
 import sys
@@ -55,20 +56,30 @@ def finished_cells(root: Path) -> dict[str, dict]:
     return {r["trial_id"]: r for r in read_table(root).to_pylist() if r.get("status") == "ok"}
 
 
-def estimate_s(todo: list[Cell], results: Path, dataset: str, concurrency: int) -> Optional[float]:
-    """Seconds for `todo` from the mean wall time of earlier ok rows (same dataset, per defense)
-    anywhere under `results`; None when some defense was never measured there."""
+def mean_walls(results: Path, dataset: str) -> dict[str, float]:
+    """Mean wall time per defense of the earlier ok rows on `dataset` anywhere under `results`."""
     from .store import read_table
 
-    if not results.exists():
-        return None
     walls: dict[str, list[float]] = {}
-    for r in read_table(results).to_pylist():
-        if r.get("status") == "ok" and r.get("dataset_spec") == dataset and r.get("wall_s"):
-            walls.setdefault(r["defense"], []).append(float(r["wall_s"]))
+    if results.exists():
+        for r in read_table(results).to_pylist():
+            if r.get("status") == "ok" and r.get("dataset_spec") == dataset and r.get("wall_s"):
+                walls.setdefault(r["defense"], []).append(float(r["wall_s"]))
+    return {d: statistics.fmean(w) for d, w in walls.items()}
+
+
+def estimate_s(todo: list[Cell], walls: dict[str, float], concurrency: int) -> Optional[float]:
+    """Seconds for `todo` from `mean_walls`; None when some defense was never measured."""
     if any(c.defense not in walls for c in todo):
         return None
-    return sum(statistics.fmean(walls[c.defense]) for c in todo) / max(1, concurrency)
+    return sum(walls[c.defense] for c in todo) / max(1, concurrency)
+
+
+def longest_first(todo: list[tuple[Cell, dict]], walls: dict[str, float]) -> list[tuple[Cell, dict]]:
+    """The cells in decreasing expected wall time, a defense never measured counting as longest.
+    Started in grid order, a campaign ends with its slowest cells (NBA's, 4-5x the others) running
+    alone while the other workers idle; started first, the short cells fill in around them."""
+    return sorted(todo, key=lambda t: -walls.get(t[0].defense, math.inf))  # stable: grid order otherwise
 
 
 def _quote(a: str) -> str:
@@ -214,13 +225,15 @@ def run(args: argparse.Namespace) -> int:
     cpus = os.cpu_count() or 1
     concurrency = args.max_concurrent or (max(1, int(cpus // args.cpus_per_trial)) if args.address is None
                                           and not shape.gpus else 64)
-    est = estimate_s([c for c, _ in todo], Path(args.results), args.dataset, concurrency)
+    walls = mean_walls(Path(args.results), args.dataset)
+    todo = longest_first(todo, walls)
+    est = estimate_s([c for c, _ in todo], walls, concurrency)
     print(f"campaign {camp.name} ({camp.paper or 'beyond the paper'}): {camp.title}\n"
           f"  grid: {len(camp.attacks)} attacks x {len(camp.defenses)} defenses x {len(camp.clean_fractions)} "
           f"clean fractions x {len(camp.variants)} variants x {len(args.seeds)} seeds"
           f"{' restricted by --only ' + ' '.join(args.only) if args.only else ''} -> {len(cells)} cells\n"
           f"  finished already: {len(cells) - len(todo)}; to run: {len(todo)} trials, up to {concurrency} at a time\n"
-          f"  estimate: {'%.1f min (from earlier rows in %s)' % (est / 60, args.results) if est is not None else 'unknown (no earlier rows for these defenses on this dataset); ETA after the first cells'}\n"
+          f"  estimate: {'%.1f min of trials (from earlier rows in %s; models not yet cached are built before)' % (est / 60, args.results) if est is not None else 'unknown (no earlier rows for these defenses on this dataset); ETA after the first cells'}\n"
           f"  results: {root}", flush=True)
     if args.dry_run or not todo:
         if not todo:
