@@ -13,8 +13,9 @@ cells, each one trial of `run_trial` through the same trainable, artifact cache 
 as a sweep (rows in `--results DIR/NAME/`, trial id = cell id; `nba_scale.compare` runs the
 `table2` grid the same way, one cell after the other in this process, without Ray). Before running it prints the plan:
 cells, those already finished, and an estimate from the per-trial times measured in DIR's earlier
-rows; the same times start the longest cells first. On this machine the backdoored models and teachers are built first with every core; on a
-cluster (`--address`) Ray tasks build them, a whole GPU each, before the cells start.
+rows; the same times start the longest cells first. On this machine the backdoored models and
+teachers are built first with every core; on a cluster (`--address`) Ray tasks build them, a
+whole GPU each, before the cells start.
 
 Resume: a cell is finished when its row says status ok. `--resume` runs every other cell again
 from its start (an interrupted cell loses at most one trial's work; failed cells are retried).
