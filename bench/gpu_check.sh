@@ -49,7 +49,7 @@ step proofs 120 python bench/gpu_proofs.py
 grep '^{' "$OUT/proofs.log" >"$OUT/proofs.jsonl"
 
 # 4. Hot loops against the NAD-style reference loop, and packed trials without Ray.
-step trial 90 python bench/trial.py --device cuda --images 8192 --epochs 3 --repeats 1 --json "$OUT/trial.json"
+step trial 90 python bench/trial.py --device cuda --images 8192 --epochs 3 --repeats 1 --only backdoor nad nba nba-pgd-bf16 --json "$OUT/trial.json"
 step precision 60 python bench/precision.py --device cuda --batch 128 --json "$OUT/precision.json"
 DATA=synthetic; SETS=(--set data.synthetic_train=20000 --set data.synthetic_test=2000)
 if [ -f .gpu_data/cifar10_10k.npz ]; then DATA=npz:.gpu_data/cifar10_10k.npz; SETS=(); fi

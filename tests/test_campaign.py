@@ -307,6 +307,8 @@ def test_cells_start_longest_first_by_the_earlier_rows_of_their_defense(tmp_path
     assert [(c.attack, c.defense) for c in ordered] == [("blend", "nba"), ("sig", "nba"), ("blend", "nad"),
                                                          ("sig", "nad"), ("blend", "ft"), ("sig", "ft")]
     assert estimate_s(cells, walls, 2) == pytest.approx((950 + 220 + 150) * 2 / 2)
+    one = load_campaign("table2").cells([0], {"attack": ["blend"], "defense": ["ft", "nad", "nba"]})
+    assert estimate_s(one, walls, 2) == pytest.approx(950)  # NBA alone on one worker outlasts the other two
     fp = load_campaign("table2").cells([0], {"attack": ["blend"], "defense": ["ft", "fp"]})
     assert estimate_s(fp, walls, 2) is None  # never measured on this dataset
     assert [c.defense for c, _ in longest_first([(c, {}) for c in fp], walls)] == ["fp", "ft"]  # unknown first

@@ -81,6 +81,28 @@ def test_pgd_stays_within_eps_and_raises_the_loss():
     assert torch.equal(pgd_untargeted(m, x, y, 0.0, 3, 0.0, random_start=True), x)
 
 
+def test_pgd_in_bf16_stays_within_eps_and_mostly_steps_where_fp32_does():
+    torch.manual_seed(0)
+    m = WideResNet(10, 1).eval()
+    x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    eps = 8 / 255
+    full = pgd_untargeted(m, x, y, eps, steps=1, step_size=eps, random_start=False)
+    half = pgd_untargeted(m, x, y, eps, steps=1, step_size=eps, random_start=False, bf16=True)
+    assert half.dtype == torch.float32 and (half - x).abs().max() <= eps + 1e-6
+    assert not torch.equal(half, full)  # the passes did run in bf16
+    # One step of eps is the gradient's sign: bf16 flips it only where the gradient is near zero.
+    inside = (x > eps) & (x < 1 - eps)
+    agree = (torch.sign(half - x) == torch.sign(full - x))[inside].float().mean().item()
+    assert agree > 0.9, agree
+    assert F.cross_entropy(m(half), y) > F.cross_entropy(m(x), y)
+
+
+def test_nba_pgd_precision_is_bf16_or_unset():
+    assert get_defense("nba")({"pgd_precision": "bf16"}).cfg.pgd_precision == "bf16"
+    with pytest.raises(Exception, match=r"nba.pgd_precision='fp16' is not one of \['bf16'\]"):
+        get_defense("nba")({"pgd_precision": "fp16"})
+
+
 def _nba_loss(monkeypatch, **params):
     """(total loss, PGD calls, CE, the total computed by hand from the loss terms) on one batch."""
     import copy

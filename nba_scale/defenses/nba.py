@@ -56,6 +56,9 @@ class NBAConfig:
     pgd_steps: int = 5
     pgd_step_size: Optional[float] = None  # default eps / 4
     pgd_random_start: bool = True
+    # bf16: the PGD passes (most of an NBA step) run under bf16 autocast inside an fp32 defense;
+    # the distillation itself stays in the defense's precision. None: the defense's precision.
+    pgd_precision: Optional[Literal["bf16"]] = None
     optim: OptimConfig = dataclasses.field(default_factory=functools.partial(nad_schedule, grad_clip=5.0))
 
     def validate(self) -> None:
@@ -90,7 +93,7 @@ class NBA(TeacherDistillation):
                 return ctx.attack.apply_trigger(xu8).float().div_(255)
             # PGD on the bare module: a DDP wrapper expects every forward to be followed by backward.
             return pgd_untargeted(getattr(student, "module", student), x, y, c.pgd_eps, c.pgd_steps,
-                                  c.step_size, c.pgd_random_start)
+                                  c.step_size, c.pgd_random_start, bf16=c.pgd_precision == "bf16")
 
         def loss(student: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             (logits_t, feats_t), (logits_s, feats_s) = forward_both(teacher, student, x)

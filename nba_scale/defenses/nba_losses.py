@@ -23,6 +23,7 @@ PNB  = sum_i -p_i(u, T) log p_i(z, T): Hinton's soft cross-entropy at temperatur
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Iterable, Sequence
 
 import torch
@@ -120,20 +121,26 @@ def _weighted(feats_t, logits_t, feats_s, logits_s, weights, T, terms, represent
 
 
 def pgd_untargeted(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
-                   step_size: float, random_start: bool = True) -> torch.Tensor:
+                   step_size: float, random_start: bool = True, bf16: bool = False) -> torch.Tensor:
     """x + δ maximising the model's cross-entropy on the true label, ||δ||_∞ ≤ eps, x+δ in [0,1].
 
     Runs the model in eval mode (BatchNorm running statistics), so crafting the sample neither
     updates the statistics nor depends on the rest of the batch; parameters get no gradient.
+    `bf16`: the model's passes run under bf16 autocast (δ, its steps and the loss stay fp32); PGD
+    keeps only the sign of each pixel's gradient, which bf16's rounding rarely flips.
     """
     was_training = model.training
     model.eval()
     delta = torch.empty_like(x).uniform_(-eps, eps) if random_start else torch.zeros_like(x)
     delta = ((x + delta).clamp(0, 1) - x).detach()
+    autocast = (torch.autocast(device_type=x.device.type, dtype=torch.bfloat16) if bf16
+                else contextlib.nullcontext())
     with torch.enable_grad():
         for _ in range(steps):
             delta.requires_grad_(True)
-            loss = F.cross_entropy(model(x + delta), y)
+            with autocast:
+                logits = model(x + delta)
+            loss = F.cross_entropy(logits.float(), y)
             (grad,) = torch.autograd.grad(loss, delta)
             delta = (delta + step_size * grad.sign()).clamp(-eps, eps)
             delta = ((x + delta).clamp(0, 1) - x).detach()

@@ -70,10 +70,15 @@ def mean_walls(results: Path, dataset: str) -> dict[str, float]:
 
 
 def estimate_s(todo: list[Cell], walls: dict[str, float], concurrency: int) -> Optional[float]:
-    """Seconds for `todo` from `mean_walls`; None when some defense was never measured."""
+    """Seconds for `todo` from `mean_walls`, list-scheduled longest first on `concurrency` workers
+    as the campaign runs them (so one long cell is never split across workers); None when some
+    defense was never measured."""
     if any(c.defense not in walls for c in todo):
         return None
-    return sum(walls[c.defense] for c in todo) / max(1, concurrency)
+    loads = [0.0] * max(1, concurrency)
+    for wall in sorted((walls[c.defense] for c in todo), reverse=True):
+        loads[loads.index(min(loads))] += wall
+    return max(loads)
 
 
 def longest_first(todo: list[tuple[Cell, dict]], walls: dict[str, float]) -> list[tuple[Cell, dict]]:
