@@ -62,7 +62,7 @@ def gradient_budget(student, teacher, x_clean, y_clean, nba, batch_size: int, ba
                     ) -> dict[str, float]:
     """Means over `batches` of the gradient norm of each weighted part of NBA's loss, the total's,
     the clip factor and CE's norm after the clip (the module's docstring)."""
-    from .defenses.nba_losses import behaviour_loss, pgd_untargeted
+    from .defenses.nba_losses import behaviour_loss
 
     c = nba.cfg
     weights = {"rnb": c.lambda1, "lnb": c.lambda2, "pnb": c.lambda3}
@@ -80,7 +80,7 @@ def gradient_budget(student, teacher, x_clean, y_clean, nba, batch_size: int, ba
         logits_s, feats_s = student(x, features=True)
         ce = F.cross_entropy(logits_s, y)
         _, ldl = behaviour_loss(feats_t, logits_t, feats_s, logits_s, **kw)
-        x_u = pgd_untargeted(student, x, y, c.pgd_eps, c.pgd_steps, c.step_size, c.pgd_random_start)
+        x_u = c.pseudo_sample(student, x, y)
         logits_u, feats_u = student(x_u, features=True)
         _, udl = behaviour_loss(feats_t, logits_t, feats_u, logits_u, **kw)
         parts = {"ce": ce}

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from nba_scale.config import ConfigError
 from nba_scale.defenses import get_defense
 from nba_scale.defenses import nba as nba_mod
 from nba_scale.defenses.base import DefenseContext
@@ -99,7 +100,7 @@ def test_pgd_in_bf16_stays_within_eps_and_mostly_steps_where_fp32_does():
 
 def test_nba_pgd_precision_is_bf16_or_unset():
     assert get_defense("nba")({"pgd_precision": "bf16"}).cfg.pgd_precision == "bf16"
-    with pytest.raises(Exception, match=r"nba.pgd_precision='fp16' is not one of \['bf16'\]"):
+    with pytest.raises(ConfigError, match=r"nba.pgd_precision='fp16' is not one of \['bf16'\]"):
         get_defense("nba")({"pgd_precision": "fp16"})
 
 

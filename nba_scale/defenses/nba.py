@@ -74,6 +74,11 @@ class NBAConfig:
     def step_size(self) -> float:
         return self.pgd_step_size if self.pgd_step_size is not None else self.pgd_eps / 4
 
+    def pseudo_sample(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x + δ as this configuration crafts it (budget, steps, random start, precision)."""
+        return pgd_untargeted(model, x, y, self.pgd_eps, self.pgd_steps, self.step_size, self.pgd_random_start,
+                              bf16=self.pgd_precision == "bf16")
+
 
 @register("nba")
 class NBA(TeacherDistillation):
@@ -92,8 +97,7 @@ class NBA(TeacherDistillation):
                 xu8 = (x * 255).round().to(torch.uint8)
                 return ctx.attack.apply_trigger(xu8).float().div_(255)
             # PGD on the bare module: a DDP wrapper expects every forward to be followed by backward.
-            return pgd_untargeted(getattr(student, "module", student), x, y, c.pgd_eps, c.pgd_steps,
-                                  c.step_size, c.pgd_random_start, bf16=c.pgd_precision == "bf16")
+            return c.pseudo_sample(getattr(student, "module", student), x, y)
 
         def loss(student: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             (logits_t, feats_t), (logits_s, feats_s) = forward_both(teacher, student, x)
