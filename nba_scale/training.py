@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -103,6 +104,35 @@ FP32_STAGE_REFUSED = ("a stage at precision=no inside a bf16 trial is not suppor
                       "teacher.precision or <defense>.optim.precision to bf16 where you want it")
 
 
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+CPUINFO = "/proc/cpuinfo"
+
+
+@functools.cache
+def cpu_bf16_native() -> Optional[bool]:
+    """Whether this CPU has bf16 arithmetic (AMX or AVX512-BF16); None where it cannot tell."""
+    try:
+        with open(CPUINFO) as f:
+            flags = next((ln for ln in f if ln.startswith("flags")), "").split()
+    except OSError:
+        return None
+    return any(f in flags for f in CPU_BF16_FLAGS) if flags else None
+
+
+def warn_if_slow_bf16(device) -> None:
+    """bf16 autocast on a CPU without bf16 units is emulated by oneDNN, usually slower than fp32 (the
+    1.3-1.9x gains in docs/PERFORMANCE.md were measured on an AMX Xeon): say so, once per process."""
+    if torch.device(device).type == "cpu" and cpu_bf16_native() is False:
+        _warn_emulated_bf16()
+
+
+@functools.cache
+def _warn_emulated_bf16() -> None:
+    log.warning("bf16 on a CPU without AMX or AVX512-BF16 (no %s in /proc/cpuinfo) is emulated and usually "
+                "slower than fp32: drop the bf16 settings (precision, *.precision, nba.pgd_precision) on "
+                "this machine", " or ".join(CPU_BF16_FLAGS))
+
+
 def make_accelerator(device: str = "auto", precision: str = "no"):
     """An Accelerator on `device` with `precision`. Accelerate keeps one state per process, and a
     Ray actor runs trial after trial: a later trial asking another device or precision would fail
@@ -115,6 +145,8 @@ def make_accelerator(device: str = "auto", precision: str = "no"):
     require(precision in ("no", "bf16"), f"precision={precision!r}: use no or bf16")
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         AcceleratorState._reset_state(reset_partial_state=True)
+    if precision == "bf16":
+        warn_if_slow_bf16(resolve_device(device))
     return Accelerator(cpu=resolve_device(device) == "cpu", mixed_precision=precision)
 
 
@@ -281,6 +313,7 @@ def stage_autocast(cfg: OptimConfig, accelerator):
     if cfg.precision == "no":
         raise ConfigError(FP32_STAGE_REFUSED)
     device = accelerator.device.type
+    warn_if_slow_bf16(device)
     return lambda: torch.autocast(device_type=device, dtype=torch.bfloat16)
 
 

@@ -312,3 +312,19 @@ def test_cells_start_longest_first_by_the_earlier_rows_of_their_defense(tmp_path
     fp = load_campaign("table2").cells([0], {"attack": ["blend"], "defense": ["ft", "fp"]})
     assert estimate_s(fp, walls, 2) is None  # never measured on this dataset
     assert [c.defense for c, _ in longest_first([(c, {}) for c in fp], walls)] == ["fp", "ft"]  # unknown first
+
+
+def test_a_campaign_run_seed_by_seed_records_every_seed_and_command(tmp_path):
+    """`--seeds 0`, then `--seeds 1 --resume`: the manifest keeps both seeds and both commands."""
+    import argparse
+    import json
+
+    from nba_scale.sweep.campaign import Plan
+
+    plan = Plan(load_campaign("table2"), tmp_path, [], {})
+    tmp_path.mkdir(exist_ok=True)
+    for seed in (0, 1):
+        args = argparse.Namespace(dataset="synthetic", preset="smoke", seeds=[seed], set=["a=1"])
+        plan.write_manifest(args, f"python -m nba_scale.campaign table2 --seeds {seed}")
+    meta = json.loads((tmp_path / "campaign.json").read_text())
+    assert meta["seeds"] == [0, 1] and len(meta["commands"]) == 2

@@ -91,3 +91,26 @@ def test_a_stage_can_train_in_bf16_inside_an_fp32_trial_and_keys_its_artifact_al
     assert whole["backdoor"] == staged["backdoor"] != plain["backdoor"]
     assert not {"cutout", "precision"} & set(plain["backdoor"]["train"])  # later fields: older keys hold
     assert staged["teacher"]["precision"] == "no" and whole["teacher"]["precision"] == "bf16"
+
+
+@pytest.mark.parametrize("flags, warned", [("fpu sse2 avx512f", True), ("fpu avx512f avx512_bf16", False),
+                                           ("fpu amx_bf16 amx_tile", False), ("", False)])
+def test_bf16_on_a_cpu_without_bf16_units_warns_once(tmp_path, monkeypatch, caplog, flags, warned):
+    """oneDNN emulates bf16 where the CPU has no AMX or AVX512-BF16 (slower than fp32): the user is
+    told once per process; a CPU with them, or one whose flags cannot be read, says nothing."""
+    from nba_scale import training
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n" if flags else "processor\t: 0\n")
+    monkeypatch.setattr(training, "CPUINFO", str(info))
+    training.cpu_bf16_native.cache_clear()
+    training._warn_emulated_bf16.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="nba_scale"):
+            make_accelerator("cpu", "bf16")
+            training.warn_if_slow_bf16("cpu")
+    finally:
+        training.cpu_bf16_native.cache_clear()
+        training._warn_emulated_bf16.cache_clear()
+    hits = [r for r in caplog.records if "emulated" in r.getMessage()]
+    assert len(hits) == (1 if warned else 0)

@@ -29,6 +29,8 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..training import warn_if_slow_bf16
+
 TERMS = ("rnb", "lnb", "pnb")
 
 
@@ -133,6 +135,8 @@ def pgd_untargeted(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps
     model.eval()
     delta = torch.empty_like(x).uniform_(-eps, eps) if random_start else torch.zeros_like(x)
     delta = ((x + delta).clamp(0, 1) - x).detach()
+    if bf16:
+        warn_if_slow_bf16(x.device)
     autocast = (torch.autocast(device_type=x.device.type, dtype=torch.bfloat16) if bf16
                 else contextlib.nullcontext())
     with torch.enable_grad():

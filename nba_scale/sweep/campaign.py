@@ -135,7 +135,8 @@ class Plan:
         commands = [c for c in old.get("commands", []) if c != command] + [command]
         write_json(path, {"campaign": camp.name, "file": camp.path, "title": camp.title, "paper": camp.paper,
                           "report": camp.report, "published": camp.published, "dataset": args.dataset,
-                          "preset": args.preset, "seeds": args.seeds, "set": args.set, "commands": commands})
+                          "preset": args.preset, "seeds": sorted(set(old.get("seeds", [])) | set(args.seeds)),
+                          "set": args.set, "commands": commands})
 
 
 def command_line(prog: str, argv: list[str]) -> str:

@@ -12,6 +12,7 @@
     set: {}                       # optional: overrides for every cell
     report: {rows: attack, columns: defense}
     published: {nba: {asr: 0.0152, ba: 0.8114}}   # the paper's numbers, where it gives them
+    claims: {subject: nba, weaker: [fp, mcr]}     # optional: the paper's claims the report checks
 
 Cells = attacks x defenses x clean fractions x variants x seeds; each cell is one trial whose id
 (`attack-defense-cf0.05[-variant]-s0`) names its Parquet row, which is how a campaign resumes.
@@ -30,7 +31,7 @@ from typing import Any, Optional
 from ..config import ConfigError, read_yaml_mapping
 
 KEYS = {"name", "title", "paper", "attacks", "defenses", "clean_fractions", "variants", "sample", "set",
-        "report", "published", "description"}
+        "report", "published", "description", "claims"}
 AXES = ("attack", "defense", "clean_fraction", "variant")
 CAMPAIGN_DIR = Path(__file__).resolve().parents[2] / "search_spaces" / "campaigns"
 
@@ -67,6 +68,7 @@ class Campaign:
     report: dict[str, Any]
     published: dict[str, Any]
     description: str = ""
+    claims: Optional[dict[str, Any]] = None  # the paper's claims the report checks (sweep/claims.py)
 
     def cells(self, seeds: list[int], only: Optional[dict[str, list[str]]] = None) -> list[Cell]:
         """The grid, restricted by `only` ({"attack": ["badnets"], ...}) where given."""
@@ -121,6 +123,7 @@ def find_campaign(name: str) -> Path:
 def load_campaign(name_or_path: str) -> Campaign:
     from ..attacks import get_attack
     from ..defenses import get_defense
+    from .claims import check_spec as check_claims
 
     path = find_campaign(name_or_path)
     where = str(path)
@@ -164,7 +167,8 @@ def load_campaign(name_or_path: str) -> Campaign:
                     paper=str(doc.get("paper", "")), attacks=attacks, defenses=defenses,
                     clean_fractions=[float(c) for c in cfs], variants=variants, fixed=dict(fixed),
                     report=dict(report), published=dict(doc.get("published") or {}),
-                    description=str(doc.get("description", "")).strip())
+                    description=str(doc.get("description", "")).strip(),
+                    claims=check_claims(doc["claims"], defenses, where) if "claims" in doc else None)
     _check_configs(camp, where)
     return camp
 

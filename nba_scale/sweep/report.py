@@ -174,7 +174,7 @@ def campaign_section(root: Path, out: Path) -> list[str]:
     orders = _orders(meta)
     lines = [f"## {name}: {meta.get('title', '')}", "",
              f"Paper: {meta.get('paper') or '-'}. Dataset `{shown(str(meta.get('dataset')))}`, preset `{meta.get('preset')}`, "
-             f"seeds {meta.get('seeds')}, overrides {shown(str(meta.get('set') or 'none'))}. "
+             f"seeds {sorted({r['seed'] for r in all_rows}) or meta.get('seeds')}, overrides {shown(str(meta.get('set') or 'none'))}. "
              f"{len(rows)} cells ok, {len(failed)} failed. Cells: ASR / BA in %, mean ± std over seeds.", ""]
     if not rows:
         return lines + ["No finished cells yet.", ""]
@@ -184,6 +184,8 @@ def campaign_section(root: Path, out: Path) -> list[str]:
         lines.append(f"Published ({kind.replace('_', ' ')}, from the paper): " + "; ".join(
             f"{col} ASR {v['asr']} % / BA {v['ba']} %" for col, v in per.items()))
         lines.append("")
+    if meta.get("claims") and "defense" in (ra, ca) and len({r["variant"] for r in rows}) == 1:
+        lines += claims_section(rows, meta["claims"])
     if failed:
         lines += ["Failed cells: " + "; ".join(f"`{r['trial_id']}`: {r.get('error')}" for r in failed[:10]), ""]
     lines += wall_times(rows, ca)
@@ -203,15 +205,24 @@ def campaign_section(root: Path, out: Path) -> list[str]:
     return lines
 
 
+def claims_section(rows: list[dict], spec: dict) -> list[str]:
+    """The paper's claims, checked per clean fraction (each its own budget)."""
+    from .claims import claim_lines
+
+    cfs = sorted({r["clean_fraction"] for r in rows})
+    return [ln for cf in cfs for ln in claim_lines([r for r in rows if r["clean_fraction"] == cf], spec,
+                                                   f", clean fraction {cf:g}" if len(cfs) > 1 else "")]
+
+
 def _orders(meta: dict) -> dict[str, list]:
-    """Axis orders from the campaign's YAML (and its current published numbers into `meta`)."""
+    """Axis orders from the campaign's YAML (and its current published numbers and claims into `meta`)."""
     try:
         from .grid import load_campaign
 
         c = load_campaign(meta.get("file") or meta["campaign"])
     except ConfigError:  # the YAML moved: alphabetical order, the published numbers as recorded
         return {}
-    meta["published"] = c.published
+    meta["published"], meta["claims"] = c.published, c.claims
     return {"attack": c.attacks, "defense": c.defenses, "clean_fraction": c.clean_fractions,
             "variant": list(c.variants)}
 
