@@ -145,9 +145,10 @@ def make_accelerator(device: str = "auto", precision: str = "no"):
     require(precision in ("no", "bf16"), f"precision={precision!r}: use no or bf16")
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         AcceleratorState._reset_state(reset_partial_state=True)
+    device = resolve_device(device)
     if precision == "bf16":
-        warn_if_slow_bf16(resolve_device(device))
-    return Accelerator(cpu=resolve_device(device) == "cpu", mixed_precision=precision)
+        warn_if_slow_bf16(device)
+    return Accelerator(cpu=device == "cpu", mixed_precision=precision)
 
 
 def memory_format(device) -> torch.memory_format:

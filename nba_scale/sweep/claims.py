@@ -18,6 +18,7 @@ import statistics
 from typing import Any
 
 from ..config import ConfigError
+from .tables import pct
 
 KEYS = {"subject", "removes_below", "implanted_above", "weaker"}
 
@@ -69,11 +70,6 @@ def _verdict(on_mean: bool, held: int, seeds: int) -> str:
     return "does not reproduce" + (f" ({held} of {seeds} seeds hold it)" if seeds > 1 else "")
 
 
-def _pm(values: list[float]) -> str:
-    m = 100 * statistics.fmean(values)
-    return f"{m:.1f}" if len(values) < 2 else f"{m:.1f}±{100 * statistics.stdev(values):.1f}"
-
-
 def evaluate(rows: list[dict], spec: dict[str, Any]) -> dict[str, Any]:
     """The claims on one clean fraction's rows: {"attacks", "left_out", "seeds", "claims": [...]},
     each claim {"claim", "here", "held", "seeds", "verdict", "holds"} (holds: on the mean)."""
@@ -99,7 +95,7 @@ def evaluate(rows: list[dict], spec: dict[str, Any]) -> dict[str, Any]:
         return out
     best = min(others, key=lambda d: mean[d][0])
     add(f"{subj} has the lowest mean ASR of the {len(defenses)} defenses",
-        f"{subj} {_pm(asr[subj])}; lowest of the others: {best} {_pm(asr[best])}",
+        f"{subj} {pct(asr[subj])}; lowest of the others: {best} {pct(asr[best])}",
         all(mean[subj][0] < mean[d][0] for d in others),
         sum(all(seeds[s][subj][0] < seeds[s][d][0] for d in others) for s in seeds))
 
@@ -108,10 +104,10 @@ def evaluate(rows: list[dict], spec: dict[str, Any]) -> dict[str, Any]:
 
     top = removers(mean)
     add(f"{subj} has the highest BA of the defenses that remove the backdoor (mean ASR ≤ {100 * cut:g} %)",
-        ("removers by BA: " + ", ".join(f"{d} {_pm(ba[d])}" for d in top)) if top else "no defense removes it",
+        ("removers by BA: " + ", ".join(f"{d} {pct(ba[d])}" for d in top)) if top else "no defense removes it",
         bool(top) and top[0] == subj, sum(bool(r) and r[0] == subj for r in (removers(seeds[s]) for s in seeds)))
     for d in (d for d in spec["weaker"] if d in defenses):  # a grid run with --only may lack them
-        add(f"{d} is weaker than {subj} (a higher mean ASR)", f"{d} {_pm(asr[d])} vs {subj} {_pm(asr[subj])}",
+        add(f"{d} is weaker than {subj} (a higher mean ASR)", f"{d} {pct(asr[d])} vs {subj} {pct(asr[subj])}",
             mean[d][0] > mean[subj][0], sum(seeds[s][d][0] > seeds[s][subj][0] for s in seeds))
     return out
 
