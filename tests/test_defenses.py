@@ -47,14 +47,22 @@ def test_nad_and_argd_terms_vanish_for_identical_networks_only():
     assert all(v.max() < 1e-9 for v in argd_terms(t, [3 * f for f in t], 2.0).values())
 
 
-# Smallest ASR drop each defense must reach on the test model (ASR before: 100 %). Measured
-# here, seed 1: FT, FP, NAD, ARGD reach <= 0.2 % in every run. MCR at its default t = 0.4 is
-# float chaos on this model: 6.4 % with one thread, 59.2 % with two, and 48.8 % vs 92.9 % with the
-# backdoored model and teacher trained in the default layout vs channels_last (same seed). At
-# t = 0.6 it read 4.4 % and 13.5 % in those two builds (t = 0.5: 19.2 %, 53.4 %), so MCR is
-# tested there, with the others' drop.
+# Smallest ASR drop each defense must reach on the test model (ASR before: 100 %), and the
+# settings it is tested at. A CPU with another float path trains another test model, so these are
+# chosen on four of them (seeds 1-4, 2026-11-27, AMD EPYC; ASR after, %), not on seed 1 alone:
+# seed 1's choice (defaults, MCR at t = 0.6) held on the Intel CI and broke on an AMD one.
+#   at their defaults: NAD 0, 0, 0, 0; ARGD 0, 0, 0, 0; FT 24.7, 67.1, 7.2, 0.2;
+#                      FP 76.6, 100, 26.5, 38.4; MCR (t = 0.6) 97.4, 43.9, 82.9, 39.7
+#   as tested here:    FT 0, 0, 0, 0; FP 0, 19.1, 0, 0; MCR (t = 0.9) 13.7, 0, 12.9, 1.6
+# FT and FP keep lr 0.1 for 5 epochs, as the test teacher does (conftest.small_config: the NAD
+# schedule's 2 epochs are 6 steps on this 200-image clean set); FP also prunes up to a 20 % drop.
+# MCR's backdoor fades only near the fine-tuned end of its curve on this model (t = 0.8: 45.7,
+# 0.5, 28.7, 4.1). The weak defaults are the paper's finding too (FIDELITY.md), not a bug.
 MIN_DROP = {"ft": 0.5, "fp": 0.5, "mcr": 0.5, "nad": 0.5, "argd": 0.5}
-AT = {"mcr": {"mcr.t": 0.6}}
+TEST_SCHEDULE = {"optim.lr": 0.1, "optim.schedule": "step", "optim.milestones": [5], "optim.epochs": 20}
+AT = {"ft": {f"ft.{k}": v for k, v in TEST_SCHEDULE.items()},
+      "fp": {**{f"fp.{k}": v for k, v in TEST_SCHEDULE.items()}, "fp.max_acc_drop": 0.2},
+      "mcr": {"mcr.t": 0.9}}
 
 
 @pytest.mark.slow
