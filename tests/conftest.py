@@ -23,8 +23,8 @@ def small_config(cache_dir, **overrides):
 
     Poison rate 0.2 instead of BadNets' 0.1: within an 8-epoch budget on 2,000 synthetic images
     the 3x3 patch was implanted in 3/3 seeds at 0.2 but only 1/3 at 0.1. The clean set (10 % =
-    200 images) is 3 batches an epoch, so the teacher keeps lr 0.1 for 5 epochs instead of NAD's
-    2: with NAD's 2 (6 steps) the teacher kept the backdoor (ASR 92 %). See docs/DEVELOPING.md.
+    200 images) is 4 batches an epoch, so the teacher keeps lr 0.1 for 5 epochs instead of NAD's
+    2: with NAD's 2 (8 steps) the teacher kept the backdoor (ASR 92 %). See docs/DEVELOPING.md.
     """
     cfg = {
         "dataset": "synthetic", "attack": "badnets", "defense": "nba", "device": DEVICE["name"],

@@ -55,7 +55,7 @@ def test_nad_and_argd_terms_vanish_for_identical_networks_only():
 #                      FP 76.6, 100, 26.5, 38.4; MCR (t = 0.6) 97.4, 43.9, 82.9, 39.7
 #   as tested here:    FT 0, 0, 0, 0; FP 0, 19.1, 0, 0; MCR (t = 0.9) 13.7, 0, 12.9, 1.6
 # FT and FP keep lr 0.1 for 5 epochs, as the test teacher does (conftest.small_config: the NAD
-# schedule's 2 epochs are 6 steps on this 200-image clean set); FP also prunes up to a 20 % drop.
+# schedule's 2 epochs are 8 steps on this 200-image clean set); FP also prunes up to a 20 % drop.
 # MCR's backdoor fades only near the fine-tuned end of its curve on this model (t = 0.8: 45.7,
 # 0.5, 28.7, 4.1). The weak defaults are the paper's finding too (FIDELITY.md), not a bug.
 MIN_DROP = {"ft": 0.5, "fp": 0.5, "mcr": 0.5, "nad": 0.5, "argd": 0.5}
