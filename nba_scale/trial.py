@@ -46,7 +46,8 @@ from .defenses.base import cannot_pack
 from .metrics import score
 from .models import build_model
 from .provenance import code_version
-from .training import FP16_REFUSED, FP32_STAGE_REFUSED, NonFiniteLoss, OptimConfig, make_accelerator, nad_schedule, plain_progress, setup_run, train
+from .training import (FP16_REFUSED, FP32_STAGE_REFUSED, LossFn, NonFiniteLoss, OptimConfig, cross_entropy,
+                       make_accelerator, nad_schedule, plain_progress, setup_run, train)
 
 log = logging.getLogger("nba_scale")
 
@@ -252,15 +253,16 @@ class Setup:
         surrogate TrojanNN and CLA learn from) and the attack's own computed tensors."""
         cfg, ds = self.cfg, self.ds
 
-        def clean_model() -> torch.nn.Module:
+        def clean_model(variant: Optional[dict[str, Any]] = None, loss_fn: LossFn = cross_entropy) -> torch.nn.Module:
             def build_clean():
                 setup_run(cfg.seed + 7)
                 m = self.new_model()
-                train(m, ds.x_train, ds.y_train, cfg.backdoor, self.acc, flip=ds.flip, seed=cfg.seed + 7,
-                      desc="clean model")
+                train(m, ds.x_train, ds.y_train, cfg.backdoor, self.acc, loss_fn=loss_fn, flip=ds.flip,
+                      seed=cfg.seed + 7, desc="clean model" + (f" ({variant['name']})" if variant else ""))
                 return m.state_dict(), {}
 
-            state, _, _ = self.cache.get_or_build("clean", self.specs["clean"], build_clean, self.acc)
+            spec = {**self.specs["clean"], "variant": variant} if variant else self.specs["clean"]
+            state, _, _ = self.cache.get_or_build("clean", spec, build_clean, self.acc)
             m = self.new_model().to(self.acc.device)
             m.load_state_dict(state)
             for q in m.parameters():  # the attacker only reads it (gradients w.r.t. inputs)

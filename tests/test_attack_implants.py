@@ -30,6 +30,7 @@ strong end of their papers' settings:
   12.9 %.
 """
 import pytest
+import torch
 
 from conftest import small_config
 from nba_scale.metrics import score
@@ -60,3 +61,20 @@ def test_attack_implants_a_backdoor_well_above_a_clean_models_rate(name, cache_d
     assert chance <= 0.05
     assert r["asr_before"] >= min_asr and r["asr_before"] >= chance + min_asr / 2, (r["asr_before"], chance)
     assert r["ba_before"] >= 0.85
+
+
+def test_cla_adversarial_surrogate_is_cached_apart_from_the_clean_model(tmp_path):
+    """`cla.surrogate_eps` builds a second, adversarially trained `clean` artifact (keyed by its
+    variant), the perturbations come from it, and the plain clean model keeps its own key."""
+    import json
+
+    cfg = small_config(tmp_path, attack="cla", defense="none", **{"cla.surrogate_eps": 8 / 255, "backdoor.epochs": 2})
+    _, _, attack, robust_poison, ctx = poison_only(cfg)
+    variants = [json.loads(p.read_text())["spec"].get("variant") for p in (tmp_path / "clean").glob("*.json")]
+    assert variants == [{"name": "adversarial", "eps": 8 / 255, "steps": 1}]
+    ctx.clean_model()  # the standard surrogate, built beside it
+    assert len(list((tmp_path / "clean").glob("*.json"))) == 2
+    plain = poison_only({**cfg, "cla.surrogate_eps": 0.0})[3]
+    idx = robust_poison.poison_index
+    assert torch.equal(idx, plain.poison_index)
+    assert not torch.equal(robust_poison.x_train[idx], plain.x_train[idx])  # other perturbations

@@ -206,6 +206,36 @@ def test_cla_perturbation_is_within_eps_outside_the_four_corner_trigger():
         get_attack("cla")({}, 10).poison(x, y, xt, yt)
 
 
+def test_cla_surrogate_eps_asks_for_an_adversarially_trained_surrogate_and_keeps_old_keys():
+    from nba_scale.attacks.cla import adversarial_ce
+
+    x, y, xt, yt = DATA
+    plain, robust = (get_attack("cla")(p, 10, seed=0) for p in ({}, {"surrogate_eps": 8 / 255}))
+    assert "surrogate_eps" not in plain.describe()  # off: the key of every CLA model built before stays
+    assert robust.describe()["surrogate_eps"] == 8 / 255 and robust.describe()["surrogate_steps"] == 1
+    asked, model = [], untrained_context().clean_model()
+
+    def clean_model(variant=None, loss_fn=None):
+        asked.append((variant, loss_fn))
+        return model
+
+    ctx = AttackContext(clean_model=clean_model, artifact=lambda what, build: build())
+    plain.poison(x, y, xt, yt, ctx)
+    robust.poison(x, y, xt, yt, ctx)
+    assert asked[0] == (None, None)
+    assert asked[1][0] == {"name": "adversarial", "eps": 8 / 255, "steps": 1}
+    # The loss it trains with is cross-entropy at a PGD point: above the clean batch's, in train mode.
+    xb, yb = x[:64].float() / 255, y[:64]
+    torch.manual_seed(0)
+    model.train()
+    clean_loss = torch.nn.functional.cross_entropy(model(xb), yb).item()
+    adv_loss = asked[1][1](model, xb, yb)
+    assert model.training and adv_loss.requires_grad and adv_loss.item() > clean_loss
+    assert adversarial_ce(0.1, 1)(model, xb, yb).item() > adv_loss.item()  # a wider radius, a higher loss
+    with pytest.raises(ConfigError, match="surrogate_steps=0 must be >= 1"):
+        get_attack("cla")({"surrogate_steps": 0}, 10)
+
+
 @pytest.mark.slow
 def test_trojan_trigger_is_optimised_to_excite_the_selected_neuron():
     from nba_scale.attacks.trojan import select_neuron

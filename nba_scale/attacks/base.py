@@ -32,13 +32,15 @@ class AttackParams:
 class AttackContext:
     """What an attack that learns from data may use (TrojanNN's trigger, CLA's perturbations).
 
-    clean_model(): a model trained on the clean training set with the backdoor recipe, built once
-    and cached, in eval mode with frozen parameters; artifact(what, build): tensors the attack computed, cached under the attack's
-    parameters and the data's fingerprint (`build() -> dict[str, Tensor]`); train(x, y, epochs,
-    desc): a fresh model trained on uint8 images with the backdoor recipe for `epochs` epochs, in
-    eval mode (Refool's surrogate).
+    clean_model(variant=None, loss_fn=cross_entropy): a model trained on the clean training set
+    with the backdoor recipe, built once and cached, in eval mode with frozen parameters; a
+    `variant` (a dict naming another training loss, e.g. CLA's adversarial training, keyed into
+    the cache) trains it with `loss_fn(model, x, y)` instead; artifact(what, build): tensors the
+    attack computed, cached under the attack's parameters and the data's fingerprint
+    (`build() -> dict[str, Tensor]`); train(x, y, epochs, desc): a fresh model trained on uint8
+    images with the backdoor recipe for `epochs` epochs, in eval mode (Refool's surrogate).
     """
-    clean_model: Callable[[], torch.nn.Module]
+    clean_model: Callable[..., torch.nn.Module]
     artifact: Callable[[str, Callable[[], dict[str, torch.Tensor]]], dict[str, torch.Tensor]]
     device: torch.device = torch.device("cpu")
     train: Optional[Callable[[torch.Tensor, torch.Tensor, int, str], torch.nn.Module]] = None

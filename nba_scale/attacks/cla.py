@@ -1,7 +1,8 @@
 """CLA, the label-consistent backdoor (Turner, Tsipras & Madry 2019, "Label-consistent backdoor
 attacks"): clean-label. Target-class training images are first made hard to classify by an
-untargeted L∞ PGD perturbation against a separately trained clean model (so the network leans
-on the trigger to fit them), then stamped with a checkerboard in all four corners; labels stay.
+untargeted L∞ PGD perturbation against a separately trained clean model (adversarially trained,
+as in the paper, when `surrogate_eps` > 0), so the network leans on the trigger to fit them, then
+stamped with a checkerboard in all four corners; labels stay.
 
 The clean model and the perturbed images are artifacts in the cache (built once per data,
 parameters and seed). ASR stamps the four-corner trigger on every non-target test image, with no
@@ -30,6 +31,13 @@ class CLAParams(AttackParams):
     step_size: float = 4 / 255  # PGD step (choice: reaches eps in 4 steps, 10 leave room to move along it)
     patch_size: int = 3  # checkerboard side in every corner (Turner et al.: 3x3, four corners)
     amplitude: int = 255  # trigger strength (Turner et al. also try 16-64 for stealth; 255 = full)
+    # The surrogate the perturbations are computed against. Turner et al. use adversarially trained
+    # models (Madry et al., L∞ 8/255), whose perturbations change what the image looks like rather
+    # than exploit one network's quirks; surrogate_eps > 0 trains ours so (radius in [0,1] units;
+    # `surrogate_steps` PGD steps per batch, one being Wong et al.'s fast adversarial training,
+    # twice a clean model's cost). 0 = a standard clean model (choice: cheaper, docs/ATTACKS.md).
+    surrogate_eps: float = 0.0
+    surrogate_steps: int = 1
 
     def validate(self) -> None:
         super().validate()
@@ -37,15 +45,17 @@ class CLAParams(AttackParams):
         require(self.steps >= 0, f"steps={self.steps} must be >= 0")
         require(1 <= self.patch_size <= 8, f"patch_size={self.patch_size} must be in 1..8")
         require(0 < self.amplitude <= 255, f"amplitude={self.amplitude} must be in 1..255")
+        require(0 <= self.surrogate_eps <= 1, f"surrogate_eps={self.surrogate_eps} must be in [0, 1]")
+        require(self.surrogate_steps >= 1, f"surrogate_steps={self.surrogate_steps} must be >= 1")
 
 
 def pgd_away(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step: float,
-             batch_size: int = 256) -> torch.Tensor:
+             batch_size: int = 256, random_start: bool = False) -> torch.Tensor:
     """Untargeted L∞ PGD on [0,1] images: maximise the model's loss on the true labels."""
     out = []
     for i in range(0, len(x), batch_size):
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        adv = xb.clone()
+        adv = (xb + torch.empty_like(xb).uniform_(-eps, eps)).clamp_(0, 1) if random_start else xb.clone()
         for _ in range(steps):
             adv.requires_grad_(True)
             loss = F.cross_entropy(model(adv), yb)
@@ -55,10 +65,38 @@ def pgd_away(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
     return torch.cat(out) if out else x
 
 
+def adversarial_ce(eps: float, steps: int):
+    """Madry et al.'s adversarial training loss: cross-entropy on a PGD point of each batch, from a
+    random start, crafted in eval mode (BatchNorm statistics untouched by the attack's passes).
+    Step 2.5·eps/steps (Madry et al.), 1.25·eps for one step (Wong et al.)."""
+    step = 1.25 * eps if steps == 1 else 2.5 * eps / steps
+
+    def loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        model.eval()
+        adv = pgd_away(model, x, y, eps, steps, step, batch_size=len(x), random_start=True)
+        model.train()
+        return F.cross_entropy(model(adv), y)
+
+    return loss
+
+
 @register("cla")
 class CLA(Attack):
     Params = CLAParams
     clean_label: ClassVar[bool] = True
+
+    def describe(self):
+        d = super().describe()
+        if not self.params.surrogate_eps:  # absent while off: the keys of earlier CLA models stay valid
+            del d["surrogate_eps"], d["surrogate_steps"]
+        return d
+
+    def surrogate(self, ctx) -> torch.nn.Module:
+        p = self.params
+        if not p.surrogate_eps:
+            return ctx.clean_model()
+        variant = {"name": "adversarial", "eps": p.surrogate_eps, "steps": p.surrogate_steps}
+        return ctx.clean_model(variant, adversarial_ce(p.surrogate_eps, p.surrogate_steps))
 
     def apply_trigger(self, x: torch.Tensor) -> torch.Tensor:
         p = self.params
@@ -78,7 +116,7 @@ class CLA(Attack):
         p = self.params
 
         def build():
-            model = ctx.clean_model()
+            model = self.surrogate(ctx)
             xf = x.to(ctx.device).float().div(255)
             adv = pgd_away(model, xf, y.to(ctx.device), p.eps, p.steps, p.step_size)
             return {"x": (adv * 255).round().to(torch.uint8).cpu()}
