@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from nba_scale.attacks.cla import pgd_away
+from nba_scale.adversarial import pgd_untargeted
 from nba_scale.checkpoints import load_weights
 from nba_scale.data import DataConfig, load_dataset
 from nba_scale.models import build_model
@@ -44,7 +44,7 @@ def main() -> None:
             continue
         model.eval().requires_grad_(False)
         torch.manual_seed(0)
-        adv = pgd_away(model, x, y, 8 / 255, 10, 2 / 255, random_start=True)
+        adv = pgd_untargeted(model, x, y, 8 / 255, 10, 2 / 255, batch_size=256)
         with torch.no_grad():
             clean, robust = ((model(v).argmax(1) == y).float().mean().item() for v in (x, adv))
         print(json.dumps({"key": meta.stem[:12], "variant": spec.get("variant"), "clean_acc": round(clean, 4),

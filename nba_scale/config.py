@@ -177,6 +177,15 @@ def require(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def key_fields(fields: dict[str, Any], added_later: dict[str, Any]) -> dict[str, Any]:
+    """`fields` as a cache key sees them: the settings in `added_later` (introduced after artifacts
+    were first keyed, each with the value that reproduces the older behaviour) are left out while
+    all of them hold those values, so artifacts built before they existed keep their keys."""
+    if all(fields.get(k) == v for k, v in added_later.items()):
+        return {k: v for k, v in fields.items() if k not in added_later}
+    return fields
+
+
 def finite_positive(where: str, value: float, allow_zero: bool = False) -> None:
     # NaN is let through on purpose: a NaN hyper-parameter must end the trial as `failed`
     # (the sweep records it), not be rejected before it runs.

@@ -99,7 +99,7 @@ def gradient_budget(student, teacher, x_clean, y_clean, nba, batch_size: int, ba
 
 def pgd_to_target(model, x, y, target: int, eps: float, steps: int, step_size: float) -> float:
     """The fraction of (non-target) images that untargeted PGD sends to `target`."""
-    from .defenses.nba_losses import pgd_untargeted
+    from .adversarial import pgd_untargeted
 
     hits = 0
     for i in range(0, len(x), 256):

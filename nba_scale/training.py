@@ -16,7 +16,7 @@ import os
 import random
 import sys
 import time
-from typing import Callable, Literal, Optional
+from typing import Callable, ClassVar, Literal, Optional
 
 import numpy as np
 import torch
@@ -50,6 +50,7 @@ class OptimConfig:
     # under bf16 autocast, e.g. the attacker's model, which the defense only reads; the reverse is
     # refused (Accelerate wraps a bf16 trial's model forward in autocast for the whole process).
     precision: Optional[Literal["no", "bf16"]] = None
+    added_later: ClassVar[dict] = {"cutout": 0}  # keyed only when set (config.key_fields)
 
     def validate(self) -> None:
         require(self.epochs >= 0, f"epochs={self.epochs} must be >= 0")

@@ -39,7 +39,7 @@ import torch
 from .artifacts import ArtifactCache, spec_key
 from .attacks import Attack, AttackContext, get_attack
 from .checkpoints import load_into, saved_arch, save_weights
-from .config import ConfigError, build, flatten, merge, nest, require
+from .config import ConfigError, build, flatten, key_fields, merge, nest, require
 from .data import DataConfig, Dataset, PoisonedData, load_dataset, load_poisoned_test, stratified_indices
 from .defenses import Defense, DefenseContext, get_defense
 from .defenses.base import cannot_pack
@@ -186,12 +186,8 @@ def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
 
 def _recipe(optim: OptimConfig) -> dict[str, Any]:
     """A stage's schedule for its artifact's key; its precision is keyed beside it, resolved, so a
-    bf16 stage keys alike whether the trial or the stage asked for bf16. Fields added later are
-    left out at their neutral value, so the artifacts built before them keep their keys."""
-    recipe = {k: v for k, v in dataclasses.asdict(optim).items() if k != "precision"}
-    if not recipe["cutout"]:
-        del recipe["cutout"]
-    return recipe
+    bf16 stage keys alike whether the trial or the stage asked for bf16."""
+    return key_fields({k: v for k, v in dataclasses.asdict(optim).items() if k != "precision"}, optim.added_later)
 
 
 def artifact_specs(cfg: TrialConfig, ds: Dataset, attack: Attack) -> dict[str, dict[str, Any]]:

@@ -69,10 +69,11 @@ from nba_scale.models import build_model  # noqa: E402
 
 
 def untrained_context():
-    """A context whose 'clean model' is an untrained WRN: enough to check bounds and bookkeeping."""
+    """A context whose 'clean model' (any variant) is an untrained WRN: enough to check bounds and
+    bookkeeping."""
     torch.manual_seed(0)
     model = build_model("wrn-16-1", 10, (0.5,) * 3, (0.25,) * 3).eval()
-    return AttackContext(clean_model=lambda: model, artifact=lambda what, build: build())
+    return AttackContext(clean_model=lambda variant=None, loss_fn=None: model, artifact=lambda what, build: build())
 
 
 DATA = make_synthetic(1000, 300, seed=0)
@@ -206,12 +207,12 @@ def test_cla_perturbation_is_within_eps_outside_the_four_corner_trigger():
         get_attack("cla")({}, 10).poison(x, y, xt, yt)
 
 
-def test_cla_surrogate_eps_asks_for_an_adversarially_trained_surrogate_and_keeps_old_keys():
+def test_cla_asks_for_an_adversarially_trained_surrogate_and_surrogate_eps_0_keeps_old_keys():
     from nba_scale.attacks.cla import adversarial_ce
 
     x, y, xt, yt = DATA
-    plain, robust = (get_attack("cla")(p, 10, seed=0) for p in ({}, {"surrogate_eps": 8 / 255}))
-    assert "surrogate_eps" not in plain.describe()  # off: the key of every CLA model built before stays
+    plain, robust = (get_attack("cla")(p, 10, seed=0) for p in ({"surrogate_eps": 0}, {}))
+    assert "surrogate_eps" not in plain.describe()  # the standard surrogate keys as every CLA model built before
     assert robust.describe()["surrogate_eps"] == 8 / 255 and robust.describe()["surrogate_steps"] == 1
     asked, model = [], untrained_context().clean_model()
 

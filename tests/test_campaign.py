@@ -241,6 +241,16 @@ def test_report_of_a_clean_fraction_grid_groups_by_attack_and_draws_curves(tmp_p
     for png in ("clean-fraction_bars.png", "clean-fraction_pareto.png", "clean-fraction_curves.png"):
         assert (tmp_path / "out" / png).stat().st_size > 5000
 
+    # --with-rows keeps the record beside the report; the copy reports the same table.
+    kept = write_report(tmp_path / "results", tmp_path / "kept", with_rows=True).read_text()
+    assert "(its rows: `rows/` here)" in kept
+    copy = tmp_path / "kept" / "rows" / "clean-fraction"
+    assert sorted(p.name for p in copy.iterdir()) == ["campaign.json", "rows.parquet"]
+    again = write_report(copy, tmp_path / "again").read_text()
+    assert report_cell(again, "nba", after="### attack blend") == cells
+    with pytest.raises(ConfigError, match="lies inside the campaign folder"):
+        write_report(root, root / "report", with_rows=True)
+
 
 @pytest.mark.slow
 def test_compare_runs_the_table2_grid_serially_with_the_reports_table(tmp_path, capsys):

@@ -1,6 +1,6 @@
 import pytest
 
-from nba_scale.config import ConfigError, build, flatten, nest, parse_set
+from nba_scale.config import ConfigError, build, flatten, key_fields, nest, parse_set
 from nba_scale.trial import parse_config, with_preset
 
 
@@ -58,3 +58,11 @@ def test_preact_resnet18_trains_every_stage_at_its_own_learning_rate_unless_the_
     assert (mine.backdoor.lr, mine.teacher.lr, mine.defense_params["optim"]["lr"]) == (0.05, 0.01, 0.02)
     wrn = cfg(defense="nba")
     assert (wrn.backdoor.lr, wrn.teacher.lr) == (0.1, 0.1) and "lr" not in wrn.defense_params["optim"]
+
+
+def test_key_fields_leave_out_later_settings_only_while_all_hold_their_old_values():
+    later = {"eps": 0.0, "steps": 1}
+    assert key_fields({"a": 1, "eps": 0.0, "steps": 1}, later) == {"a": 1}
+    assert key_fields({"a": 1, "eps": 0.1, "steps": 1}, later) == {"a": 1, "eps": 0.1, "steps": 1}
+    assert key_fields({"a": 1, "eps": 0.0, "steps": 3}, later) == {"a": 1, "eps": 0.0, "steps": 3}
+    assert key_fields({"a": 1}, {}) == {"a": 1}

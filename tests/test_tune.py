@@ -416,3 +416,20 @@ def test_a_trial_whose_process_dies_starts_again_from_its_last_epoch(tmp_path, t
     # Killed after epoch 1's checkpoint, started again: each epoch ran once (from scratch, the
     # restarted trial would have reported epoch 1 again)
     assert [r["epoch"] for r in reports if r.get("final") is False] == [1, 2, 3, 4, 5]
+
+
+def test_progress_eta_counts_from_the_first_trial_not_from_rays_start(capsys):
+    import types
+
+    from nba_scale.sweep.execution import Progress
+
+    p = Progress("t", total=3, name=lambda t: t.trial_id)
+    trial = types.SimpleNamespace(trial_id="a", status="TERMINATED", last_result={"final": True, "status": "ok"})
+    p.t0 -= 600  # ten minutes of Ray start-up and model building before any trial ran
+    p.on_trial_start(0, [trial], trial)
+    p.t_first -= 60  # the first trial took one minute
+    p.finished_here = 1
+    p._print([trial], {"a"}, "")
+    line = capsys.readouterr().out
+    assert "1/3 done" in line and "10.0 min" in line  # the time since the sweep began
+    assert "ETA 2.0 min" in line, line  # two trials left at one minute each, not at eleven

@@ -7,7 +7,7 @@ from typing import Any, Callable, ClassVar, Optional
 
 import torch
 
-from ..config import build, require
+from ..config import build, key_fields, require
 from ..data import PoisonedData
 from ..registry import Registry
 
@@ -22,6 +22,9 @@ class AttackParams:
     # 39,209 images, too few to poison; class 2 has 2,250).
     target: Optional[int] = None
     rate: float = 0.1  # poison-label: fraction of the training set; clean-label: of the target class
+    # Settings added after an attack's models were first cached, at the values that reproduce the
+    # older behaviour: keyed only when one differs (config.key_fields).
+    added_later: ClassVar[dict] = {}
 
     def validate(self) -> None:
         require(0 < self.rate <= 1, f"rate={self.rate} must be in (0, 1]")
@@ -151,5 +154,6 @@ class Attack(abc.ABC):
                             train_index=torch.nonzero(rows).flatten(), noise_index=noise_idx)
 
     def describe(self) -> dict[str, Any]:
-        rev = {"revision": self.revision} if self.revision else {}  # absent at 0: older cache keys stay valid
-        return {"name": self.name, "clean_label": self.clean_label, **rev, **dataclasses.asdict(self.params)}
+        d = {"name": self.name, "clean_label": self.clean_label, "revision": self.revision,
+             **dataclasses.asdict(self.params)}
+        return key_fields(key_fields(d, {"revision": 0}), self.params.added_later)

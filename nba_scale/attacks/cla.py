@@ -1,8 +1,8 @@
 """CLA, the label-consistent backdoor (Turner, Tsipras & Madry 2019, "Label-consistent backdoor
 attacks"): clean-label. Target-class training images are first made hard to classify by an
-untargeted L∞ PGD perturbation against a separately trained clean model (adversarially trained,
-as in the paper, when `surrogate_eps` > 0), so the network leans on the trigger to fit them, then
-stamped with a checkerboard in all four corners; labels stay.
+untargeted L∞ PGD perturbation against a separately trained, adversarially robust clean model
+(as in the paper; a standard one with `surrogate_eps=0`), so the network leans on the trigger to
+fit them, then stamped with a checkerboard in all four corners; labels stay.
 
 The clean model and the perturbed images are artifacts in the cache (built once per data,
 parameters and seed). ASR stamps the four-corner trigger on every non-target test image, with no
@@ -16,6 +16,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from ..adversarial import pgd_untargeted
 from ..config import require
 from .badnets import checkerboard
 from .base import Attack, AttackParams, register
@@ -33,11 +34,12 @@ class CLAParams(AttackParams):
     amplitude: int = 255  # trigger strength (Turner et al. also try 16-64 for stealth; 255 = full)
     # The surrogate the perturbations are computed against. Turner et al. use adversarially trained
     # models (Madry et al., L∞ 8/255), whose perturbations change what the image looks like rather
-    # than exploit one network's quirks; surrogate_eps > 0 trains ours so (radius in [0,1] units;
-    # `surrogate_steps` PGD steps per batch, one being Wong et al.'s fast adversarial training,
-    # twice a clean model's cost). 0 = a standard clean model (choice: cheaper, docs/ATTACKS.md).
-    surrogate_eps: float = 0.0
+    # than exploit one network's quirks; ours is trained so (radius in [0,1] units; `surrogate_steps`
+    # PGD steps per batch, one being Wong et al.'s fast adversarial training, twice a clean model's
+    # cost). 0 = a standard clean model, this project's default before 2026-12 (docs/ATTACKS.md).
+    surrogate_eps: float = 8 / 255
     surrogate_steps: int = 1
+    added_later: ClassVar[dict] = {"surrogate_eps": 0.0, "surrogate_steps": 1}
 
     def validate(self) -> None:
         super().validate()
@@ -49,22 +51,6 @@ class CLAParams(AttackParams):
         require(self.surrogate_steps >= 1, f"surrogate_steps={self.surrogate_steps} must be >= 1")
 
 
-def pgd_away(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step: float,
-             batch_size: int = 256, random_start: bool = False) -> torch.Tensor:
-    """Untargeted L∞ PGD on [0,1] images: maximise the model's loss on the true labels."""
-    out = []
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        adv = (xb + torch.empty_like(xb).uniform_(-eps, eps)).clamp_(0, 1) if random_start else xb.clone()
-        for _ in range(steps):
-            adv.requires_grad_(True)
-            loss = F.cross_entropy(model(adv), yb)
-            (grad,) = torch.autograd.grad(loss, adv)
-            adv = torch.min(torch.max(adv.detach() + step * grad.sign(), xb - eps), xb + eps).clamp_(0, 1)
-        out.append(adv.detach())
-    return torch.cat(out) if out else x
-
-
 def adversarial_ce(eps: float, steps: int):
     """Madry et al.'s adversarial training loss: cross-entropy on a PGD point of each batch, from a
     random start, crafted in eval mode (BatchNorm statistics untouched by the attack's passes).
@@ -72,10 +58,7 @@ def adversarial_ce(eps: float, steps: int):
     step = 1.25 * eps if steps == 1 else 2.5 * eps / steps
 
     def loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        model.eval()
-        adv = pgd_away(model, x, y, eps, steps, step, batch_size=len(x), random_start=True)
-        model.train()
-        return F.cross_entropy(model(adv), y)
+        return F.cross_entropy(model(pgd_untargeted(model, x, y, eps, steps, step)), y)
 
     return loss
 
@@ -84,12 +67,6 @@ def adversarial_ce(eps: float, steps: int):
 class CLA(Attack):
     Params = CLAParams
     clean_label: ClassVar[bool] = True
-
-    def describe(self):
-        d = super().describe()
-        if not self.params.surrogate_eps:  # absent while off: the keys of earlier CLA models stay valid
-            del d["surrogate_eps"], d["surrogate_steps"]
-        return d
 
     def surrogate(self, ctx) -> torch.nn.Module:
         p = self.params
@@ -118,7 +95,8 @@ class CLA(Attack):
         def build():
             model = self.surrogate(ctx)
             xf = x.to(ctx.device).float().div(255)
-            adv = pgd_away(model, xf, y.to(ctx.device), p.eps, p.steps, p.step_size)
+            adv = pgd_untargeted(model, xf, y.to(ctx.device), p.eps, p.steps, p.step_size, random_start=False,
+                                 batch_size=256)
             return {"x": (adv * 255).round().to(torch.uint8).cpu()}
 
         perturbed = ctx.artifact(f"perturbed-{len(x)}", build)["x"]

@@ -32,11 +32,12 @@ from typing import Literal, Optional
 import torch
 import torch.nn.functional as F
 
+from ..adversarial import pgd_untargeted
 from ..config import finite_positive, require
 from ..training import OptimConfig, nad_schedule
 from .base import DefenseContext, register
 from .distill import TeacherDistillation, forward_both
-from .nba_losses import TERMS, behaviour_loss, pgd_untargeted
+from .nba_losses import TERMS, behaviour_loss
 
 
 @dataclasses.dataclass

@@ -1,4 +1,5 @@
-"""NBA's distillation terms (Ying & Wu, Cybersecurity 6:20, 2023) and the PGD pseudo sample.
+"""NBA's distillation terms (Ying & Wu, Cybersecurity 6:20, 2023); the PGD pseudo
+sample is `nba_scale.adversarial.pgd_untargeted`.
 
 Features are the three WRN group outputs (B, C_l, H_l, W_l), the taps NAD also uses. All terms
 are averaged over the batch and computed in fp32 (Gram entries overflow bf16's precision).
@@ -23,13 +24,11 @@ PNB  = sum_i -p_i(u, T) log p_i(z, T): Hinton's soft cross-entropy at temperatur
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from ..training import warn_if_slow_bf16
 
 TERMS = ("rnb", "lnb", "pnb")
 
@@ -120,33 +119,3 @@ def _weighted(feats_t, logits_t, feats_s, logits_s, weights, T, terms, represent
     for name, value in parts.items():
         total = total + weights[name] * value
     return total, parts
-
-
-def pgd_untargeted(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
-                   step_size: float, random_start: bool = True, bf16: bool = False) -> torch.Tensor:
-    """x + δ maximising the model's cross-entropy on the true label, ||δ||_∞ ≤ eps, x+δ in [0,1].
-
-    Runs the model in eval mode (BatchNorm running statistics), so crafting the sample neither
-    updates the statistics nor depends on the rest of the batch; parameters get no gradient.
-    `bf16`: the model's passes run under bf16 autocast (δ, its steps and the loss stay fp32); PGD
-    keeps only the sign of each pixel's gradient, which bf16's rounding rarely flips.
-    """
-    was_training = model.training
-    model.eval()
-    delta = torch.empty_like(x).uniform_(-eps, eps) if random_start else torch.zeros_like(x)
-    delta = ((x + delta).clamp(0, 1) - x).detach()
-    if bf16:
-        warn_if_slow_bf16(x.device)
-    autocast = (torch.autocast(device_type=x.device.type, dtype=torch.bfloat16) if bf16
-                else contextlib.nullcontext())
-    with torch.enable_grad():
-        for _ in range(steps):
-            delta.requires_grad_(True)
-            with autocast:
-                logits = model(x + delta)
-            loss = F.cross_entropy(logits.float(), y)
-            (grad,) = torch.autograd.grad(loss, delta)
-            delta = (delta + step_size * grad.sign()).clamp(-eps, eps)
-            delta = ((x + delta).clamp(0, 1) - x).detach()
-    model.train(was_training)
-    return (x + delta).detach()

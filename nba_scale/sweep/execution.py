@@ -11,7 +11,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import ray.tune as tune
 
@@ -265,6 +265,11 @@ class Progress(tune.Callback):
     def __init__(self, label: str, total: int, name: Callable[[Any], str], every_s: float = 30.0, unit: str = ""):
         self.label, self.total, self.name, self.every_s, self.unit = label, total, name, every_s, unit
         self.t0, self.last, self.finished_here = time.time(), 0.0, 0
+        self.t_first: Optional[float] = None  # the first trial's start: the ETA leaves out Ray's start-up
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if self.t_first is None:
+            self.t_first = time.time()
 
     def on_step_end(self, iteration, trials, **info):
         if time.time() - self.last >= self.every_s:
@@ -307,5 +312,6 @@ class Progress(tune.Callback):
         elapsed = self.last - self.t0
         line = f"[{self.label}] {len(ended)}/{self.total}{self.unit} done ({failed} failed), {running} running, {elapsed / 60:.1f} min"
         if self.finished_here and len(ended) < self.total:
-            line += f", ETA {elapsed / self.finished_here * (self.total - len(ended)) / 60:.1f} min"
+            rate = (self.last - (self.t_first or self.t0)) / self.finished_here
+            line += f", ETA {rate * (self.total - len(ended)) / 60:.1f} min"
         print(line + tail, flush=True)

@@ -2,6 +2,7 @@
 
     python -m nba_scale.report nba_results --out report/          # every campaign under the folder
     python -m nba_scale.report nba_results/table2 --out report/   # one campaign
+    python -m nba_scale.report nba_results --out docs/reports/x/ --with-rows   # rows kept beside it
 
 Writes `OUT/README.md` and PNGs beside it. Per campaign: a table (rows x columns as its YAML's
 `report` says; every cell "ASR / BA" in %, mean ± std over seeds; "before" = the backdoored
@@ -9,7 +10,9 @@ model where the columns are defenses), the mean over rows, the paper's published
 the campaign records them, bars per attack, Pareto fronts (ASR vs BA) per attack x clean
 fraction, clean-fraction curves where the grid has that axis, the leave-one-attack-out and
 worst-case tables for `transfer`, wall time per defense, and the commands that produced it
-(from the campaign folder's campaign.json).
+(from the campaign folder's campaign.json). `--with-rows` also writes each campaign's
+campaign.json and all its rows, in one `rows.parquet`, to `OUT/rows/<campaign>/`: a folder that
+`report` reads back and that a campaign run with `--resume` extends with more seeds.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import time
 from pathlib import Path
 
 from .. import cli
-from ..config import ConfigError
+from ..config import ConfigError, require
 from .tables import axis_values, before_rows, grouped_tables, wall_times
 
 
@@ -227,14 +230,34 @@ def _orders(meta: dict) -> dict[str, list]:
             "variant": list(c.variants)}
 
 
-def write_report(src: Path, out: Path) -> Path:
+def copy_rows(root: Path, dest: Path) -> None:
+    """A campaign folder's record, compacted: its campaign.json and every row in one Parquet file."""
+    import pyarrow.parquet as pq
+
+    from ..atomic import atomic_write, write_bytes
+    from .store import read_table
+
+    dest.mkdir(parents=True, exist_ok=True)
+    write_bytes(dest / "campaign.json", (root / "campaign.json").read_bytes())
+    with atomic_write(dest / "rows.parquet") as tmp:
+        pq.write_table(read_table(root), tmp)
+
+
+def write_report(src: Path, out: Path, with_rows: bool = False) -> Path:
     from ..atomic import write_bytes
 
     roots = sorted({p.parent for p in [*src.glob("campaign.json"), *src.glob("*/campaign.json")]})
     if not roots:
         raise ConfigError(f"no campaign under {src} (no campaign.json); run python -m nba_scale.campaign first")
     out.mkdir(parents=True, exist_ok=True)
-    lines = ["# nba_scale report", "", f"From `{shown(str(src))}`, {time.strftime('%Y-%m-%d %H:%M')}. "
+    if with_rows:
+        inside = [r for r in roots if out.resolve().is_relative_to(r.resolve())]
+        require(not inside, f"--out {out} lies inside the campaign folder {inside and inside[0]}: its copied rows "
+                "would be read back as more rows; write the report elsewhere")
+        for root in roots:
+            copy_rows(root, out / "rows" / root.name)
+    kept = " (its rows: `rows/` here)" if with_rows else ""
+    lines = ["# nba_scale report", "", f"From `{shown(str(src))}`{kept}, {time.strftime('%Y-%m-%d %H:%M')}. "
              "ASR: attack success rate on triggered non-target test images (lower is better); "
              "BA: benign accuracy on the clean test set (higher is better).", ""]
     for root in roots:
@@ -246,7 +269,7 @@ def write_report(src: Path, out: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        path = write_report(Path(args.dir), Path(args.out))
+        path = write_report(Path(args.dir), Path(args.out), args.with_rows)
     except OSError as e:
         raise ConfigError(f"cannot write the report to --out {args.out} ({e.strerror}); give a writable folder") from None
     print(f"wrote {path}")
@@ -258,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = cli.parser("python -m nba_scale.report", __doc__)
     p.add_argument("dir", help="a campaign folder (DIR/NAME) or a results folder holding several")
     p.add_argument("--out", default="report")
+    p.add_argument("--with-rows", action="store_true",
+                   help="also keep each campaign's rows (one rows.parquet) and campaign.json under OUT/rows/")
     return p
 
 
