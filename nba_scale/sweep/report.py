@@ -237,7 +237,6 @@ def copy_rows(root: Path, dest: Path) -> None:
     from ..atomic import atomic_write, write_bytes
     from .store import read_table
 
-    dest.mkdir(parents=True, exist_ok=True)
     write_bytes(dest / "campaign.json", (root / "campaign.json").read_bytes())
     with atomic_write(dest / "rows.parquet") as tmp:
         pq.write_table(read_table(root), tmp)
