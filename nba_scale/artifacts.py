@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -85,7 +86,9 @@ class ArtifactCache:
         lock = FileLock(str(lock_path), timeout=self.lock_timeout_s)
         try:
             if not _try_now(lock):
-                log.info("waiting: another process is building %s %s", kind, key[:12])
+                # Said on stderr, not at log level INFO: a run that waits minutes in silence looks hung.
+                print(f"waiting: another process is building {kind} {key[:12]} (lock {lock_path}); this run "
+                      f"goes on when it is cached", file=sys.stderr, flush=True)
                 lock.acquire()
         except Timeout:
             raise TimeoutError(f"gave up after {self.lock_timeout_s:.0f}s waiting for {lock_path}; "

@@ -59,6 +59,26 @@ def saved_arch(path: str | os.PathLike) -> Optional[str]:
     return arch if isinstance(arch, str) else None
 
 
+def load_tensors(path: str | os.PathLike) -> object:
+    """A `torch.save`d file of tensors in plain containers (a state dict, an optimizer's state)
+    through `torch.load(weights_only=True)`; a pickled object, a truncated or foreign file is a
+    one-line `CheckpointError` (torch's own message advises `weights_only=False`: never here)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} not found")
+    try:
+        with open(path, "rb") as f:  # a file object: torch.load would pick a loader from the file's name
+            return torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # weights_only refusals are UnpicklingError; truncation is RuntimeError
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e) or "pickle" in type(e).__name__.lower():
+            raise CheckpointError(
+                f"refusing to load {path}: it carries pickled Python objects, not just tensors; "
+                f"save a plain state_dict (or convert it to .safetensors) and load that"
+            ) from None
+        raise CheckpointError(f"corrupt checkpoint {path}: {first}") from None
+
+
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
@@ -71,22 +91,24 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"corrupt checkpoint {path}: {str(e).splitlines()[0]}; re-create or re-download it") from None
     if kind == "unknown":
         raise CheckpointError(f"{path} is neither safetensors nor a PyTorch file (torch.save); re-create or re-download it")
-    try:
-        with open(path, "rb") as f:  # a file object: torch.load would pick a loader from the file's name
-            obj = torch.load(f, map_location="cpu", weights_only=True)
-    except Exception as e:  # weights_only refusals are UnpicklingError; truncation is RuntimeError
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e) or "pickle" in type(e).__name__.lower():
-            raise CheckpointError(
-                f"refusing to load {path}: it carries pickled Python objects, not just tensors; "
-                f"save a plain state_dict (or convert it to .safetensors) and load that"
-            ) from None
-        raise CheckpointError(f"corrupt checkpoint {path}: {first}") from None
+    obj = load_tensors(path)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} is not a state_dict of tensors; save model.state_dict() instead")
     return obj
+
+
+def convert_hint(state: dict[str, torch.Tensor]) -> str:
+    """The `convert` command for a foreign state dict, its format guessed from its key names."""
+    keys = list(state)
+    if any(k.startswith("block1.layer.") for k in keys):  # the NAD authors' WideResNet
+        fmt = "nad"
+    elif "linear.weight" in keys or "features.0.weight" in keys:  # BackdoorBench's PreAct-ResNet18 / VGG
+        fmt = "backdoorbench"
+    else:
+        fmt = "nad|backdoorbench|torchvision"
+    return f"python -m nba_scale.convert IN OUT.safetensors --from {fmt}"
 
 
 def load_into(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
@@ -98,6 +120,10 @@ def load_into(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Modul
         if k in expected and tuple(v.shape) != tuple(expected[k].shape):
             raise CheckpointError(f"{path} does not fit the model: {k} has shape {list(v.shape)} in the file, "
                                   f"{list(expected[k].shape)} in the model; check --arch and the dataset's class count")
+        if k in expected and expected[k].is_floating_point() and not v.is_floating_point():
+            # Copied into float parameters they would load "fine" and score as broken logits.
+            raise CheckpointError(f"{path}: {k} is {str(v.dtype).removeprefix('torch.')}, not floating point; "
+                                  f"weights must be float32, float16 or bfloat16 (save the model's own state_dict)")
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k not in ("mean", "std")]  # older files without the input stats
     if missing or unexpected:
@@ -106,5 +132,6 @@ def load_into(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Modul
         raise CheckpointError(
             f"{path} does not fit the model: {len(unexpected)} of its {len(state)} keys are not the model's, "
             f"e.g. {theirs}, and {len(missing)} of the model's are missing, e.g. {ours}; a checkpoint from "
-            f"another toolkit names its layers its own way: convert it to this layout first")
+            f"another toolkit names its layers its own way: convert it to this layout first with "
+            f"{convert_hint(state)}")
     return model

@@ -151,8 +151,9 @@ def check_run(configs: Sequence[dict[str, Any]], sets: dict[str, Any],
               label: Callable[[int], str] = lambda i: "") -> None:
     """Every trial config of a run is valid (`label(i)` prefixes the error of the i-th), every
     section of `sets` (the user's --set) belongs to a plug-in some trial uses, and the dataset can
-    be loaded (offline without its files: one line, now rather than in every trial)."""
-    from .data import load_dataset
+    be loaded (offline without its files: one line, now rather than in every trial), and so can a
+    brought triggered test set (`poisoned_test`)."""
+    from .data import load_dataset, load_poisoned_test
     from .trial import check_config
 
     checked = []
@@ -170,7 +171,9 @@ def check_run(configs: Sequence[dict[str, Any]], sets: dict[str, Any],
             raise ConfigError(f"--set {section}.*: no trial of this run uses {kind} {section!r} "
                               f"(it runs {', '.join(runs)}); drop the setting or add that {kind}")
     if checked:
-        load_dataset(checked[0].dataset, checked[0].data, checked[0].seed)
+        ds = load_dataset(checked[0].dataset, checked[0].data, checked[0].seed)
+        for path in sorted({c.poisoned_test for c in checked if c.poisoned_test}):  # a bad file: now, not per trial
+            load_poisoned_test(path, ds.num_classes, tuple(ds.x_test.shape[1:]))
 
 
 def entry(build_parser: Callable[[], argparse.ArgumentParser], run: Callable[[argparse.Namespace], int]

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import pickle
 import re
 import sys
@@ -209,6 +210,20 @@ def convert(src: Path, fmt: str, arch: str | None = None, classes: int | None = 
     return state, sidecar
 
 
+def writable_target(path: Path, name: str) -> None:
+    """`path` can be written (its folder exists or can be made, and is writable), checked before
+    the work that would then be lost: the nearest existing ancestor must be a writable folder."""
+    if path.is_dir():
+        raise ConfigError(f"{name} {path} is a folder; give a file path such as {path / 'model.safetensors'}")
+    above = path.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise ConfigError(f"{name} {path}: {above} is a file, not a folder; give a path in a folder")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise ConfigError(f"{name} {path}: {above} is not writable; give a path in a writable folder")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser("python -m nba_scale.convert", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -222,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--std", type=float, nargs=3, default=None)
     args = p.parse_args(argv)
     try:
+        writable_target(args.out, "OUT")
         if args.dataset and args.dataset not in STATS:
             raise ConfigError(f"--dataset {args.dataset!r}: known {', '.join(STATS)}")
         stats = STATS[args.dataset] if args.dataset and args.fmt != "backdoorbench" else (None, None)
@@ -231,9 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    save_weights(state, args.out, metadata={k: json.dumps(v) for k, v in sidecar.items()})
-    with atomic_write(args.out.with_suffix(".json")) as tmp:
-        Path(tmp).write_text(json.dumps(sidecar, indent=1) + "\n")
+    try:
+        save_weights(state, args.out, metadata={k: json.dumps(v) for k, v in sidecar.items()})
+        with atomic_write(args.out.with_suffix(".json")) as tmp:
+            Path(tmp).write_text(json.dumps(sidecar, indent=1) + "\n")
+    except OSError as e:
+        print(f"error: cannot write OUT {args.out} ({e.strerror or e}); give a writable path", file=sys.stderr)
+        return 2
     print(f"wrote {args.out} ({sidecar['arch']}, {sidecar['classes']} classes, mean {sidecar['mean']}, "
           f"std {sidecar['std']}); defend it with: python -m nba_scale.run --model {args.out} ...")
     return 0

@@ -76,32 +76,49 @@ class PoisonedData:
     noise_index: torch.Tensor = dataclasses.field(default_factory=lambda: torch.empty(0, dtype=torch.long))
 
 
-def load_poisoned_test(path: str | os.PathLike, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def load_poisoned_test(path: str | os.PathLike, num_classes: int, image_shape: tuple[int, ...] = (3, 32, 32)
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """An attacker's own triggered test set (`--poisoned-test`): an .npz with `x` (uint8 images,
-    N x H x W x 3 or N x 3 x H x W), `target` (the label ASR counts: one int, or one per image) and
-    optionally `y` (the images' true labels, for RA; without it RA is NaN). Returns (x, y_target,
-    y_true) with y_true -1 where unknown."""
+    N x H x W x 3 or N x 3 x H x W, the dataset's size), `target` (the label ASR counts: one int,
+    or one per image) and optionally `y` (the images' true labels, for RA; without it RA is NaN).
+    Returns (x, y_target, y_true) with y_true -1 where unknown. Anything else is a ConfigError
+    naming the fix: a set the model cannot be scored on is never scored."""
     path = Path(path).expanduser()
+    where = f"--poisoned-test {path}"
     require(path.is_file(), f"--poisoned-test {str(path)!r} is not a file; give an .npz with x (uint8) and target")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot read --poisoned-test {path}: {e}") from None
+    except Exception as e:  # noqa: BLE001 -- a truncated zip raises BadZipFile, EOFError or zlib.error, not OSError
+        raise ConfigError(f"cannot read {where} ({type(e).__name__}: {str(e)[:120]}); "
+                          f"give an .npz written by numpy.savez with x (uint8) and target") from None
     require("x" in arrays and "target" in arrays,
-            f"--poisoned-test {path} holds {sorted(arrays)}; it needs x (uint8 images) and target (the label)")
+            f"{where} holds {sorted(arrays)}; it needs x (uint8 images) and target (the label)")
     x = arrays["x"]
     require(x.dtype == np.uint8 and x.ndim == 4 and 3 in (x.shape[1], x.shape[3]),
-            f"--poisoned-test {path}: x must be uint8 N x H x W x 3 or N x 3 x H x W, got {x.dtype} {x.shape}")
+            f"{where}: x must be uint8 N x H x W x 3 or N x 3 x H x W, got {x.dtype} {x.shape}")
+    require(len(x) > 0, f"{where}: x holds no images")
     xt = torch.from_numpy(np.ascontiguousarray(x)) if x.shape[1] == 3 else _from_hwc(x)
-    target = torch.from_numpy(np.asarray(arrays["target"]).astype(np.int64)).flatten()
-    target = target.expand(len(xt)).clone() if target.numel() == 1 else target
-    true = (torch.from_numpy(arrays["y"].astype(np.int64)).flatten() if "y" in arrays
-            else torch.full((len(xt),), -1, dtype=torch.long))
-    require(len(target) == len(xt) == len(true), f"--poisoned-test {path}: x, target and y differ in length")
-    require(bool(((target >= 0) & (target < num_classes)).all()),
-            f"--poisoned-test {path}: target labels must lie in 0..{num_classes - 1}")
-    return xt, target, true
+    require(tuple(xt.shape[1:]) == tuple(image_shape),
+            f"{where}: its images are {xt.shape[2]}x{xt.shape[3]}, the dataset's are "
+            f"{image_shape[1]}x{image_shape[2]}; trigger images of the dataset's size")
+    labels = {}
+    for name in ("target", "y"):
+        if name not in arrays:
+            continue
+        v = np.asarray(arrays[name])
+        require(np.issubdtype(v.dtype, np.integer),
+                f"{where}: {name} must hold integer class indices, got dtype {v.dtype}; store it as np.int64")
+        v = torch.from_numpy(v.astype(np.int64)).flatten()
+        labels[name] = v.expand(len(xt)).clone() if name == "target" and v.numel() == 1 else v
+        require(len(labels[name]) == len(xt),
+                f"{where}: x has {len(xt)} images but {name} has {len(labels[name])} labels")
+        bad = labels[name][(labels[name] < 0) | (labels[name] >= num_classes)].tolist()
+        if bad:
+            raise ConfigError(f"{where}: {name} holds {bad[0]}; labels must lie in 0..{num_classes - 1}, "
+                              f"the dataset's classes")
+    true = labels.get("y", torch.full((len(xt),), -1, dtype=torch.long))
+    return xt, labels["target"], true
 
 
 def default_data_dir() -> Path:
@@ -219,7 +236,17 @@ def check_arrays(where: str, arrays: dict[str, np.ndarray]) -> None:
             raise ConfigError(f"{where}: x_{split} has {len(x)} images but y_{split} has {len(y)} labels")
         if y.min() < 0:
             raise ConfigError(f"{where}: y_{split} holds negative labels (min {y.min()}); classes are 0..K-1")
-    stray = sorted(set(np.unique(arrays["y_test"]).tolist()) - set(np.unique(arrays["y_train"]).tolist()))
+    # The class count is max + 1, so one stray label (1000 among 0..9) would silently build a
+    # 1001-class model: every class 0..K-1 must have training images.
+    present = np.unique(arrays["y_train"])
+    if len(present) < 2:
+        raise ConfigError(f"{where}: y_train holds one class ({present[0]}); a classifier needs two or more")
+    absent = sorted(set(range(int(present[-1]) + 1)) - set(present.tolist()))
+    if absent:
+        raise ConfigError(f"{where}: y_train's labels run to {present[-1]} but no training image has class "
+                          f"{', '.join(map(str, absent[:5]))}{' ...' if len(absent) > 5 else ''}; classes must be "
+                          f"0..K-1, each with images (a stray label? map the classes to 0..K-1)")
+    stray = sorted(set(np.unique(arrays["y_test"]).tolist()) - set(present.tolist()))
     if stray:
         raise ConfigError(f"{where}: y_test has classes no training image has ({', '.join(map(str, stray[:5]))}"
                           f"{' ...' if len(stray) > 5 else ''}); test classes must be training classes")

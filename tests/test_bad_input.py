@@ -50,6 +50,9 @@ def write_npz(path, **change):
     ({"y_test": np.array([0] * 11 + [1000])}, "y_test has classes no training image has (1000)"),
     ({"x_test": np.zeros((0, 32, 32, 3), np.uint8), "y_test": np.zeros(0, np.int64)}, "x_test holds no images"),
     ({"x_train": None, "y_train": None, "x_test": None, "y_test": None}, "missing array"),
+    # One stray label would make a 1001-class model that scores "ok": refused.
+    ({"y_train": np.where(np.arange(40) == 3, 1000, np.arange(40) % 4)}, "no training image has class 4, 5, 6"),
+    ({"y_train": np.zeros(40, np.int64), "y_test": np.zeros(12, np.int64)}, "y_train holds one class (0)"),
 ])
 def test_bad_npz_labels_are_one_line_errors(tmp_path, change, fragment):
     name = write_npz(tmp_path / "d.npz", **change)
@@ -274,11 +277,189 @@ def test_reports_show_failed_rows_as_nan_not_as_the_searchers_worst():
     (["--points", "{bad}"], "expected a JSON list of objects with exactly the keys"),
     (["--scheduler", "asha", "--grace-period", "10"], "no more than --grace-period 10"),
     (["--scheduler", "asha", "--objective", "worst-case", "--attack", "badnets", "blend"], "needs per-epoch results"),
+    # Values, not only keys: each used to run the default trial, then kill the driver in Optuna.
+    (["--points", {"nba.lambda1": -5}], "point 1, nba.lambda1=-5: lies outside the search space's range"),
+    (["--points", {"nba.beta": "abc"}], 'point 1, nba.beta="abc": must be a finite number'),
+    (["--points", {"nba.T": None}], "point 1, nba.T=null: must be a finite number"),
+    (["--sampler", "bogus"], "argument --sampler: invalid choice: 'bogus'"),
+    (["--storage", "mysql:/host/db"], "--storage mysql:/host/db: neither a database URL nor a plain path"),
+    (["--storage", "sqlite:studies.db"], "a URL is sqlite://"),
 ])
 def test_bad_scheduler_and_points_flags_are_refused_before_ray_starts(tmp_path, extra, fragment):
     if "{bad}" in extra:
         (tmp_path / "bad.json").write_text('[{"nba.lambda1": 1}]')
         extra = ["--points", tmp_path / "bad.json"]
+    if isinstance(extra[-1], dict):  # a valid point with one value changed
+        from nba_scale.sweep.search_space import load_search_space
+
+        point = {**load_search_space(REPO / "search_spaces" / "nba.yaml").default_point(), **extra[-1]}
+        (tmp_path / "p.json").write_text(json.dumps([point]))
+        extra = ["--points", tmp_path / "p.json"]
     r = cli("nba_scale.tune", "--attack", "badnets", "--dataset", "synthetic", "--preset", "quick",
-            "--results", tmp_path, *extra)
+            "--results", tmp_path / "results", *extra, cwd=tmp_path)
     one_line_exit_2(r, fragment)
+    # Nothing written: no sweep folder (hence no Optuna journal), no file named after a bad --storage.
+    assert {p.name for p in tmp_path.iterdir()} <= {"bad.json", "p.json"}, list(tmp_path.iterdir())
+
+
+# --- second pass (issue 38) ----------------------------------------------------------------------
+
+
+def tiny(cache, **more):
+    """A trial that trains a one-epoch backdoored model on 300 synthetic images: seconds."""
+    return {"dataset": "synthetic", "attack": "badnets", "defense": "none", "device": "cpu", "seed": 3,
+            "cache_dir": str(cache), "data.synthetic_train": 300, "data.synthetic_test": 100,
+            "backdoor.epochs": 1, **more}
+
+
+def their_test_set(path, n=37, labels=True):
+    """An attacker's triggered test set that is not ours: the first n clean test images, target 0."""
+    from nba_scale.data import DataConfig
+
+    ds = load_dataset("synthetic", DataConfig(synthetic_train=300, synthetic_test=100), 3)
+    arrays = {"x": ds.x_test[:n].permute(0, 2, 3, 1).numpy(), "target": np.int64(0)}
+    if labels:
+        arrays["y"] = ds.y_test[:n].numpy()
+    np.savez(path, **arrays)
+    return str(path)
+
+
+@pytest.mark.slow
+def test_a_brought_test_set_scores_before_and_after_on_the_same_images(tmp_path):
+    """`--poisoned-test`: ASR/RA before and after come from the file's images, whether the
+    backdoored model was cached by an earlier trial or built by this one, and the cache keeps
+    its own set's metrics (a later trial without the file reads those)."""
+    from nba_scale.trial import run_trial
+
+    theirs, unlabelled = their_test_set(tmp_path / "t.npz"), their_test_set(tmp_path / "u.npz", labels=False)
+    ours = run_trial(tiny(tmp_path / "a"))  # builds and caches the model, scored on our triggered set
+    for cache in ("a", "b"):  # cached by the trial above / built by this one
+        r = run_trial(tiny(tmp_path / cache, poisoned_test=theirs))
+        assert r["status"] == "ok", r["error"]
+        assert r["n_poison_test"] == 37
+        assert (r["asr_before"], r["ra_before"]) == (r["asr"], r["ra"])  # defense none: nothing changed
+    again = run_trial(tiny(tmp_path / "b"))  # the model cached by the file's trial
+    assert again["artifacts"]["backdoor"]["cached"] and again["asr_before"] == ours["asr_before"]
+    # Without true labels there is no RA, and that is no failure.
+    r = run_trial(tiny(tmp_path / "a", poisoned_test=unlabelled))
+    assert r["status"] == "ok", r["error"]
+    assert math.isnan(r["ra"]) and math.isnan(r["ra_before"]) and r["asr_before"] == r["asr"]
+
+
+@pytest.mark.parametrize("arrays, fragment", [
+    ({"x": np.zeros((5, 16, 16, 3), np.uint8), "target": np.int64(0)}, "its images are 16x16, the dataset's are 32x32"),
+    ({"x": np.zeros((5, 32, 32, 3), np.uint8), "target": np.int64(0), "y": np.array([0, 1, 2, 3, 10])},
+     "y holds 10; labels must lie in 0..9"),
+    ({"x": np.zeros((5, 32, 32, 3), np.uint8), "target": np.array(["zero"] * 5)}, "target must hold integer class"),
+    ({"x": np.zeros((5, 32, 32, 3), np.uint8), "target": np.int64(0), "y": np.array(["a"] * 5)},
+     "y must hold integer class indices"),
+    ({"x": np.zeros((5, 32, 32, 3), np.uint8), "target": np.int64(0), "y": np.arange(4)}, "x has 5 images but y has 4"),
+    ({"x": np.zeros((0, 32, 32, 3), np.uint8), "target": np.int64(0)}, "x holds no images"),
+])
+def test_a_brought_test_set_the_model_cannot_be_scored_on_is_refused(tmp_path, arrays, fragment):
+    from nba_scale.data import load_poisoned_test
+
+    np.savez(tmp_path / "t.npz", **arrays)
+    with pytest.raises(ConfigError) as e:
+        load_poisoned_test(tmp_path / "t.npz", 10, (3, 32, 32))
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_truncated_test_set_is_a_refusal_not_a_failed_trial(tmp_path):
+    path = their_test_set(tmp_path / "t.npz")
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) // 2])
+    r = cli("nba_scale.run", "--poisoned-test", path, "--defense", "none", "--preset", "smoke", "--cache-dir",
+            tmp_path, "--device", "cpu")
+    one_line_exit_2(r, f"cannot read --poisoned-test {path}")
+
+
+def test_a_tampered_epoch_checkpoint_fails_its_trial_once_with_its_reason(tmp_path):
+    """A resumed trial whose epoch checkpoint carries a pickle: a failed row naming the refusal,
+    with its parameters, so that the next --resume counts the point as done rather than
+    retrying it (and adding a failed row) every time."""
+    from nba_scale.checkpoints import save_weights
+    from nba_scale.models import WideResNet
+    from nba_scale.sweep.resume import interrupted_trials
+    from nba_scale.sweep.search_space import SearchSpace, Param
+    from nba_scale.sweep.trainable import config_hash, trial_loop
+
+    trial = tmp_path / "_tune" / "run-1" / "trainable_abc_1"
+    ckpt = trial / "checkpoint_000002"
+    ckpt.mkdir(parents=True)
+    save_weights(WideResNet(16, 1).state_dict(), ckpt / "model.safetensors")
+    torch.save({"state": {}, "param_groups": [], "x": Payload()}, ckpt / "optimizer.pt")
+    (ckpt / "state.json").write_text('{"epoch": 2}')
+    point = {"nba.lambda1": 0.5}
+    (trial / "params.json").write_text(json.dumps(point))
+    space = SearchSpace("s.yaml", "nba", [Param("nba.lambda1", "float", 0.01, 20.0, True, None, 2.0)], {})
+    [restart] = interrupted_trials(tmp_path / "_tune", space, [])
+    assert restart.checkpoint == ckpt
+
+    reports = []
+
+    class Session:
+        is_main = True
+
+        def get_checkpoint(self):
+            return None
+
+        def report(self, metrics, checkpoint_dir=None):
+            reports.append(metrics)
+
+    base = {"dataset": "synthetic", "attack": "badnets", "defense": "nba", "clean_fraction": 0.1, "seed": 0}
+    trial_loop({"__base__": base, "__default__": {}, **point,
+                "__resume__": {config_hash(point): str(restart.checkpoint)}}, Session())
+    (row,) = reports
+    assert row["status"] == "failed" and row["error"].startswith("CheckpointError: refusing to load")
+    assert "optimizer.pt" in row["error"] and "pwned" not in row["error"]
+    assert row["nba_lambda1"] == 0.5
+    assert interrupted_trials(tmp_path / "_tune", space, [{**row, "trial_id": "new"}]) == []  # not retried
+
+
+def test_convert_refuses_an_out_it_cannot_write_before_converting(tmp_path):
+    (tmp_path / "file").write_text("x")
+    r = subprocess.run([sys.executable, "-m", "nba_scale.convert", tmp_path / "in.pt",
+                        tmp_path / "file" / "o.safetensors", "--from", "nad"], capture_output=True, text=True, env=ENV,
+                       cwd=REPO)
+    one_line_exit_2(r, f"OUT {tmp_path / 'file' / 'o.safetensors'}: {tmp_path / 'file'} is a file, not a folder")
+
+
+def test_campaign_resume_of_a_campaign_that_does_not_exist_is_refused(tmp_path):
+    one_line_exit_2(cli("nba_scale.campaign", "table2", "--dataset", "synthetic", "--results", tmp_path, "--resume"),
+                    "--resume: there is no campaign 'table2'")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_integer_weights_are_refused_naming_their_dtype(tmp_path):
+    from nba_scale.checkpoints import CheckpointError, load_into
+    from nba_scale.models import WideResNet
+
+    state = {k: v.to(torch.int32) if v.is_floating_point() else v for k, v in WideResNet(16, 1).state_dict().items()}
+    torch.save(state, tmp_path / "m.pt")
+    with pytest.raises(CheckpointError, match=r"(mean|weight) is int32, not floating point"):
+        load_into(WideResNet(16, 1), tmp_path / "m.pt")
+
+
+def test_a_nad_layout_names_the_convert_command(tmp_path):
+    from nba_scale.checkpoints import CheckpointError, load_into
+    from nba_scale.models import WideResNet
+
+    theirs = {k.replace("groups.0.", "block1.layer."): v for k, v in WideResNet(16, 1).state_dict().items()}
+    torch.save(theirs, tmp_path / "nad.pt")
+    with pytest.raises(CheckpointError, match=r"python -m nba_scale\.convert IN OUT\.safetensors --from nad$"):
+        load_into(WideResNet(16, 1), tmp_path / "nad.pt")
+
+
+def test_a_run_waiting_on_another_cache_build_says_so(tmp_path, capsys):
+    from filelock import FileLock
+
+    from nba_scale.artifacts import ArtifactCache, spec_key
+
+    cache = ArtifactCache(tmp_path, lock_timeout_s=0.3)
+    lock = cache.paths("backdoor", spec_key({"a": 1}))[2]
+    lock.parent.mkdir(parents=True)
+    with FileLock(str(lock)):  # another process, building
+        with pytest.raises(TimeoutError, match="delete the lock file"):
+            cache.get_or_build("backdoor", {"a": 1}, lambda: ({}, {}))
+    assert "waiting: another process is building backdoor" in capsys.readouterr().err

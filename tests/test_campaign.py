@@ -248,8 +248,17 @@ def test_report_of_a_clean_fraction_grid_groups_by_attack_and_draws_curves(tmp_p
     assert sorted(p.name for p in copy.iterdir()) == ["campaign.json", "rows.parquet"]
     again = write_report(copy, tmp_path / "again").read_text()
     assert report_cell(again, "nba", after="### attack blend") == cells
-    with pytest.raises(ConfigError, match="lies inside the campaign folder"):
-        write_report(root, root / "report", with_rows=True)
+    # An OUT inside the folder the report reads (the results folder itself, or below it, or below
+    # a campaign) is refused before anything is written: its copied rows would be counted twice.
+    from nba_scale.sweep.store import read_table
+
+    for src, out in [(root, root / "report"), (tmp_path / "results", tmp_path / "results"),
+                     (tmp_path / "results", tmp_path / "results" / "report")]:
+        with pytest.raises(ConfigError, match="which this report reads"):
+            write_report(src, out, with_rows=True)
+    assert not (root / "report").exists() and not (tmp_path / "results" / "report").exists()
+    assert not (tmp_path / "results" / "rows").exists() and not (tmp_path / "results" / "README.md").exists()
+    assert read_table(tmp_path / "results").num_rows == len(rows)
 
 
 @pytest.mark.slow

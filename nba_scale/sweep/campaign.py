@@ -223,10 +223,13 @@ def run(args: argparse.Namespace) -> int:
     cells = camp.cells(args.seeds, parse_only(args.only))
     plan = Plan.make(camp, cells, args, Path(args.results) / f"{camp.name}{args.name_suffix}")
     root, todo = plan.root, plan.todo
-    if root.exists() and any(not p.name.startswith(".") for p in root.iterdir()) and not args.resume \
-            and not args.dry_run:
+    started = root.is_dir() and any(not p.name.startswith(".") for p in root.iterdir())
+    if started and not args.resume and not args.dry_run:
         raise ConfigError(f"{root} already holds campaign results; pass --resume to finish it "
                           f"(finished cells are kept) or --name-suffix to start another")
+    if args.resume and not started:
+        raise ConfigError(f"--resume: there is no campaign {root.name!r} in {args.results} to continue; "
+                          f"check --results and --name-suffix, or drop --resume to start it")
     if args.resume:
         plan.check_settings(args)
     cpus = os.cpu_count() or 1

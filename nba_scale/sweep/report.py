@@ -248,11 +248,12 @@ def write_report(src: Path, out: Path, with_rows: bool = False) -> Path:
     roots = sorted({p.parent for p in [*src.glob("campaign.json"), *src.glob("*/campaign.json")]})
     if not roots:
         raise ConfigError(f"no campaign under {src} (no campaign.json); run python -m nba_scale.campaign first")
+    if with_rows:  # refused before anything is written: a refusal leaves no folder behind
+        inside = [r for r in [src, *roots] if out.resolve().is_relative_to(r.resolve())]
+        require(not inside, f"--out {out} lies inside {inside and inside[0]}, which this report reads: its copied "
+                "rows would be read back (by report and results) as more rows; write the report elsewhere")
     out.mkdir(parents=True, exist_ok=True)
     if with_rows:
-        inside = [r for r in roots if out.resolve().is_relative_to(r.resolve())]
-        require(not inside, f"--out {out} lies inside the campaign folder {inside and inside[0]}: its copied rows "
-                "would be read back as more rows; write the report elsewhere")
         for root in roots:
             copy_rows(root, out / "rows" / root.name)
     kept = " (its rows: `rows/` here)" if with_rows else ""

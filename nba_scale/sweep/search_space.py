@@ -37,6 +37,20 @@ class Param:
     choices: Optional[list] = None
     default: Any = None
 
+    def refuses(self, value: Any) -> Optional[str]:
+        """Why `value` (as a user writes it, e.g. in `--points`) is not a value of this parameter,
+        or None: the searcher's own check would fail later, inside the driver, with a traceback."""
+        if self.type == "categorical":
+            return None if value in self.choices else f"not one of the choices {self.choices}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"must be a finite number in [{self.low}, {self.high}]"
+        if self.type == "int" and not float(value).is_integer():
+            return f"must be a whole number in [{int(self.low)}, {int(self.high)}]"
+        if not self.low <= value <= self.high:
+            scale = " (log scale)" if self.log else ""
+            return f"lies outside the search space's range [{self.low}, {self.high}]{scale}"
+        return None
+
     def distribution(self):
         import optuna.distributions as d
 

@@ -21,6 +21,7 @@ id of its Parquet row.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -37,12 +38,25 @@ FAILED = "trial_failed"  # the constraint: > 0 for a failed trial
 JOURNAL = "_optuna.journal"  # "_" first: Parquet readers of the results folder skip it
 
 
+def check_storage(spec: Optional[str]) -> None:
+    """`--storage` is "journal", "memory", a URL (scheme://...) or a plain path; anything that
+    looks like a URL but is not one (`mysql:/host/db`, `sqlite:studies.db`) is refused rather
+    than taken as a file name in the working folder."""
+    if spec in (None, "journal", "memory") or "://" in spec:
+        return
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", spec):
+        scheme = spec.split(":", 1)[0]
+        raise ConfigError(f"--storage {spec}: neither a database URL nor a plain path; a URL is {scheme}://..., "
+                          f"e.g. sqlite:///studies.db (or give a journal file path, or journal, or memory)")
+
+
 def open_storage(spec: Optional[str], root: Path):
     """The Optuna storage `--storage` names: "journal" (default: DIR/NAME/_optuna.journal), a
     journal file path, an RDB URL (sqlite:///..., postgresql://...), or "memory"."""
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
+    check_storage(spec)
     if spec == "memory":
         return optuna.storages.InMemoryStorage()
     if spec and "://" in spec:

@@ -175,24 +175,28 @@ def trial_loop(config: dict[str, Any], session: Session) -> None:
         return pack_loop(config, session)
     import torch
 
-    from ..checkpoints import load_weights, save_weights
+    from ..checkpoints import CheckpointError, load_tensors, load_weights, save_weights
     from ..trial import run_trial
     from .search_space import decode
 
     params = {k: decode(v) for k, v in sampled(config).items()}
     cfg = merge(trial_base(config), nest(params))
-    def load_state(d: Path) -> dict[str, Any]:  # no pickle: safetensors, weights_only, JSON
-        return {"epoch": json.loads((d / "state.json").read_text())["epoch"],
-                "model": load_weights(d / "model.safetensors"),
-                "optimizer": torch.load(d / "optimizer.pt", map_location="cpu", weights_only=True)}
 
-    resume = None
-    ckpt = session.get_checkpoint()
-    if ckpt is not None:  # Ray Train restarting this run's own workers
-        with ckpt.as_directory() as d:
-            resume = load_state(Path(d))
-    elif config.get("__resume__", {}).get(config_hash(sampled(config))):  # a trial of an interrupted run
-        resume = load_state(Path(config["__resume__"][config_hash(sampled(config))]))
+    def load_state(d: Path) -> dict[str, Any]:  # no pickle: safetensors, weights_only, JSON
+        try:
+            epoch = int(json.loads((d / "state.json").read_text())["epoch"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"unreadable epoch checkpoint {d / 'state.json'} ({type(e).__name__})") from None
+        return {"epoch": epoch, "model": load_weights(d / "model.safetensors"),
+                "optimizer": load_tensors(d / "optimizer.pt")}
+
+    def resume_state() -> Optional[dict[str, Any]]:
+        ckpt = session.get_checkpoint()
+        if ckpt is not None:  # Ray Train restarting this run's own workers
+            with ckpt.as_directory() as d:
+                return load_state(Path(d))
+        where = config.get("__resume__", {}).get(config_hash(sampled(config)))
+        return load_state(Path(where)) if where else None  # a trial of an interrupted run, or a fresh one
 
     def report(epoch: int, state: dict, **metrics: float) -> None:
         if not session.is_main:  # every rank reports (Train's barrier); rank 0 alone writes
@@ -210,10 +214,13 @@ def trial_loop(config: dict[str, Any], session: Session) -> None:
             result = run_across_attacks(cfg, config["__attacks__"])
         else:
             # Campaigns resume by cell, not by epoch: no per-epoch evaluation or checkpoint to pay for.
-            result = run_trial(cfg, report=None if "cell" in config else report, resume=resume,
+            result = run_trial(cfg, report=None if "cell" in config else report, resume=resume_state(),
                                epoch_metrics=config.get("__epoch_metrics__", True))
-    except ConfigError as e:  # a sampled value the trial rejects: recorded, the sweep goes on
-        result = {**trial_axes(config), "status": "failed", "error": f"ConfigError: {e}",
+    except ConfigError as e:
+        # A sampled value the trial rejects, or an epoch checkpoint it must not load (tampered,
+        # truncated): one failed row with the reason and the parameters, so that the sweep goes on
+        # and a later --resume counts the point as done instead of retrying it.
+        result = {**trial_axes(config), "status": "failed", "error": f"{type(e).__name__}: {e}",
                   "config": flatten(nest(params))}
     row, objectives = finish(config, cfg, result, started, sampled(config))
     session.report({**{k: v for k, v in row.items() if v is not None}, **objectives,

@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", default="per-attack", choices=["per-attack", "worst-case"],
                    help="per-attack: one study per attack; worst-case: one study whose trials run every "
                         "--attack and score worst ASR and mean BA over them")
-    p.add_argument("--sampler", default="tpe", help="tpe | nsga2")
+    p.add_argument("--sampler", default="tpe", choices=["tpe", "nsga2"], help="Optuna's sampler (default tpe)")
     p.add_argument("--storage", default="journal",
                    help="where the Optuna studies live: journal (DIR/NAME/_optuna.journal, for optuna-dashboard and "
                         "optuna.load_study), a journal file path, a database URL (sqlite:///studies.db), or memory")
@@ -232,8 +232,14 @@ def read_points(path: str, space) -> list[dict[str, Any]]:
     if not isinstance(points, list) or not all(isinstance(p, dict) and set(p) == names for p in points):
         raise ConfigError(f"--points {path}: expected a JSON list of objects with exactly the keys "
                           f"{', '.join(sorted(names))}")
-    kinds = {p.name: p.type for p in space.params}
-    return [{k: encode(v) if kinds[k] == "categorical" else v for k, v in p.items()} for p in points]
+    params = {p.name: p for p in space.params}
+    for i, point in enumerate(points):
+        for k, v in point.items():
+            why = params[k].refuses(v)
+            if why:
+                raise ConfigError(f"--points {path}: point {i + 1}, {k}={json.dumps(v)}: {why}")
+    cast = {"categorical": encode, "int": int, "float": float}
+    return [{k: cast[params[k].type](v) for k, v in p.items()} for p in points]
 
 
 def check_packable(defense: str, space) -> None:
@@ -281,6 +287,9 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and not root.is_dir():
         raise ConfigError(f"--resume: there is no sweep {name!r} in {args.results} to continue; "
                           f"check --name and --results, or drop --resume to start it")
+    from .study import check_storage
+
+    check_storage(args.storage)
     studies = plan(args, space)
     points = read_points(args.points, space) if args.points else None
     if args.scheduler != "none" and args.objective == "worst-case":
