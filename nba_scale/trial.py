@@ -46,6 +46,7 @@ from .defenses.base import cannot_pack
 from .metrics import score
 from .models import build_model
 from .provenance import code_version
+from .stats import with_counts
 from .training import (FP16_REFUSED, FP32_STAGE_REFUSED, LossFn, NonFiniteLoss, OptimConfig, cross_entropy,
                        make_accelerator, nad_schedule, plain_progress, setup_run, train)
 
@@ -237,6 +238,13 @@ class Setup:
         t = p.y_test_target if p is not None else None
         return int(t[0]) if t is not None and len(t) and bool((t == t[0]).all()) else self.attack.params.target
 
+    def counts(self) -> dict[str, int]:
+        """How many images each reported metric is a fraction of (`stats.with_counts`)."""
+        p = self.poisoned
+        n_ba = (int((self.ds.y_test != self.target_of(p)).sum()) if self.cfg.eval_exclude_target
+                else len(self.ds.y_test))
+        return {"ba": n_ba, "asr": len(p.x_test), "ra": len(p.x_test)}
+
     @property
     def labelled(self) -> bool:
         """The scored triggered images carry their true labels (RA is defined)."""
@@ -398,7 +406,9 @@ def _defend(s: Setup, defenses: list[Defense], report, resume,
         repaired, failed = [m.model for m in members], [m.failed for m in members]
     s.timings["defense_s"] = time.time() - t0  # epoch_eval_s and epoch_report_s included
     t0 = time.time()
-    shared = {**{f"{k}_before": v for k, v in s.pick(before).items()}, "n_clean": len(x_clean),
+    n = s.counts()
+    shared = {**with_counts({f"{k}_before": v for k, v in s.pick(before).items()},
+                            {f"{k}_before": n[k] for k in n}, counts_too=False), "n_clean": len(x_clean),
               "n_train": len(s.ds.x_train), "n_test": len(s.ds.x_test), "n_poison_test": len(s.poisoned.x_test),
               "device": str(s.acc.device), "processes": s.acc.num_processes, "artifacts": artifacts}
     per = []
@@ -415,7 +425,7 @@ def _defend(s: Setup, defenses: list[Defense], report, resume,
             continue
         if cfg.save_path:
             save_weights(m.state_dict(), cfg.save_path, metadata={"arch": cfg.arch, "defense": cfg.defense})
-        per.append({**after, "epochs": d.epochs, **{f"{cfg.defense}_{k}": v for k, v in d.info.items()}})
+        per.append({**with_counts(after, n), "epochs": d.epochs, **{f"{cfg.defense}_{k}": v for k, v in d.info.items()}})
     s.timings["final_eval_s"] = time.time() - t0
     return shared, per
 

@@ -338,12 +338,16 @@ def test_a_brought_test_set_scores_before_and_after_on_the_same_images(tmp_path)
         assert r["status"] == "ok", r["error"]
         assert r["n_poison_test"] == 37
         assert (r["asr_before"], r["ra_before"]) == (r["asr"], r["ra"])  # defense none: nothing changed
+        # The counts behind each figure and its interval come with it (nba_scale/stats.py).
+        assert r["asr_n"] == 37 and r["asr_k"] == round(37 * r["asr"]) and r["ba_n"] == r["n_test"] == 100
+        assert r["asr_lo"] <= r["asr"] <= r["asr_hi"] and r["ba_before_lo"] <= r["ba_before"] <= r["ba_before_hi"]
     again = run_trial(tiny(tmp_path / "b"))  # the model cached by the file's trial
     assert again["artifacts"]["backdoor"]["cached"] and again["asr_before"] == ours["asr_before"]
     # Without true labels there is no RA, and that is no failure.
     r = run_trial(tiny(tmp_path / "a", poisoned_test=unlabelled))
     assert r["status"] == "ok", r["error"]
     assert math.isnan(r["ra"]) and math.isnan(r["ra_before"]) and r["asr_before"] == r["asr"]
+    assert math.isnan(r["ra_lo"]) and r["ra_k"] is None and r["asr_n"] == 37
 
 
 @pytest.mark.parametrize("arrays, fragment", [
@@ -463,3 +467,29 @@ def test_a_run_waiting_on_another_cache_build_says_so(tmp_path, capsys):
         with pytest.raises(TimeoutError, match="delete the lock file"):
             cache.get_or_build("backdoor", {"a": 1}, lambda: ({}, {}))
     assert "waiting: another process is building backdoor" in capsys.readouterr().err
+
+
+def test_a_sweep_over_a_model_without_a_backdoor_stops_once_it_is_built(tmp_path, monkeypatch, capsys):
+    """A backdoored model under --min-backdoor-asr (default 50 %) stops the sweep in one line before
+    any trial; --min-backdoor-asr 0 sweeps anyway. (Ray and the build are stood in for: what is
+    tested is the check on what the build reports.)"""
+    from nba_scale.sweep import execution, results, tune
+
+    monkeypatch.setattr(execution, "start_ray", lambda address=None: None)
+    monkeypatch.setattr(execution, "prebuild",
+                        lambda label, cfgs, address=None: [(cfgs[0], {"asr_before": 0.096, "ba_before": 0.75})])
+    studies = []
+    monkeypatch.setattr(tune, "run_study", lambda *a, **k: studies.append(k["study"]))
+    for name in ("print_pareto", "plot", "load"):
+        monkeypatch.setattr(results, name, lambda *a, **k: None)
+    argv = ["--attack", "badnets", "--dataset", "synthetic", "--preset", "quick", "--results", str(tmp_path)]
+    assert tune.main([*argv, "--name", "a"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "badnets seed 0 (ASR 9.6%) is under --min-backdoor-asr 50%" in err
+    assert studies == []
+    assert tune.main([*argv, "--name", "b", "--min-backdoor-asr", "0"]) == 0 and studies == ["badnets-cf0.05"]
+    assert tune.main([*argv, "--name", "c", "--preset", "smoke"]) == 0  # smoke: plumbing, not checked
+    assert tune.main([*argv, "--name", "d", "--min-backdoor-asr", "0.05"]) == 0
+    with pytest.raises(SystemExit) as e:  # argparse's refusal
+        tune.main([*argv, "--name", "e", "--min-backdoor-asr", "1.5"])
+    assert e.value.code == 2 and "must be a fraction in [0, 1]" in capsys.readouterr().err

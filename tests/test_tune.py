@@ -73,6 +73,9 @@ def test_smoke_sweep_writes_readable_rows_with_the_paper_default(smoke_sweep):
     assert (default["nba_lambda1"], default["nba_lambda2"], default["nba_lambda3"], default["nba_beta"]) == (2.0, 2.0, 0.1, 0.5)
     for x in rows:
         assert x["status"] == "ok" and 0 <= x["asr"] <= 1 and 0 <= x["ba"] <= 1 and x["sweep"] == "smoke"
+        # every figure with its counts and its 95 % interval over the test images
+        assert x["ba_n"] == x["n_test"] and x["asr_n"] == x["n_poison_test"] and x["asr_k"] == round(x["asr"] * x["asr_n"])
+        assert x["asr_lo"] <= x["asr"] <= x["asr_hi"] and x["ba_lo"] <= x["ba"] <= x["ba_hi"] and x["ba_hi"] > x["ba_lo"]
         assert x["attack"] == "badnets" and x["clean_fraction"] == 0.1 and x["finished"] >= x["started"]
         assert x["git_commit"] == HEAD and x["version"]  # the code that produced the row
     # The same rows through pyarrow.dataset (hive partitions) and duckdb.
@@ -92,6 +95,8 @@ def test_results_cli_pareto_sql_and_plot(smoke_sweep, tmp_path):
     out = run_tune(sys.executable, "-m", "nba_scale.results", str(root), "--pareto", "--plot", str(tmp_path / "f.png"))
     assert out.returncode == 0, out.stderr
     assert "Pareto front" in out.stdout and (tmp_path / "f.png").stat().st_size > 5000
+    header = next(line for line in out.stdout.splitlines() if line.startswith("attack"))
+    assert header.split()[:9] == ["attack", "clean_fraction", "mark", "asr", "asr_lo", "asr_hi", "ba", "ba_lo", "ba_hi"]
     sql = run_tune(sys.executable, "-m", "nba_scale.results", str(root), "--format", "csv",
                    "--sql", "SELECT count(*) AS n FROM trials WHERE status = 'ok'")
     assert sql.returncode == 0 and sql.stdout.split() == ['"n"', "3"]

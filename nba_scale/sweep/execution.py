@@ -135,22 +135,25 @@ def run_config(name: str, storage: Path, callbacks: list, retries: int = 0) -> t
                           failure_config=tune.FailureConfig(max_failures=retries))
 
 
-def prebuild(label: str, configs: list[dict[str, Any]], address: str | None = None) -> None:
+def prebuild(label: str, configs: list[dict[str, Any]], address: str | None = None
+             ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """Every distinct backdoored model, and a teacher where some trial's defense needs one, once,
     before the trials start: otherwise the first trials build them while the others wait on the
     cache's lock, holding their share of a CPU or GPU idle. Here (no `address`) with every core;
     on a cluster as Ray tasks, in parallel, each with a whole GPU where the cluster has GPUs
-    (retried on another node if theirs is lost), into the shared `--cache-dir`."""
+    (retried on another node if theirs is lost), into the shared `--cache-dir`. Returns each
+    distinct artifact set's config with what `prepare_artifacts` said of it (its `asr_before`...)."""
     from ..trial import prepare_artifacts
 
     groups = artifact_groups(configs)
+    built = []
     if address is None:
         for i, cfg in enumerate(groups, 1):
             t0 = time.time()
             print(f"[{label}] artifacts {i}/{len(groups)}: {_what(cfg)} (building or loading from the cache) ...",
                   flush=True)
-            _ready(label, cfg, prepare_artifacts(cfg), t0)
-        return
+            built.append((cfg, _ready(label, cfg, prepare_artifacts(cfg), t0)))
+        return built
     import ray
 
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
@@ -159,7 +162,17 @@ def prebuild(label: str, configs: list[dict[str, Any]], address: str | None = No
     t0, pending = time.time(), {task.remote(cfg): cfg for cfg in groups}
     while pending:
         (done,), _ = ray.wait(list(pending), num_returns=1)
-        _ready(label, pending.pop(done), ray.get(done), t0)
+        cfg = pending.pop(done)
+        built.append((cfg, _ready(label, cfg, ray.get(done), t0)))
+    return built
+
+
+def weak_backdoors(built: list[tuple[dict[str, Any], dict[str, Any]]], min_asr: float) -> list[str]:
+    """The prebuilt backdoored models whose ASR is under `min_asr`, each as "ATTACK seed S (ASR x %)":
+    a defense cannot remove a backdoor its model never learnt, and every trial against it would
+    look like a success."""
+    return [f"{cfg['attack']} seed {cfg.get('seed', 0)} (ASR {got['asr_before']:.1%})" for cfg, got in built
+            if got.get("asr_before") is not None and got["asr_before"] < min_asr]
 
 
 def artifact_groups(configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -185,11 +198,12 @@ def _what(cfg: dict[str, Any]) -> str:
     return f"{cfg['attack']} cf {cfg['clean_fraction']:g} seed {cfg.get('seed', 0)}, {what}"
 
 
-def _ready(label: str, cfg: dict[str, Any], got: dict[str, Any], t0: float) -> None:
+def _ready(label: str, cfg: dict[str, Any], got: dict[str, Any], t0: float) -> dict[str, Any]:
     if got["status"] != "ok":
         raise ConfigError(f"[{label}] could not build the artifacts of {cfg['attack']}: {got['error']}")
     print(f"[{label}]   {_what(cfg)}: ready after {time.time() - t0:.0f}s: backdoored BA {got['ba_before']:.1%}, "
           f"ASR {got['asr_before']:.1%}", flush=True)
+    return got
 
 
 class ParquetSink(tune.Callback):

@@ -48,26 +48,48 @@ def bars(rows: list[dict], row_axis: str, col_axis: str, orders: dict, title: st
     rvals, cvals = axis_values(rows, row_axis, orders.get(row_axis)), axis_values(rows, col_axis, orders.get(col_axis))
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.4 * len(rvals) * 2), 3.6))
     width = 0.8 / max(1, len(cvals))
+    seeds = len({r.get("seed") for r in rows}) > 1
     for ax, metric, label in ((axes[0], "asr", "ASR % (lower is better)"), (axes[1], "ba", "BA % (higher is better)")):
         for j, cv in enumerate(cvals):
-            ys = []
+            ys, err = [], [[], []]
             for rv in rvals:
-                g = [r[metric] for r in rows if r[row_axis] == rv and r[col_axis] == cv]
-                ys.append(100 * statistics.fmean(g) if g else float("nan"))
-            ax.bar([i + (j - (len(cvals) - 1) / 2) * width for i in range(len(rvals))], ys, width, label=str(cv))
+                g = [r for r in rows if r[row_axis] == rv and r[col_axis] == cv]
+                m = 100 * statistics.fmean(r[metric] for r in g) if g else float("nan")
+                ys.append(m)
+                lo, hi = bar_error(g, metric, seeds)
+                err[0].append(m - lo)
+                err[1].append(hi - m)
+            ax.bar([i + (j - (len(cvals) - 1) / 2) * width for i in range(len(rvals))], ys, width, label=str(cv),
+                   yerr=err, error_kw={"elinewidth": 0.8, "capsize": 2, "alpha": 0.7})
         ax.set_xticks(range(len(rvals)), [str(v) for v in rvals], rotation=20)
         ax.set_ylabel(label)
         ax.set_ylim(0, 100)
         ax.grid(axis="y", alpha=0.3)
     axes[1].legend(fontsize=7, ncol=2)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title + ("; bars: ± std over seeds" if seeds else "; bars: 95 % interval over the test images"),
+                 fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)
 
 
+def bar_error(g: list[dict], metric: str, seeds: bool) -> tuple[float, float]:
+    """A bar's error, in %: mean ± std over seeds (as the tables), or with one seed the row's own
+    95 % interval over the test images (stats.py; rows before 2026-12-05 have none: no bar)."""
+    nan = (float("nan"), float("nan"))
+    if not g:
+        return nan
+    m = 100 * statistics.fmean(r[metric] for r in g)
+    if seeds:
+        sd = 100 * statistics.stdev(r[metric] for r in g) if len(g) > 1 else 0.0
+        return m - sd, m + sd
+    lo, hi = g[0].get(f"{metric}_lo"), g[0].get(f"{metric}_hi")
+    return (100 * lo, 100 * hi) if len(g) == 1 and isinstance(lo, float) and isinstance(hi, float) else nan
+
+
 def pareto_grid(rows: list[dict], label_axis: str, orders: dict, path: Path) -> None:
-    """ASR vs BA per (attack, clean fraction); each point one column value (mean over seeds),
-    the front in red, the backdoored model as a cross."""
+    """ASR vs BA per (attack, clean fraction); each point one column value (mean over seeds, with
+    ± std over seeds, or one seed's 95 % interval: `bar_error`), the front in red, the backdoored
+    model as a cross."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -88,7 +110,12 @@ def pareto_grid(rows: list[dict], label_axis: str, orders: dict, path: Path) -> 
         pts = [(100 * statistics.fmean(r["asr"] for r in g if r[label_axis] == lv),
                 100 * statistics.fmean(r["ba"] for r in g if r[label_axis] == lv)) for lv in labels]
         keep = pareto_mask([a for a, _ in pts], [b for _, b in pts])
+        seeds = len({r.get("seed") for r in g}) > 1
         for (a, b), lv, k in zip(pts, labels, keep):
+            mine = [r for r in g if r[label_axis] == lv]
+            (alo, ahi), (blo, bhi) = bar_error(mine, "asr", seeds), bar_error(mine, "ba", seeds)
+            ax.errorbar([a], [b], xerr=[[a - alo], [ahi - a]], yerr=[[b - blo], [bhi - b]], fmt="none",
+                        ecolor="C3" if k else "C0", alpha=0.4, lw=0.8)
             ax.scatter([a], [b], color="C3" if k else "C0", s=22)
             ax.annotate(str(lv), (a, b), fontsize=7, xytext=(3, 3), textcoords="offset points")
         front = sorted(p for p, k in zip(pts, keep) if k)

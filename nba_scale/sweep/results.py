@@ -22,8 +22,9 @@ from .. import cli
 from ..config import ConfigError
 from .store import pareto_mask, read_table
 
-SHOW = ["sweep", "study", "trial_id", "attack", "clean_fraction", "status", "asr", "ba", "ra", "asr_before",
-        "ba_before", "wall_s"]
+# Each figure beside its 95 % interval (nba_scale/stats.py; rows written before 2026-12-05 have none).
+SHOW = ["sweep", "study", "trial_id", "attack", "clean_fraction", "status", "asr", "asr_lo", "asr_hi", "ba", "ba_lo",
+        "ba_hi", "ra", "asr_before", "ba_before", "wall_s"]
 
 
 def load(root: str | Path) -> pa.Table:
@@ -95,8 +96,9 @@ def print_pareto(root, by: tuple[str, ...] = ("attack", "clean_fraction"), fmt: 
     plugins = cli.plugin_sections()
     varying = [c for c in front.column_names if "_" in c and c.split("_")[0] in plugins
                and len({str(v) for v in front[c].to_pylist()}) > 1]
-    cols = [*by, "mark", "asr", "ba", "ra", "trial_id", *varying]
-    print("Pareto front (ASR down, BA up); * = the paper's default configuration")
+    cols = [*by, "mark", "asr", "asr_lo", "asr_hi", "ba", "ba_lo", "ba_hi", "ra", "trial_id", *varying]
+    print("Pareto front (ASR down, BA up); * = the paper's default configuration; _lo/_hi: 95 % interval "
+          "of each figure over the test images (Wilson), not over seeds")
     print(format_table(front, cols, fmt))
 
 
@@ -116,6 +118,14 @@ def plot(table: pa.Table, by: list[str], path: str) -> None:
         g = groups[key]
         asr, ba = [100 * r["asr"] for r in g], [100 * r["ba"] for r in g]
         ax.scatter(asr, ba, s=14, alpha=0.6, label="trials")
+        bars = [r for r in g if all(isinstance(r.get(k), float) for k in ("asr_lo", "asr_hi", "ba_lo", "ba_hi"))]
+        if bars:  # each trial's 95 % interval over the test images (stats.py)
+            def err(m: str) -> list[list[float]]:
+                return [[100 * (r[m] - r[f"{m}_lo"]) for r in bars], [100 * (r[f"{m}_hi"] - r[m]) for r in bars]]
+
+            ax.errorbar([100 * r["asr"] for r in bars], [100 * r["ba"] for r in bars], xerr=err("asr"),
+                        yerr=err("ba"), fmt="none", ecolor="C0", alpha=0.35, lw=0.8,
+                        label="95 % interval (test images)")
         keep = pareto_mask(asr, ba)
         front = sorted((a, b) for a, b, k in zip(asr, ba, keep) if k)
         if front:

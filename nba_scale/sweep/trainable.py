@@ -242,7 +242,10 @@ def run_across_attacks(cfg: dict[str, Any], attacks: list[str]) -> dict[str, Any
     config: dict[str, Any] = {}
     for p in parts:
         config.update(p.get("config") or {})
-    out = {**parts[0], "attack": "+".join(attacks), "artifacts": None, "config": config,
+    # A worst or mean over attacks is no one proportion of test images: no counts, no binomial interval.
+    single = {k for k in parts[0] if k.rsplit("_", 1)[-1] in ("lo", "hi", "k", "n")
+              and k.rsplit("_", 1)[0] in ("asr", "ba", "ra", "asr_before", "ba_before", "ra_before")}
+    out = {**{k: v for k, v in parts[0].items() if k not in single}, "attack": "+".join(attacks), "artifacts": None, "config": config,
            "wall_s": round(sum(p["wall_s"] for p in parts), 3),
            "timings": {"defense_s": round(sum(p.get("timings", {}).get("defense_s", 0.0) for p in parts), 3)}}
     bad = [p for p in parts if p["status"] != "ok"]

@@ -154,9 +154,34 @@ def build_parser() -> argparse.ArgumentParser:
                         "their rows say stopped_at_epoch")
     p.add_argument("--grace-period", type=cli.count, default=2, help="ASHA: epochs every trial runs")
     p.add_argument("--reduction-factor", type=cli.count, default=3, help="ASHA: 1/factor of the trials go on at each rung")
+    p.add_argument("--min-backdoor-asr", type=fraction, default=None, metavar="F",
+                   help="stop, once the artifacts are built, if a backdoored model's ASR is under F (default 0.5; "
+                        "not checked at --preset smoke, whose models train too briefly to implant): a sweep over a "
+                        "model without a backdoor shows every trial removing it; 0 sweeps anyway")
     p.add_argument("--points", default=None,
                    help="JSON file: a list of points ({parameter: value}) to evaluate after the default")
     return p
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text!r}")
+    return value
+
+
+MIN_BACKDOOR_ASR = 0.5
+
+
+def min_backdoor_asr(args: argparse.Namespace) -> float:
+    """The ASR under which a backdoored model counts as not backdoored (`--min-backdoor-asr`)."""
+    if args.min_backdoor_asr is not None:
+        return args.min_backdoor_asr
+    return 0.0 if args.preset == "smoke" else MIN_BACKDOOR_ASR
 
 
 def plan(args: argparse.Namespace, space) -> list[tuple[str, dict[str, Any], list[str]]]:
@@ -300,7 +325,7 @@ def run(args: argparse.Namespace) -> int:
     if args.pack > 1:
         check_packable(args.defense, space)
 
-    from .execution import prebuild, start_ray
+    from .execution import prebuild, start_ray, weak_backdoors
     from .results import load, plot, print_pareto
     from .store import driver_lock, parquet_files
     from .study import JOURNAL, open_storage
@@ -315,8 +340,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"Optuna studies ({name}/<study>) in {where}: optuna-dashboard {where}", flush=True)
         for study, base, attacks in studies:
             # Before the trials, rather than in the first of them while the others wait on its lock.
-            prebuild(study, [merge(cli.drop_unused_sections(merge(base, {"attack": a})),
-                                   nest(space.default_config())) for a in attacks], args.address)
+            built = prebuild(study, [merge(cli.drop_unused_sections(merge(base, {"attack": a})),
+                                           nest(space.default_config())) for a in attacks], args.address)
+            weak = weak_backdoors(built, min_backdoor_asr(args))
+            if weak:
+                raise ConfigError(
+                    f"[{study}] the backdoored model of {', '.join(weak)} is under --min-backdoor-asr "
+                    f"{min_backdoor_asr(args):.0%}: there is no backdoor to remove, and every trial would look like "
+                    f"a success; implant it (a larger budget, a higher poison rate; Refool: docs/FIDELITY.md "
+                    f"section 4) or pass --min-backdoor-asr 0 to sweep anyway")
             run_study(base, space, root=root, sweep=name, study=study, num_samples=num_samples,
                       max_concurrent=max_concurrent, shape=shape, sampler=args.sampler, seed=args.seed,
                       resume=args.resume, attacks=attacks if args.objective == "worst-case" else None,
