@@ -36,8 +36,13 @@ class DataConfig:
     synthetic_train: int = 4000  # synthetic dataset sizes
     synthetic_test: int = 1000
     flip: Optional[bool] = None  # None: the dataset's default (no flip for traffic signs)
+    # Images of the selection split (`Dataset.x_val`), disjoint from the training subset (hence the
+    # defender's clean set) and the test split: what a sweep selects on, so that what it reports
+    # (on test) was not chosen on the same images. 0: none. Where they come from: `selection_split`.
+    val_size: int = 0
 
     def validate(self) -> None:
+        require(self.val_size >= 0, f"val_size={self.val_size} must be an image count >= 0")
         for name in ("train_subset", "test_subset"):
             v = getattr(self, name)
             require(v is None or v > 0, f"{name}={v} must be a positive image count")
@@ -56,6 +61,9 @@ class Dataset:
     mean: tuple
     std: tuple
     flip: bool  # horizontal flip is a valid augmentation (not for traffic signs)
+    x_val: Optional[torch.Tensor] = None  # the selection split (DataConfig.val_size), None without one
+    y_val: Optional[torch.Tensor] = None
+    val_source: str = ""  # where it came from: synthetic-draw | train-pool | test-spare | test-held-out
 
 
 @dataclasses.dataclass
@@ -351,15 +359,52 @@ def _load_cached(name: str, cfg_key: tuple, seed: int) -> Dataset:
         ds = Dataset(name, xtr, ytr, xte, yte, num_classes, stats[0], stats[1], flip)
     else:
         raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(SYNTHETIC_STYLES)}, cifar10, gtsrb, npz:PATH")
+    train_all, test_all = (ds.x_train, ds.y_train), (ds.x_test, ds.y_test)
+    train_kept = test_kept = None
     if cfg.train_subset:
-        i = stratified_indices(ds.y_train, count=cfg.train_subset, seed=seed)
-        ds.x_train, ds.y_train = ds.x_train[i], ds.y_train[i]
+        train_kept = stratified_indices(ds.y_train, count=cfg.train_subset, seed=seed)
+        ds.x_train, ds.y_train = ds.x_train[train_kept], ds.y_train[train_kept]
     if cfg.test_subset:
-        i = stratified_indices(ds.y_test, count=cfg.test_subset, seed=seed)
-        ds.x_test, ds.y_test = ds.x_test[i], ds.y_test[i]
+        test_kept = stratified_indices(ds.y_test, count=cfg.test_subset, seed=seed)
+        ds.x_test, ds.y_test = ds.x_test[test_kept], ds.y_test[test_kept]
+    if cfg.val_size:
+        selection_split(ds, cfg, seed, train_all, train_kept, test_all, test_kept)
     if cfg.flip is not None:
         ds.flip = cfg.flip
     return ds
+
+
+def selection_split(ds: Dataset, cfg: DataConfig, seed: int, train_all, train_kept: Optional[torch.Tensor],
+                    test_all, test_kept: Optional[torch.Tensor]) -> None:
+    """`cfg.val_size` images (stratified, seeded) that neither the attacker's model trained on nor
+    the test split holds, into `ds.x_val`, from the first source that has them:
+
+    - synthetic data: a fresh draw of the same generator (another seed's stream);
+    - `train-pool`: training images outside the training subset (10,000 of CIFAR-10's 50,000
+      leave 40,000); the defender's clean set is drawn from the subset, so it is disjoint too;
+    - `test-spare`: test images outside the test subset;
+    - `test-held-out`: else a part of the test split itself, which then shrinks by as much (and
+      the artifacts, keyed by the test split they are scored on, are other ones than without).
+    Fewer images are taken where a source has fewer than asked."""
+    n = cfg.val_size
+    if ds.name in SYNTHETIC_STYLES:
+        x, y, _, _ = make_synthetic(n, 0, seed + 1_000_003, style=SYNTHETIC_STYLES[ds.name])
+        ds.x_val, ds.y_val, ds.val_source = x, y, "synthetic-draw"
+        return
+    for source, (x_all, y_all), kept in (("train-pool", train_all, train_kept), ("test-spare", test_all, test_kept)):
+        if kept is None or len(kept) >= len(y_all):
+            continue
+        free = torch.ones(len(y_all), dtype=torch.bool)
+        free[kept] = False
+        pool = torch.nonzero(free).flatten()
+        pick = pool[stratified_indices(y_all[pool], count=n, seed=seed + 31)]
+        ds.x_val, ds.y_val, ds.val_source = x_all[pick], y_all[pick], source
+        return
+    held = stratified_indices(ds.y_test, count=min(n, len(ds.y_test) // 2), seed=seed + 31)
+    rest = torch.ones(len(ds.y_test), dtype=torch.bool)
+    rest[held] = False
+    ds.x_val, ds.y_val, ds.val_source = ds.x_test[held], ds.y_test[held], "test-held-out"
+    ds.x_test, ds.y_test = ds.x_test[rest], ds.y_test[rest]
 
 
 def load_dataset(name: str, cfg: DataConfig | None = None, seed: int = 0) -> Dataset:

@@ -199,7 +199,9 @@ def artifact_specs(cfg: TrialConfig, ds: Dataset, attack: Attack) -> dict[str, d
     data = {"dataset": "npz" if cfg.dataset.startswith("npz:") else cfg.dataset,
             "fingerprint": _fingerprint(ds.x_train, ds.y_train),
             "test_fingerprint": _fingerprint(ds.x_test, ds.y_test),
-            "data": {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "data_dir"}}
+            # val_size is not keyed: a selection split changes no training image, and where it is
+            # held out of the test split, test_fingerprint says so.
+            "data": {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in ("data_dir", "val_size")}}
     clean = {**data, "arch": cfg.arch, "train": _recipe(cfg.backdoor), "seed": cfg.seed,
              "precision": cfg.backdoor.precision or cfg.precision}
     backdoor = {**clean, "attack": attack.describe()}
@@ -223,6 +225,7 @@ class Setup:
     timings: dict[str, float]
     poisoned: Optional[PoisonedData] = None  # what the trial is scored on: a brought test set in place of ours
     own: Optional[PoisonedData] = None  # the attack's own poisoned data: a cached artifact's metrics
+    val: Optional[PoisonedData] = None  # the selection split's triggered images (data.val_size), if any
 
     def new_model(self) -> torch.nn.Module:
         return build_model(self.cfg.arch, self.ds.num_classes, self.ds.mean, self.ds.std, self.cfg.taps)
@@ -233,17 +236,35 @@ class Setup:
         p = self.own if own else self.poisoned
         return score(model, self.ds.x_test, self.ds.y_test, p, self.acc.device, self.target_of(p))
 
+    def evaluate_val(self, model: torch.nn.Module) -> dict[str, float]:
+        """The model's metrics on the selection split (`ds.x_val` and its triggered copies)."""
+        return score(model, self.ds.x_val, self.ds.y_val, self.val, self.acc.device, self.target_of(self.val))
+
+    def selection(self, model: torch.nn.Module) -> dict[str, float]:
+        """What a searcher or a scheduler ranks the model by: its metrics on the selection split
+        where the trial has one, else on the test split."""
+        return self.pick(self.evaluate_val(model) if self.val is not None else self.evaluate(model))
+
     def target_of(self, p: Optional[PoisonedData]) -> int:
         """The attack's target label (a brought test set's, where all its images share one)."""
         t = p.y_test_target if p is not None else None
         return int(t[0]) if t is not None and len(t) and bool((t == t[0]).all()) else self.attack.params.target
 
-    def counts(self) -> dict[str, int]:
-        """How many images each reported metric is a fraction of (`stats.with_counts`)."""
-        p = self.poisoned
-        n_ba = (int((self.ds.y_test != self.target_of(p)).sum()) if self.cfg.eval_exclude_target
-                else len(self.ds.y_test))
+    def counts(self, val: bool = False) -> dict[str, int]:
+        """How many images each reported metric is a fraction of (`stats.with_counts`), on the
+        test split or (`val`) the selection split."""
+        p, y = (self.val, self.ds.y_val) if val else (self.poisoned, self.ds.y_test)
+        n_ba = int((y != self.target_of(p)).sum()) if self.cfg.eval_exclude_target else len(y)
         return {"ba": n_ba, "asr": len(p.x_test), "ra": len(p.x_test)}
+
+    def val_metrics(self, model: torch.nn.Module, suffix: str = "") -> dict[str, Any]:
+        """`val_ba`, `val_asr`, `val_ra` (+ `suffix`) with their counts and intervals; {} without
+        a selection split."""
+        if self.val is None:
+            return {}
+        n = self.counts(val=True)
+        return with_counts({f"val_{k}{suffix}": v for k, v in self.pick(self.evaluate_val(model)).items()},
+                           {f"val_{k}{suffix}": n[k] for k in n}, counts_too=not suffix)
 
     @property
     def labelled(self) -> bool:
@@ -313,6 +334,11 @@ def _setup(cfg: TrialConfig, timings: dict[str, float]) -> Setup:
     if cfg.poisoned_test:  # ASR and RA on the attacker's own triggered images instead of ours
         x, target, true = load_poisoned_test(cfg.poisoned_test, ds.num_classes, tuple(ds.x_test.shape[1:]))
         s.poisoned = dataclasses.replace(s.poisoned, x_test=x, y_test_target=target, y_test_true=true)
+    elif ds.x_val is not None:  # (a brought test set's trigger is theirs: no selection split to trigger)
+        keep = ds.y_val != attack.params.target
+        s.val = dataclasses.replace(s.own, x_test=attack.apply_trigger(ds.x_val[keep]),
+                                    y_test_target=torch.full_like(ds.y_val[keep], attack.params.target),
+                                    y_test_true=ds.y_val[keep])
     return s
 
 
@@ -369,6 +395,7 @@ def _defend(s: Setup, defenses: list[Defense], report, resume,
     cfg = s.cfg
     t0 = time.time()
     model, before, artifacts = _backdoored(s)
+    val_before = s.val_metrics(model, suffix="_before")  # before the defense changes `model`
     teacher = None
     if defenses[0].needs_teacher:
         teacher, entry = _teacher(s, model)
@@ -381,7 +408,7 @@ def _defend(s: Setup, defenses: list[Defense], report, resume,
         if report is not None:
             t0 = time.time()
             scored = epoch_metrics if isinstance(epoch_metrics, bool) else epoch + 1 in epoch_metrics
-            metrics = s.pick(s.evaluate(m)) if scored else {}
+            metrics = s.selection(m) if scored else {}  # for a scheduler: on the selection split
             t1 = time.time()
             # Copies: the caller may keep them while training goes on (0.7 MB for WRN-16-1).
             state = {"epoch": epoch + 1, "model": {n: v.detach().clone() for n, v in m.state_dict().items()},
@@ -410,7 +437,9 @@ def _defend(s: Setup, defenses: list[Defense], report, resume,
     shared = {**with_counts({f"{k}_before": v for k, v in s.pick(before).items()},
                             {f"{k}_before": n[k] for k in n}, counts_too=False), "n_clean": len(x_clean),
               "n_train": len(s.ds.x_train), "n_test": len(s.ds.x_test), "n_poison_test": len(s.poisoned.x_test),
-              "device": str(s.acc.device), "processes": s.acc.num_processes, "artifacts": artifacts}
+              "device": str(s.acc.device), "processes": s.acc.num_processes, "artifacts": artifacts,
+              "n_val": 0 if s.val is None else len(s.ds.y_val),
+              "val_source": "" if s.val is None else s.ds.val_source, **val_before}
     per = []
     for d, m, why in zip(defenses, repaired, failed):
         try:
@@ -425,7 +454,8 @@ def _defend(s: Setup, defenses: list[Defense], report, resume,
             continue
         if cfg.save_path:
             save_weights(m.state_dict(), cfg.save_path, metadata={"arch": cfg.arch, "defense": cfg.defense})
-        per.append({**with_counts(after, n), "epochs": d.epochs, **{f"{cfg.defense}_{k}": v for k, v in d.info.items()}})
+        per.append({**with_counts(after, n), **s.val_metrics(m), "epochs": d.epochs,
+                    **{f"{cfg.defense}_{k}": v for k, v in d.info.items()}})
     s.timings["final_eval_s"] = time.time() - t0
     return shared, per
 

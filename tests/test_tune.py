@@ -69,6 +69,10 @@ def test_smoke_sweep_writes_readable_rows_with_the_paper_default(smoke_sweep):
     study = journal_study(root, "smoke/badnets-cf0.1")  # the study persists beside the rows
     assert sorted(t.user_attrs["trial_id"] for t in study.trials if t.state.name == "COMPLETE") == sorted(
         x["trial_id"] for x in rows) and len(study.best_trials) >= 1
+    # Optuna was told the selection split's figures; the rows keep them beside the test split's.
+    told = {t.user_attrs["trial_id"]: t.values for t in study.trials if t.state.name == "COMPLETE"}
+    assert all(told[x["trial_id"]] == [x["val_asr"], x["val_ba"]] for x in rows)
+    assert {(x["val_source"], x["n_val"]) for x in rows} == {("synthetic-draw", 300)}
     default = next(x for x in rows if x["is_default"])
     assert (default["nba_lambda1"], default["nba_lambda2"], default["nba_lambda3"], default["nba_beta"]) == (2.0, 2.0, 0.1, 0.5)
     for x in rows:
@@ -96,7 +100,9 @@ def test_results_cli_pareto_sql_and_plot(smoke_sweep, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "Pareto front" in out.stdout and (tmp_path / "f.png").stat().st_size > 5000
     header = next(line for line in out.stdout.splitlines() if line.startswith("attack"))
-    assert header.split()[:9] == ["attack", "clean_fraction", "mark", "asr", "asr_lo", "asr_hi", "ba", "ba_lo", "ba_hi"]
+    assert header.split()[:12] == ["attack", "clean_fraction", "mark", "chosen_on", "val_asr", "val_ba", "asr",
+                                   "asr_lo", "asr_hi", "ba", "ba_lo", "ba_hi"]
+    assert "chosen on the selection split" in out.stdout and " val " in out.stdout
     sql = run_tune(sys.executable, "-m", "nba_scale.results", str(root), "--format", "csv",
                    "--sql", "SELECT count(*) AS n FROM trials WHERE status = 'ok'")
     assert sql.returncode == 0 and sql.stdout.split() == ['"n"', "3"]

@@ -227,7 +227,8 @@ class ParquetSink(tune.Callback):
 
     def _stopped(self, trial, r: dict[str, Any]) -> None:
         """A stopped trial's row (per pack member): its point, `stopped_at_epoch` and the metrics
-        it had there (`asr_at_stop`, ...). Its ASR/BA stay NaN: they are not a finished defense's."""
+        it had there (`asr_at_stop`, ...: on the selection split where the sweep has one, as the
+        scheduler saw them). Its ASR/BA stay NaN: they are not a finished defense's."""
         from .search_space import decode
         from .trainable import sampled
 

@@ -7,7 +7,9 @@
 Without --sql or --pareto it lists the trials. `trials` is a duckdb view over every Parquet row
 under DIR (schemas unified by column name). The Pareto front is computed per group (default:
 attack and clean_fraction); `*` marks the search space's default point (the paper's
-configuration, the first trial of each study).
+configuration, the first trial of each study). Where the sweep scored a selection split
+(`val_asr`, `val_ba`: `tune --val-size`), the front is chosen on it and shown with the test
+figures beside it; `_lo`/`_hi` are 95 % intervals over the test images (nba_scale/stats.py).
 """
 from __future__ import annotations
 
@@ -20,11 +22,11 @@ import pyarrow as pa
 
 from .. import cli
 from ..config import ConfigError
-from .store import pareto_mask, read_table
+from .store import has_selection, pareto_mask, read_table, selected
 
 # Each figure beside its 95 % interval (nba_scale/stats.py; rows written before 2026-12-05 have none).
-SHOW = ["sweep", "study", "trial_id", "attack", "clean_fraction", "status", "asr", "asr_lo", "asr_hi", "ba", "ba_lo",
-        "ba_hi", "ra", "asr_before", "ba_before", "wall_s"]
+SHOW = ["sweep", "study", "trial_id", "attack", "clean_fraction", "status", "val_asr", "val_ba", "asr", "asr_lo",
+        "asr_hi", "ba", "ba_lo", "ba_hi", "ra", "asr_before", "ba_before", "wall_s"]
 
 
 def load(root: str | Path) -> pa.Table:
@@ -38,7 +40,10 @@ def load(root: str | Path) -> pa.Table:
 
 
 def pareto_table(table: pa.Table, by: list[str]) -> pa.Table:
-    """Rows on the front of their group, sorted by group then ASR; adds `default_point`."""
+    """Rows on the front of their group, sorted by group then ASR; adds `default_point` and
+    `chosen_on`. A group is chosen on its selection split (`val_asr`, `val_ba`: store.selected)
+    where every row has one, else on the test split; the rows keep both figures, so that the
+    front is reported on images it was not chosen on."""
     rows = table.to_pylist()
     for r in rows:
         r["default_point"] = _is_default(r)
@@ -49,8 +54,12 @@ def pareto_table(table: pa.Table, by: list[str]) -> pa.Table:
     front = []
     for key in sorted(groups, key=lambda k: tuple(str(x) for x in k)):
         g = groups[key]
-        keep = pareto_mask([r["asr"] for r in g], [r["ba"] for r in g])
-        front += sorted((r for r, k in zip(g, keep) if k), key=lambda r: r["asr"])
+        on_val = all(has_selection(r, "asr") and has_selection(r, "ba") for r in g)
+        pick = selected if on_val else (lambda r, m: r[m])
+        keep = pareto_mask([pick(r, "asr") for r in g], [pick(r, "ba") for r in g])
+        for r in g:
+            r["chosen_on"] = "val" if on_val else "test"
+        front += sorted((r for r, k in zip(g, keep) if k), key=lambda r: pick(r, "asr"))
     return pa.Table.from_pylist(front) if front else pa.table({})
 
 
@@ -96,9 +105,11 @@ def print_pareto(root, by: tuple[str, ...] = ("attack", "clean_fraction"), fmt: 
     plugins = cli.plugin_sections()
     varying = [c for c in front.column_names if "_" in c and c.split("_")[0] in plugins
                and len({str(v) for v in front[c].to_pylist()}) > 1]
-    cols = [*by, "mark", "asr", "asr_lo", "asr_hi", "ba", "ba_lo", "ba_hi", "ra", "trial_id", *varying]
-    print("Pareto front (ASR down, BA up); * = the paper's default configuration; _lo/_hi: 95 % interval "
-          "of each figure over the test images (Wilson), not over seeds")
+    cols = [*by, "mark", "chosen_on", "val_asr", "val_ba", "asr", "asr_lo", "asr_hi", "ba", "ba_lo", "ba_hi", "ra",
+            "trial_id", *varying]
+    print("Pareto front (ASR down, BA up), chosen on the selection split (val_asr, val_ba) where the sweep has one "
+          "and reported on the test split (asr, ba); * = the paper's default configuration; _lo/_hi: 95 % interval "
+          "of each test figure over the test images (Wilson), not over seeds")
     print(format_table(front, cols, fmt))
 
 
@@ -126,10 +137,17 @@ def plot(table: pa.Table, by: list[str], path: str) -> None:
             ax.errorbar([100 * r["asr"] for r in bars], [100 * r["ba"] for r in bars], xerr=err("asr"),
                         yerr=err("ba"), fmt="none", ecolor="C0", alpha=0.35, lw=0.8,
                         label="95 % interval (test images)")
-        keep = pareto_mask(asr, ba)
-        front = sorted((a, b) for a, b, k in zip(asr, ba, keep) if k)
-        if front:
-            ax.step([a for a, _ in front], [b for _, b in front], where="post", color="C3", label="Pareto front")
+        if all(has_selection(r, "asr") and has_selection(r, "ba") for r in g):
+            # Chosen on the selection split, drawn where it lands on the test split: no longer a
+            # staircase, and the distance from one is the selection's optimism.
+            keep = pareto_mask([selected(r, "asr") for r in g], [selected(r, "ba") for r in g])
+            ax.scatter([a for a, k in zip(asr, keep) if k], [b for b, k in zip(ba, keep) if k], s=70,
+                       facecolors="none", edgecolors="C3", label="front chosen on validation, at its test figures")
+        else:
+            keep = pareto_mask(asr, ba)
+            front = sorted((a, b) for a, b, k in zip(asr, ba, keep) if k)
+            if front:
+                ax.step([a for a, _ in front], [b for _, b in front], where="post", color="C3", label="Pareto front")
         for r in g:
             if _is_default(r):
                 ax.scatter([100 * r["asr"]], [100 * r["ba"]], marker="*", s=150, color="k", label="paper default")

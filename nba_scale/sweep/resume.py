@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .search_space import SearchSpace, encode
-from .store import column_name, read_table
+from .store import column_name, read_table, selected
 from .trainable import config_hash
 
 def study_rows(root: Path, study: str) -> list[dict[str, Any]]:
@@ -52,11 +52,13 @@ def objectives(row: dict[str, Any]) -> list[float]:
     scheduler stopped it, the worst if it failed."""
     from .trainable import WORST
 
-    tag = "_at_stop" if row.get("status") == "stopped" else ""
+    # A stopped trial's figures at its stop are its epoch report's, on the selection split where
+    # it has one; a finished trial's, the selection split's where it has one (store.selected).
+    values = {k: row.get(k + "_at_stop") if row.get("status") == "stopped" else selected(row, k) for k in WORST}
     # (not `row.get(k) or nan`: an ASR of exactly 0 is the best there is, not a missing value)
     ok = row.get("status") in ("ok", "stopped") and all(
-        isinstance(row.get(k + tag), (int, float)) and math.isfinite(row[k + tag]) for k in WORST)
-    return [row[k + tag] if ok else worst for k, worst in WORST.items()]
+        isinstance(v, (int, float)) and math.isfinite(v) for v in values.values())
+    return [values[k] if ok else worst for k, worst in WORST.items()]
 
 
 @dataclasses.dataclass

@@ -31,6 +31,19 @@ PARTITIONS = ("dataset", "attack", "defense", "clean_fraction")
 METRICS = ("asr", "ba", "ra")  # a trial's results after the defense: NaN unless it finished
 
 
+def selected(row: dict[str, Any], metric: str) -> Any:
+    """The figure a sweep selects on (what Optuna is told, what the front is chosen by): the
+    selection split's (`val_asr`) where the row has one, else the test split's (`asr`). What a
+    sweep reports stays the test split's."""
+    return row[f"val_{metric}"] if has_selection(row, metric) else row.get(metric)
+
+
+def has_selection(row: dict[str, Any], metric: str = "asr") -> bool:
+    """The row has a (finite) figure on the selection split."""
+    v = row.get(f"val_{metric}")
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
 def study_id(attack: str, clean_fraction: float) -> str:
     """One Optuna study, one Pareto group: an attack (or attacks joined by +) at a clean fraction."""
     return f"{attack}-cf{clean_fraction:g}"

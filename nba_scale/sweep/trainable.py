@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..config import ConfigError, flatten, merge, nest
-from .store import trial_row
+from .store import selected, trial_row
 
 WORST = {"asr": 1.0, "ba": 0.0}
 
@@ -111,7 +111,8 @@ def finish(config: dict[str, Any], cfg: dict[str, Any], result: dict[str, Any], 
         row["is_default"] = point == config.get("__default__")
     if row.get("status") == "ok" and not all(math.isfinite(row.get(k, math.nan)) for k in WORST):
         row.update(status="failed", error="the trial's ASR or BA is not a finite number")
-    return row, {k: (row[k] if row.get("status") == "ok" else worst) for k, worst in WORST.items()}
+    # The searcher sees the selection split's figures where there is one (store.selected).
+    return row, {k: (selected(row, k) if row.get("status") == "ok" else worst) for k, worst in WORST.items()}
 
 
 def node_id() -> Optional[str]:
@@ -243,8 +244,8 @@ def run_across_attacks(cfg: dict[str, Any], attacks: list[str]) -> dict[str, Any
     for p in parts:
         config.update(p.get("config") or {})
     # A worst or mean over attacks is no one proportion of test images: no counts, no binomial interval.
-    single = {k for k in parts[0] if k.rsplit("_", 1)[-1] in ("lo", "hi", "k", "n")
-              and k.rsplit("_", 1)[0] in ("asr", "ba", "ra", "asr_before", "ba_before", "ra_before")}
+    figures = {f"{v}{m}{b}" for v in ("", "val_") for m in ("asr", "ba", "ra") for b in ("", "_before")}
+    single = {k for k in parts[0] if k.rsplit("_", 1)[-1] in ("lo", "hi", "k", "n") and k.rsplit("_", 1)[0] in figures}
     out = {**{k: v for k, v in parts[0].items() if k not in single}, "attack": "+".join(attacks), "artifacts": None, "config": config,
            "wall_s": round(sum(p["wall_s"] for p in parts), 3),
            "timings": {"defense_s": round(sum(p.get("timings", {}).get("defense_s", 0.0) for p in parts), 3)}}
@@ -255,6 +256,8 @@ def run_across_attacks(cfg: dict[str, Any], attacks: list[str]) -> dict[str, Any
     for key, agg in (("asr", max), ("ba", statistics.fmean), ("ra", statistics.fmean),
                      ("asr_before", max), ("ba_before", statistics.fmean)):
         out[key] = agg(p[key] for p in parts)
+        if all(f"val_{key}" in p for p in parts):  # the selection split's, aggregated alike
+            out[f"val_{key}"] = agg(p[f"val_{key}"] for p in parts)
     for p in parts:
         out[f"asr_{p['attack']}"], out[f"ba_{p['attack']}"] = p["asr"], p["ba"]
     return out

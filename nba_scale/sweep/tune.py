@@ -6,7 +6,9 @@
         --dataset npz:~/.cache/nba_scale/cifar10_jpeg.npz --gpus-per-trial 0.25 --address auto
 
 Each (attack, clean fraction) pair is its own Optuna study and Pareto group. Every study
-evaluates the search space's default point (the paper's configuration) first. Rows land in
+evaluates the search space's default point (the paper's configuration) first. The searcher and
+the scheduler see each trial's figures on a selection split (`--val-size`, data.selection_split),
+the rows and the front report the test split's beside them (`with_selection_split`). Rows land in
 Parquet under `--results DIR/NAME/` (see nba_scale/sweep/store.py); `--resume` continues an
 interrupted sweep from its rows (sweep/resume.py: finished trials are kept and told to the
 searcher again, interrupted ones go on from their last epoch checkpoint). `--pack K` trains K
@@ -154,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "their rows say stopped_at_epoch")
     p.add_argument("--grace-period", type=cli.count, default=2, help="ASHA: epochs every trial runs")
     p.add_argument("--reduction-factor", type=cli.count, default=3, help="ASHA: 1/factor of the trials go on at each rung")
+    p.add_argument("--val-size", type=int, default=None, metavar="N",
+                   help="images of the selection split the searcher and the scheduler score (disjoint from the "
+                        "training subset, the clean set and the test split; data.val_size): default 2,000 for "
+                        "real data, as many as the synthetic test split for synthetic data; 0: select on the "
+                        "test split, as before 2026-12-05")
     p.add_argument("--min-backdoor-asr", type=fraction, default=None, metavar="F",
                    help="stop, once the artifacts are built, if a backdoored model's ASR is under F (default 0.5; "
                         "not checked at --preset smoke, whose models train too briefly to implant): a sweep over a "
@@ -184,6 +191,24 @@ def min_backdoor_asr(args: argparse.Namespace) -> float:
     return 0.0 if args.preset == "smoke" else MIN_BACKDOOR_ASR
 
 
+VAL_SIZE = 2000  # real data: the noise of 2,000 images, as the test subsets of the docs' runs
+
+
+def with_selection_split(cfg: dict[str, Any], val_size: Optional[int]) -> dict[str, Any]:
+    """A sweep's trial config with its selection split (`data.val_size`): `--val-size`, or a
+    `--set data.val_size` the user gave, or the default: 2,000 images of real data, as many as
+    the synthetic test split of synthetic data."""
+    from ..data import DataConfig, SYNTHETIC_STYLES
+
+    data = dict(cfg.get("data") or {})
+    if val_size is not None:
+        data["val_size"] = val_size
+    elif "val_size" not in data:
+        synthetic = cfg.get("dataset") in SYNTHETIC_STYLES
+        data["val_size"] = data.get("synthetic_test", DataConfig.synthetic_test) if synthetic else VAL_SIZE
+    return {**cfg, "data": data}
+
+
 def plan(args: argparse.Namespace, space) -> list[tuple[str, dict[str, Any], list[str]]]:
     """(study id, base config, attacks of each trial) per study, every trial config checked."""
     base = cli.base_config(args, shared_cache=True)
@@ -193,9 +218,9 @@ def plan(args: argparse.Namespace, space) -> list[tuple[str, dict[str, Any], lis
         raise ConfigError("--objective worst-case needs two or more --attack names")
     studies, checked = [], []
     for cf in args.clean_fraction:
-        per_attack = [cli.trial_config(base, {"defense": args.defense, "seed": args.seed}, space.fixed,
-                                       {"attack": a, "clean_fraction": cf}, sets, preset=args.preset,
-                                       keep_sections=worst) for a in args.attack]
+        per_attack = [with_selection_split(cli.trial_config(
+            base, {"defense": args.defense, "seed": args.seed}, space.fixed, {"attack": a, "clean_fraction": cf},
+            sets, preset=args.preset, keep_sections=worst), args.val_size) for a in args.attack]
         checked += [merge(cli.drop_unused_sections(c), nest(space.default_config())) for c in per_attack]
         if worst:  # one study per clean fraction, its trials over every attack
             studies.append((study_id("worst-" + "+".join(args.attack), cf), per_attack[0], list(args.attack)))
