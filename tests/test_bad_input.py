@@ -235,9 +235,9 @@ def test_an_unwritable_plot_path_is_one_line(tmp_path):
     assert r.returncode == 2 and "cannot write --plot /proc/nope/front.png" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_a_config_error_inside_a_trial_keeps_the_error_and_the_sampled_parameters():
-    """A trial whose config the core rejects ends as a failed row with the real error, its axes
-    and what the searcher sampled (it used to end as `KeyError: 'dataset'` in the sink)."""
+def trial_reports(sampled):
+    """What a Tune trial of an NBA sweep on synthetic data reports, run in this process, with the
+    searcher's `sampled` keys (and any `__resume__`)."""
     from nba_scale.sweep.trainable import trial_loop
 
     reports = []
@@ -252,8 +252,14 @@ def test_a_config_error_inside_a_trial_keeps_the_error_and_the_sampled_parameter
             reports.append(metrics)
 
     base = {"dataset": "synthetic", "attack": "badnets", "defense": "nba", "clean_fraction": 0.1, "seed": 0}
-    trial_loop({"__base__": base, "__default__": {}, "nba.optim.epochs": -3}, Session())
-    (row,) = reports
+    trial_loop({"__base__": base, "__default__": {}, **sampled}, Session())
+    return reports
+
+
+def test_a_config_error_inside_a_trial_keeps_the_error_and_the_sampled_parameters():
+    """A trial whose config the core rejects ends as a failed row with the real error, its axes
+    and what the searcher sampled (it used to end as `KeyError: 'dataset'` in the sink)."""
+    (row,) = trial_reports({"nba.optim.epochs": -3})
     assert row["status"] == "failed" and row["error"] == "ConfigError: nba.optim.epochs=-3 must be >= 0"
     assert row["dataset"] == "synthetic" and row["attack"] == "badnets" and row["nba_optim_epochs"] == -3
     assert (row["asr"], row["ba"]) == (1.0, 0.0)  # what Optuna is told; the Parquet row gets NaN
@@ -386,7 +392,7 @@ def test_a_tampered_epoch_checkpoint_fails_its_trial_once_with_its_reason(tmp_pa
     from nba_scale.models import WideResNet
     from nba_scale.sweep.resume import interrupted_trials
     from nba_scale.sweep.search_space import SearchSpace, Param
-    from nba_scale.sweep.trainable import config_hash, trial_loop
+    from nba_scale.sweep.trainable import config_hash
 
     trial = tmp_path / "_tune" / "run-1" / "trainable_abc_1"
     ckpt = trial / "checkpoint_000002"
@@ -400,21 +406,7 @@ def test_a_tampered_epoch_checkpoint_fails_its_trial_once_with_its_reason(tmp_pa
     [restart] = interrupted_trials(tmp_path / "_tune", space, [])
     assert restart.checkpoint == ckpt
 
-    reports = []
-
-    class Session:
-        is_main = True
-
-        def get_checkpoint(self):
-            return None
-
-        def report(self, metrics, checkpoint_dir=None):
-            reports.append(metrics)
-
-    base = {"dataset": "synthetic", "attack": "badnets", "defense": "nba", "clean_fraction": 0.1, "seed": 0}
-    trial_loop({"__base__": base, "__default__": {}, **point,
-                "__resume__": {config_hash(point): str(restart.checkpoint)}}, Session())
-    (row,) = reports
+    (row,) = trial_reports({**point, "__resume__": {config_hash(point): str(restart.checkpoint)}})
     assert row["status"] == "failed" and row["error"].startswith("CheckpointError: refusing to load")
     assert "optimizer.pt" in row["error"] and "pwned" not in row["error"]
     assert row["nba_lambda1"] == 0.5

@@ -217,9 +217,10 @@ class ParquetSink(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         r = dict(trial.last_result or {})
-        if r.get("final") and "__rows__" in r:  # a pack: one row per member
+        if r.get("final") and "__rows__" in r:  # the trial's row, or a pack's, one per member
             for row in json.loads(r["__rows__"]):
-                write_row(self.root, {**row, **self.member(trial, row["member"])})
+                who = self.member(trial, row["member"]) if "member" in row else self.identity(trial)
+                write_row(self.root, {**row, **who})
         elif r.get("final"):
             write_row(self.root, {**row_fields(r), **self.identity(trial)})
         elif r.get("epoch"):  # stopped early by the scheduler (ASHA)
@@ -266,7 +267,7 @@ def member_identity(identity: dict[str, Any], k: int) -> dict[str, Any]:
 
 
 def outcomes(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """A final result's members (one for an unpacked trial): status, error, ASR, BA."""
+    """A final result's rows (one for an unpacked trial): status, error, ASR, BA (the test split's)."""
     if "__rows__" not in result:
         return [result]
     return json.loads(result["__rows__"])

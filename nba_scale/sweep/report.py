@@ -57,8 +57,8 @@ def bars(rows: list[dict], row_axis: str, col_axis: str, orders: dict, title: st
                 m = 100 * statistics.fmean(r[metric] for r in g) if g else float("nan")
                 ys.append(m)
                 lo, hi = bar_error(g, metric, seeds)
-                err[0].append(m - lo)
-                err[1].append(hi - m)
+                err[0].append(max(0.0, m - lo))
+                err[1].append(max(0.0, hi - m))
             ax.bar([i + (j - (len(cvals) - 1) / 2) * width for i in range(len(rvals))], ys, width, label=str(cv),
                    yerr=err, error_kw={"elinewidth": 0.8, "capsize": 2, "alpha": 0.7})
         ax.set_xticks(range(len(rvals)), [str(v) for v in rvals], rotation=20)
@@ -114,7 +114,8 @@ def pareto_grid(rows: list[dict], label_axis: str, orders: dict, path: Path) -> 
         for (a, b), lv, k in zip(pts, labels, keep):
             mine = [r for r in g if r[label_axis] == lv]
             (alo, ahi), (blo, bhi) = bar_error(mine, "asr", seeds), bar_error(mine, "ba", seeds)
-            ax.errorbar([a], [b], xerr=[[a - alo], [ahi - a]], yerr=[[b - blo], [bhi - b]], fmt="none",
+            ax.errorbar([a], [b], xerr=[[max(0.0, a - alo)], [max(0.0, ahi - a)]],
+                        yerr=[[max(0.0, b - blo)], [max(0.0, bhi - b)]], fmt="none",
                         ecolor="C3" if k else "C0", alpha=0.4, lw=0.8)
             ax.scatter([a], [b], color="C3" if k else "C0", s=22)
             ax.annotate(str(lv), (a, b), fontsize=7, xytext=(3, 3), textcoords="offset points")

@@ -132,7 +132,8 @@ def plot(table: pa.Table, by: list[str], path: str) -> None:
         bars = [r for r in g if all(isinstance(r.get(k), float) for k in ("asr_lo", "asr_hi", "ba_lo", "ba_hi"))]
         if bars:  # each trial's 95 % interval over the test images (stats.py)
             def err(m: str) -> list[list[float]]:
-                return [[100 * (r[m] - r[f"{m}_lo"]) for r in bars], [100 * (r[f"{m}_hi"] - r[m]) for r in bars]]
+                return [[max(0.0, 100 * (r[m] - r[f"{m}_lo"])) for r in bars],
+                        [max(0.0, 100 * (r[f"{m}_hi"] - r[m])) for r in bars]]
 
             ax.errorbar([100 * r["asr"] for r in bars], [100 * r["ba"] for r in bars], xerr=err("asr"),
                         yerr=err("ba"), fmt="none", ecolor="C0", alpha=0.35, lw=0.8,

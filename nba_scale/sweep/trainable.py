@@ -224,8 +224,11 @@ def trial_loop(config: dict[str, Any], session: Session) -> None:
         result = {**trial_axes(config), "status": "failed", "error": f"{type(e).__name__}: {e}",
                   "config": flatten(nest(params))}
     row, objectives = finish(config, cfg, result, started, sampled(config))
-    session.report({**{k: v for k, v in row.items() if v is not None}, **objectives,
-                    "utility": utility(objectives["asr"], objectives["ba"]), "final": True})
+    row = {k: v for k, v in row.items() if v is not None}
+    # The searcher reads `asr`/`ba` of the report: the selection split's figures (`objectives`);
+    # the row itself travels whole in `__rows__`, as a pack's do, with the test split's.
+    session.report({**row, **objectives, "utility": utility(objectives["asr"], objectives["ba"]), "final": True,
+                    "__rows__": json.dumps([row], default=str)})
 
 
 def run_across_attacks(cfg: dict[str, Any], attacks: list[str]) -> dict[str, Any]:
