@@ -56,6 +56,17 @@ def amount(text: str) -> float:
     return value
 
 
+def fraction(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text!r}")
+    return value
+
+
 def add_trial_flags(p: argparse.ArgumentParser, *, dataset: str, preset: Optional[str] = None,
                     seeds: bool = False) -> None:
     """The flags of every command that runs trials."""

@@ -161,24 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "training subset, the clean set and the test split; data.val_size): default 2,000 for "
                         "real data, as many as the synthetic test split for synthetic data; 0: select on the "
                         "test split, as before 2026-12-05")
-    p.add_argument("--min-backdoor-asr", type=fraction, default=None, metavar="F",
+    p.add_argument("--min-backdoor-asr", type=cli.fraction, default=None, metavar="F",
                    help="stop, once the artifacts are built, if a backdoored model's ASR is under F (default 0.5; "
                         "not checked at --preset smoke, whose models train too briefly to implant): a sweep over a "
                         "model without a backdoor shows every trial removing it; 0 sweeps anyway")
     p.add_argument("--points", default=None,
                    help="JSON file: a list of points ({parameter: value}) to evaluate after the default")
     return p
-
-
-def fraction(text: str) -> float:
-    """argparse type: a number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text!r}")
-    return value
 
 
 MIN_BACKDOOR_ASR = 0.5
