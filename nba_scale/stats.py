@@ -8,11 +8,20 @@ The interval is the test set's sampling noise alone: how far another draw of as 
 could move the figure. It says nothing of the noise of training (seeds), which is larger here
 (docs/FIDELITY.md): two trials whose intervals overlap are not shown to differ; two whose
 intervals do not overlap may still swap places at another seed.
+
+Over seeds (each its own backdoored model, teacher and defense), the noise of training is
+measured: a table's mean over seeds carries its t interval (`t_halfwidth`), and a claim that one
+defense beats another is a paired comparison over (attack, seed) cells with a stratified
+bootstrap interval (`stratified_bootstrap`; sweep/claims.py).
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
+import statistics
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    import numpy as np
 
 LEVEL = 0.95
 
@@ -44,3 +53,42 @@ def with_counts(metrics: dict[str, float], counts: dict[str, Optional[int]], cou
         if counts_too:
             out[f"{name}_k"], out[f"{name}_n"] = k, (n if finite else None)
     return out
+
+
+def t_halfwidth(values: list[float], level: float = LEVEL) -> float:
+    """Half the width of the t interval of the mean of `values` (independent replicates: seeds);
+    NaN under two values. Student's t, not the normal 1.96: with three seeds the mean's interval
+    is t(0.975, 2) = 4.30 standard errors wide each side, 2.2 times the normal one."""
+    n = len(values)
+    if n < 2:
+        return math.nan
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + level / 2, n - 1) * statistics.stdev(values) / math.sqrt(n))
+
+
+def stratified_bootstrap(strata: list["np.ndarray"], reps: int = 10_000, level: float = LEVEL, seed: int = 0
+                         ) -> tuple["np.ndarray", "np.ndarray", "np.ndarray"]:
+    """The mean over strata of each stratum's mean, and its percentile bootstrap interval, each
+    stratum resampled on its own (rows: replicates, e.g. seeds; columns: metrics). Returns
+    (point, low, high), one value per column.
+
+    This is rliable's `StratifiedBootstrap` (Agarwal et al., NeurIPS 2021: runs resampled within
+    each task) written out in numpy: rliable builds on `arch`, whose 7.2 fails to import beside
+    pandas 3 (a TypeError in its `deprecate_kwarg`, tried here on 2026-12-06), and the resampling
+    is these few lines. The draw is seeded, so a report is the same each time it is made.
+
+    A stratum's resamples come from its own few replicates: with three seeds the bootstrap's
+    spread is about (n - 1) / n of the true one, so an interval here is, if anything, narrow;
+    callers leave fewer than three replicates untested rather than read a near-empty interval."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    total = np.zeros((reps, strata[0].shape[1]))
+    for x in strata:
+        idx = rng.integers(0, len(x), size=(reps, len(x)))
+        total += x[idx].mean(axis=1)
+    total /= len(strata)
+    point = np.mean([x.mean(axis=0) for x in strata], axis=0)
+    tail = 100 * (1 - level) / 2
+    return point, np.percentile(total, tail, axis=0), np.percentile(total, 100 - tail, axis=0)

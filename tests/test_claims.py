@@ -1,6 +1,7 @@
-"""The report checks the paper's claims point by point: on the mean over seeds and in each seed,
-over the attacks that implanted only, never on a half-finished seed. Rows are written straight
-(no training), so every verdict below follows from numbers chosen to make it."""
+"""The report checks the paper's claims as paired comparisons over (attack, seed) cells with a
+95 % interval: holds, inconclusive or contradicted; over the attacks that implanted only; BA
+counted ("beats" is a lower ASR at a bounded BA loss). Rows are written straight (no training),
+so every verdict below follows from numbers chosen to make it."""
 import json
 
 import pytest
@@ -9,29 +10,36 @@ from nba_scale.config import ConfigError
 from nba_scale.sweep.claims import check_spec, evaluate
 from nba_scale.sweep.grid import load_campaign
 
-SPEC = {"subject": "nba", "removes_below": 0.10, "implanted_above": 0.5, "weaker": ["fp", "mcr"]}
-# seed -> defense -> (ASR, BA) on every implanted attack. NBA's ASR is lowest in seeds 0 and 1
-# and on the mean, not in seed 2; NAD removes too but keeps less BA; FP never removes.
+DEFENSES = ["ft", "fp", "mcr", "nad", "argd", "nba"]
+SPEC = check_spec({"subject": "nba", "weaker": ["fp", "mcr"], "beats": [["argd", "nad"]], "reversed_at": {0.01: "argd"}},
+                  DEFENSES, "t.yaml")
+# seed -> defense -> (ASR, BA) on every implanted attack, before a per-seed level is added (below).
+# fp and mcr keep the backdoor; nad removes more of it than nba but loses 30 points of BA; argd
+# removes 3 points more than nba at the same BA; ft is as good as nba in one seed and worse or
+# better in the others.
 SCORES = {
-    0: {"nba": (0.02, 0.66), "nad": (0.04, 0.61), "fp": (0.70, 0.70), "mcr": (0.80, 0.68)},
-    1: {"nba": (0.03, 0.65), "nad": (0.05, 0.62), "fp": (0.60, 0.69), "mcr": (0.75, 0.68)},
-    2: {"nba": (0.06, 0.64), "nad": (0.04, 0.60), "fp": (0.65, 0.70), "mcr": (0.02, 0.55)},
+    0: {"nba": (0.05, 0.66), "nad": (0.01, 0.36), "fp": (0.70, 0.67), "mcr": (0.80, 0.66), "argd": (0.02, 0.66),
+        "ft": (0.05, 0.66)},
+    1: {"nba": (0.06, 0.65), "nad": (0.02, 0.35), "fp": (0.60, 0.66), "mcr": (0.75, 0.65), "argd": (0.03, 0.65),
+        "ft": (0.16, 0.65)},
+    2: {"nba": (0.07, 0.64), "nad": (0.03, 0.34), "fp": (0.65, 0.65), "mcr": (0.85, 0.64), "argd": (0.04, 0.64),
+        "ft": (0.01, 0.64)},
 }
 
 
-def rows_for(scores, attacks=("badnets", "sig"), refool_nba_asr=0.9):
+def rows_for(scores, attacks=("badnets", "sig"), fraction=0.05):
     rows = []
     for seed, per in scores.items():
         for d, (asr, ba) in per.items():
             for a in attacks:
-                rows.append({"attack": a, "defense": d, "seed": seed, "clean_fraction": 0.05, "variant": "default",
+                rows.append({"attack": a, "defense": d, "seed": seed, "clean_fraction": fraction, "variant": "default",
                              "status": "ok", "asr": asr, "ba": ba, "asr_before": 0.99, "ba_before": 0.75,
-                             "wall_s": 5.0, "time_defense_s": 4.0, "trial_id": f"{a}-{d}-cf0.05-s{seed}"})
-            # Refool did not implant (10 % before): left out, else NBA's 90 % here would sink it.
-            rows.append({"attack": "refool", "defense": d, "seed": seed, "clean_fraction": 0.05, "variant": "default",
-                         "status": "ok", "asr": refool_nba_asr if d == "nba" else 0.05, "ba": 0.7,
+                             "wall_s": 5.0, "time_defense_s": 4.0, "trial_id": f"{a}-{d}-cf{fraction}-s{seed}"})
+            # Refool did not implant (10 % before): left out, else nba's 90 % there would sink it.
+            rows.append({"attack": "refool", "defense": d, "seed": seed, "clean_fraction": fraction, "variant": "default",
+                         "status": "ok", "asr": 0.9 if d == "nba" else 0.05, "ba": 0.7,
                          "asr_before": 0.10, "ba_before": 0.75, "wall_s": 5.0, "time_defense_s": 4.0,
-                         "trial_id": f"refool-{d}-cf0.05-s{seed}"})
+                         "trial_id": f"refool-{d}-cf{fraction}-s{seed}"})
     return rows
 
 
@@ -39,29 +47,58 @@ def by_claim(got):
     return {c["claim"].split(" (")[0]: c for c in got["claims"]}
 
 
-def test_claims_hold_on_the_mean_and_say_in_how_many_seeds():
+def test_each_claim_is_a_paired_verdict_that_counts_ba():
     got = evaluate(rows_for(SCORES), SPEC)
     assert got["attacks"] == ["badnets", "sig"] and got["left_out"] == {"refool": {s: pytest.approx(0.10) for s in SCORES}}
-    assert got["seeds"] == [0, 1, 2]
     c = by_claim(got)
-    lowest = c["nba has the lowest mean ASR of the 4 defenses"]
-    assert lowest["holds"] and lowest["held"] == 2 and lowest["verdict"] == "on the mean only (2 of 3 seeds)"
-    # mcr's seed-2 dip (2 %) makes it a remover there with BA 55 %: nba still keeps more.
-    ba = c["nba has the highest BA of the defenses that remove the backdoor"]
-    assert ba["holds"] and ba["held"] == 3 and ba["verdict"] == "reproduces (every seed)"
-    assert ba["here"].startswith("removers by BA: nba 65.0±1.0, nad 61.0±1.0")
-    fp, mcr = c["fp is weaker than nba"], c["mcr is weaker than nba"]
-    assert fp["verdict"] == "reproduces (every seed)"
-    assert mcr["holds"] and mcr["held"] == 2
+    best = c["nba beats every other defense"]
+    parts = {lab: v for lab, _, v in best["rows"]}
+    # nad's lower ASR is bought with 30 points of BA: it beats nothing (the old claim counted it).
+    assert parts["vs nad"] == "holds" and parts["vs fp"] == "holds" and parts["vs mcr"] == "holds"
+    assert parts["vs argd"] == "contradicted"  # 3 points lower ASR in every cell at the same BA
+    assert parts["vs ft"] == "inconclusive"  # ft is better at seed 2, worse at seed 1
+    assert best["verdict"] == "contradicted (by argd)"
+    argd = next(p for lab, p, _ in best["rows"] if lab == "vs argd")
+    assert argd.asr[0] == pytest.approx(0.03) and argd.cells == 6 and argd.seeds == 3
+    assert c["fp is weaker than nba"]["verdict"] == "holds" and c["argd beats nad"]["verdict"] == "holds"
+    # The BA claim: fp keeps 1 point more BA but 60+ points more ASR (far past asr_margin): not "as
+    # well". nba keeps 30 points more BA than nad at 4 points more ASR (past the 2 allowed): a
+    # trade-off, not a win; argd's BA equals nba's.
+    ba = {lab: v for lab, _, v in c["nba has the highest BA of the defenses that remove the backdoor as well"]["rows"]}
+    assert ba["vs fp"] == "holds" and ba["vs nad"] == "inconclusive" and ba["vs argd"] == "inconclusive"
+    loose = by_claim(evaluate(rows_for(SCORES), {**SPEC, "asr_margin": 0.05}))
+    assert {lab: v for lab, _, v in loose[next(k for k in loose if k.startswith("nba has the highest BA"))]["rows"]
+            }["vs nad"] == "holds"
 
 
-def test_a_claim_that_fails_says_so_and_the_unimplanted_attack_would_have_changed_it():
-    worse = {s: {**per, "nba": (0.09, 0.66)} for s, per in SCORES.items()}
-    c = by_claim(evaluate(rows_for(worse), SPEC))
-    assert c["nba has the lowest mean ASR of the 4 defenses"]["verdict"] == "does not reproduce (0 of 3 seeds hold it)"
-    # Counting refool (where nba sits at 90 %) would pull nba's mean ASR over the 10 % cut:
-    every = evaluate(rows_for(SCORES), {**SPEC, "implanted_above": 0.0})
-    assert not by_claim(every)["nba has the highest BA of the defenses that remove the backdoor"]["holds"]
+def test_the_comparison_is_paired_over_seeds():
+    """Seeds move every defense together by tens of points (each seed its own backdoored model);
+    nba is 2 points under argd in every cell. Paired, that is a clear difference; the spread of
+    the means alone would hide it."""
+    level = {0: 0.0, 1: 0.3, 2: 0.6}
+    scores = {s: {"nba": (0.10 + level[s], 0.66), "argd": (0.12 + level[s], 0.66)} for s in level}
+    spec = check_spec({"subject": "nba"}, ["argd", "nba"], "t.yaml")
+    c = by_claim(evaluate(rows_for(scores), spec))["nba beats every other defense"]
+    (_, p, v), = c["rows"]
+    assert v == "holds" and p.asr[1] == pytest.approx(-0.02) and p.asr[2] == pytest.approx(-0.02)
+    # Unpaired, the two means' t intervals overlap almost entirely:
+    means = evaluate(rows_for(scores), spec)["means"]
+    assert means["nba"][1] > 0.5 and means["argd"][1] > 0.5
+
+
+def test_where_the_paper_reverses_its_claim_only_the_reverse_is_checked():
+    got = evaluate(rows_for(SCORES, fraction=0.01), SPEC)
+    c = by_claim(got)
+    assert got["reversed"] == "argd" and not got["per_attack"]
+    assert "nba beats every other defense" not in c and "fp is weaker than nba" not in c
+    assert c["argd beats nba"]["verdict"] == "holds" and "argd beats nad" in c
+
+
+def test_under_three_seeds_nothing_is_tested():
+    got = evaluate(rows_for({s: SCORES[s] for s in (0, 1)}), SPEC)
+    c = by_claim(got)
+    assert c["nba beats every other defense"]["verdict"] == "untested (2 seeds; 3 needed)"
+    assert c["fp is weaker than nba"]["verdict"] == "untested (2 seeds; 3 needed)"
 
 
 def test_an_attack_that_did_not_implant_in_one_seed_is_left_out():
@@ -74,20 +111,25 @@ def test_an_attack_that_did_not_implant_in_one_seed_is_left_out():
     got = evaluate(rows, SPEC)
     assert got["attacks"] == ["sig"] and set(got["left_out"]) == {"badnets", "refool"}
     assert got["left_out"]["badnets"][0] == pytest.approx(0.11) and got["left_out"]["badnets"][1] == pytest.approx(0.99)
+    assert set(got["per_attack"]) == {"sig"}
 
 
-def test_a_half_finished_seed_is_not_compared():
+def test_a_missing_cell_drops_that_pair_only():
     rows = [r for r in rows_for(SCORES) if not (r["seed"] == 2 and r["defense"] == "nba" and r["attack"] == "sig")]
     got = evaluate(rows, SPEC)
-    assert got["seeds"] == [0, 1]
-    assert by_claim(got)["nba has the lowest mean ASR of the 4 defenses"]["verdict"] == "reproduces (every seed)"
+    assert got["seeds"] == [0, 1]  # the means: only seeds where every defense has every attack
+    argd = next(p for lab, p, _ in by_claim(got)["nba beats every other defense"]["rows"] if lab == "vs argd")
+    assert argd.cells == 5 and argd.seeds == 2  # sig has two seeds left: under three, untested
+    assert by_claim(got)["argd beats nad"]["rows"][0][1].cells == 6
 
 
 @pytest.mark.parametrize("spec, needle", [({"subject": "nbaa"}, "'nbaa'"), ({"weaker": ["fp", "xyz"]}, "'xyz'"),
-                                          ({"removes_below": 10}, "claims.removes_below"), ({"cutoff": 1}, "mapping")])
+                                          ({"removes_below": 0.1}, "delete it"), ({"cutoff": 1}, "mapping"),
+                                          ({"ba_margin": 5}, "claims.ba_margin"), ({"beats": [["argd"]]}, "pairs"),
+                                          ({"reversed_at": {"small": "argd"}}, "reversed_at")])
 def test_a_malformed_claims_spec_fails_in_one_line(spec, needle):
     with pytest.raises(ConfigError) as e:
-        check_spec(spec, ["ft", "fp", "mcr", "nad", "argd", "nba"], "t.yaml")
+        check_spec(spec, DEFENSES, "t.yaml")
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
@@ -105,6 +147,8 @@ def test_the_table2_report_prints_the_claims_table(tmp_path):
     text = write_report(tmp_path / "results", tmp_path / "out").read_text()
     assert "seeds [0, 1, 2]" in text  # the rows' seeds, not the last invocation's
     assert "#### The paper's claims at this budget" in text
-    line = next(ln for ln in text.splitlines() if ln.startswith("| nba has the lowest mean ASR"))
-    assert "on the mean only (2 of 3 seeds)" in line
+    line = next(ln for ln in text.splitlines() if ln.startswith("| nba beats every other defense"))
+    assert "contradicted (by argd)" in line
+    line = next(ln for ln in text.splitlines() if "vs argd | ASR" in ln)
+    assert "ASR +3.0 [+3.0, +3.0]" in line and line.endswith("| contradicted |")
     assert "Left out (the backdoor did not implant" in text and "refool (seed 0 10.0 %, seed 1 10.0 %" in text

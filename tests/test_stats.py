@@ -1,9 +1,12 @@
-"""Each figure's 95 % interval over the test images (nba_scale/stats.py)."""
+"""Each figure's 95 % interval over the test images, a mean's over seeds, and the stratified
+bootstrap of paired differences (nba_scale/stats.py)."""
 import math
 
 import pytest
 
-from nba_scale.stats import wilson, with_counts
+import numpy as np
+
+from nba_scale.stats import stratified_bootstrap, t_halfwidth, wilson, with_counts
 
 
 def wilson_by_hand(k, n, z=1.959963984540054):
@@ -33,3 +36,26 @@ def test_counts_come_back_from_the_fractions_and_missing_figures_get_no_interval
     before = with_counts({"asr_before": 1.0}, {"asr_before": 50}, counts_too=False)
     assert set(before) == {"asr_before", "asr_before_lo", "asr_before_hi"} and before["asr_before_hi"] == 1.0
     assert math.isnan(wilson(0, 0)[0])
+
+
+def test_the_mean_over_seeds_has_students_interval():
+    from scipy.stats import t
+
+    lo, hi = t.interval(0.95, 2, loc=2.0, scale=1.0 / math.sqrt(3))
+    assert t_halfwidth([1.0, 2.0, 3.0]) == pytest.approx((hi - lo) / 2) == pytest.approx(2.484, abs=1e-3)
+    assert math.isnan(t_halfwidth([0.4]))
+
+
+def test_the_stratified_bootstrap_weighs_strata_not_cells_and_resamples_within_each():
+    """Two attacks, one with three seeds and one with six: the point is the mean of the two
+    attacks' means (each attack counts once, as in the tables); a stratum with no spread adds no
+    width; the draw is seeded (a report is the same each time)."""
+    a = np.array([[0.1, 1.0], [0.2, 1.0], [0.3, 1.0]])
+    b = np.array([[0.5, 1.0]] * 6)
+    point, lo, hi = stratified_bootstrap([a, b])
+    assert point == pytest.approx([0.35, 1.0])
+    assert lo[1] == hi[1] == pytest.approx(1.0)  # the second metric never varies
+    assert 0.25 < lo[0] < 0.35 < hi[0] < 0.45  # a's spread, halved by the mean over two attacks
+    assert lo[0] >= 0.3 - 1e-12 and hi[0] <= 0.4 + 1e-12  # never past a's extremes, averaged with b's 0.5
+    again = stratified_bootstrap([a, b])
+    assert np.array_equal(again[1], lo) and np.array_equal(again[2], hi)

@@ -10,7 +10,7 @@ clean fractions set by the flags, run one cell after the other in this process, 
 defense repairs a copy. Rows go to Parquet under `--results DIR/NAME/` like a campaign's (one file
 per cell, so a rerun with the same name skips the cells it already has, and refuses other
 settings than theirs); the table is the report's (`python -m nba_scale.report DIR/NAME` draws its
-figures): ASR / BA per defense, mean ± std over seeds, "before" = the backdoored model.
+figures): ASR / BA per defense, mean over seeds ± its 95 % t interval, "before" = the backdoored model.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@
     python -m nba_scale.report nba_results --out docs/reports/x/ --with-rows   # rows kept beside it
 
 Writes `OUT/README.md` and PNGs beside it. Per campaign: a table (rows x columns as its YAML's
-`report` says; every cell "ASR / BA" in %, mean ± std over seeds; "before" = the backdoored
+`report` says; every cell "ASR / BA" in %, mean over seeds ± its 95 % t interval; "before" = the backdoored
 model where the columns are defenses), the mean over rows, the paper's published numbers where
 the campaign records them, bars per attack, Pareto fronts (ASR vs BA) per attack x clean
 fraction, clean-fraction curves where the grid has that axis, the leave-one-attack-out and
@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .. import cli
 from ..config import ConfigError, require
+from ..stats import t_halfwidth
 from .tables import axis_values, before_rows, grouped_tables, wall_times
 
 
@@ -66,29 +67,30 @@ def bars(rows: list[dict], row_axis: str, col_axis: str, orders: dict, title: st
         ax.set_ylim(0, 100)
         ax.grid(axis="y", alpha=0.3)
     axes[1].legend(fontsize=7, ncol=2)
-    fig.suptitle(title + ("; bars: ± std over seeds" if seeds else "; bars: 95 % interval over the test images"),
+    fig.suptitle(title + ("; bars: 95 % t interval over seeds" if seeds else "; bars: 95 % interval over the test images"),
                  fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)
 
 
 def bar_error(g: list[dict], metric: str, seeds: bool) -> tuple[float, float]:
-    """A bar's error, in %: mean ± std over seeds (as the tables), or with one seed the row's own
-    95 % interval over the test images (stats.py; rows before 2026-12-05 have none: no bar)."""
+    """A bar's error, in %: the 95 % t interval of the mean over seeds (as the tables), or with one
+    seed the row's own 95 % interval over the test images (stats.py; rows before 2026-12-05 have
+    none: no bar)."""
     nan = (float("nan"), float("nan"))
     if not g:
         return nan
     m = 100 * statistics.fmean(r[metric] for r in g)
     if seeds:
-        sd = 100 * statistics.stdev(r[metric] for r in g) if len(g) > 1 else 0.0
-        return m - sd, m + sd
+        h = 100 * t_halfwidth([r[metric] for r in g]) if len(g) > 1 else 0.0
+        return m - h, m + h
     lo, hi = g[0].get(f"{metric}_lo"), g[0].get(f"{metric}_hi")
     return (100 * lo, 100 * hi) if len(g) == 1 and isinstance(lo, float) and isinstance(hi, float) else nan
 
 
 def pareto_grid(rows: list[dict], label_axis: str, orders: dict, path: Path) -> None:
     """ASR vs BA per (attack, clean fraction); each point one column value (mean over seeds, with
-    ± std over seeds, or one seed's 95 % interval: `bar_error`), the front in red, the backdoored
+    the 95 % t interval over seeds, or one seed's interval over the test images: `bar_error`), the front in red, the backdoored
     model as a cross."""
     import matplotlib
 
@@ -206,7 +208,9 @@ def campaign_section(root: Path, out: Path) -> list[str]:
     lines = [f"## {name}: {meta.get('title', '')}", "",
              f"Paper: {meta.get('paper') or '-'}. Dataset `{shown(str(meta.get('dataset')))}`, preset `{meta.get('preset')}`, "
              f"seeds {sorted({r['seed'] for r in all_rows}) or meta.get('seeds')}, overrides {shown(str(meta.get('set') or 'none'))}. "
-             f"{len(rows)} cells ok, {len(failed)} failed. Cells: ASR / BA in %, mean ± std over seeds.", ""]
+             f"{len(rows)} cells ok, {len(failed)} failed. Cells: ASR / BA in %, the mean over seeds ± the "
+             "half-width of its 95 % t interval (one seed: the figure alone; each row's own test-set interval "
+             "is in its Parquet row).", ""]
     if not rows:
         return lines + ["No finished cells yet.", ""]
     ra, ca = rep.get("rows", "attack"), rep.get("columns", "defense")

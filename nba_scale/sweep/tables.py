@@ -1,19 +1,26 @@
-"""Campaign tables in Markdown, shared by the report and `compare`: cells "ASR / BA" in %, mean ±
-std over seeds, a "before" column (the backdoored model) where the columns are defenses, a mean
+"""Campaign tables in Markdown, shared by the report and `compare`: cells "ASR / BA" in %, the mean
+over seeds ± the half-width of its 95 % t interval (stats.t_halfwidth), a "before" column (the backdoored model) where the columns are defenses, a mean
 line over the rows, one table per value of any other axis that varies."""
 from __future__ import annotations
 
 import statistics
 from typing import Optional
 
+from ..stats import t_halfwidth
+
 AXES = ("attack", "defense", "clean_fraction", "variant")
 
 
-def pct(values: list[float]) -> str:
+def pct(values: list[float], spread: str = "interval") -> str:
+    """Mean in %, ± the 95 % t interval's half-width over `values` (seeds), or (`spread="std"`)
+    their standard deviation (the spread across attacks of a mean line: a description, not an
+    estimate's uncertainty)."""
     if not values:
         return "-"
     m = 100 * statistics.fmean(values)
-    return f"{m:.1f}" if len(values) == 1 else f"{m:.1f}±{100 * statistics.stdev(values):.1f}"
+    if len(values) == 1:
+        return f"{m:.1f}"
+    return f"{m:.1f}±{100 * (t_halfwidth(values) if spread == 'interval' else statistics.stdev(values)):.1f}"
 
 
 def cell_text(rows: list[dict], asr: str = "asr", ba: str = "ba") -> str:
@@ -56,7 +63,7 @@ def pivot(rows: list[dict], row_axis: str, col_axis: str, orders: dict[str, list
         def mean_of(sel, asr="asr", ba="ba"):
             per = [(statistics.fmean(r[asr] for r in g), statistics.fmean(r[ba] for r in g))
                    for g in ([r for r in sel if r[row_axis] == rv] for rv in rvals) if g]
-            return f"{pct([a for a, _ in per])} / {pct([b for _, b in per])}" if per else "-"
+            return f"{pct([a for a, _ in per], 'std')} / {pct([b for _, b in per], 'std')}" if per else "-"
         cells = ([mean_of(before_rows(rows), "asr_before", "ba_before")] if with_before else [])
         cells += [mean_of([r for r in rows if r[col_axis] == cv]) for cv in cvals]
         lines.append("| " + " | ".join([f"**mean over {row_axis}s** (± across them)", *cells]) + " |")
