@@ -3,6 +3,7 @@
     python bench/sweep.py --dataset npz:~/.cache/nba_scale/cifar10_jpeg.npz [--packs 1 4 8 16]
         [--asha-packs 1 8] [--num-samples 16] [--train-subset 10000] [--test-subset 2000] [--slots 2]
         [--gpus-per-trial 0] [--grace-period 2] [--reduction-factor 3] [--results DIR [--reuse]] [--json FILE]
+        [--seed 0] [--confirm N] [--min-backdoor-asr 0]
 
 Each K runs the same sweep through the real driver (`python -m nba_scale.tune`, NBA, BadNets,
 `--preset quick`, seed 0, a fresh results folder): `--num-samples` trials in ceil(N/K) packs,
@@ -18,6 +19,12 @@ default 2 epochs, `--reduction-factor`, default 3) on exactly the points the K =
 table also says how many trials ASHA stopped that ran to the end on the K = 1 run's Pareto front.
 `--reuse` takes a run whose folder (under `--results`) already holds its figures instead of
 running it again.
+
+`--confirm N` passes `tune --confirm N` to the runs (sweep/confirm.py): after the search, its
+validation front and the paper's default run again at seeds --seed + 1 ... + N. The table's
+throughput counts the search's rows only (the wall time, everything); tune prints the confirmed
+front. A confirmation wants a backdoored model to confirm on: `--seed 1 --min-backdoor-asr 0.5`
+on CIFAR-10 BadNets at 10,000 images, whose seed-0 model does not implant.
 """
 from __future__ import annotations
 
@@ -59,6 +66,8 @@ def measure(args, results: Path, name: str, cmd: list[str], env: dict, space) ->
         saved.parent.mkdir(parents=True, exist_ok=True)
         saved.write_text(json.dumps({"rc": rc, "wall_s": wall, "cmd": cmd}))
     rows = read_table(results / name).to_pylist() if (results / name).is_dir() else []
+    confirmed = [r for r in rows if r.get("stage") == "confirm"]
+    rows = [r for r in rows if r.get("stage") != "confirm"]  # the search's (sweep/confirm.py)
     ok = [r for r in rows if r.get("status") == "ok"]
     asr, ba = [r["asr"] for r in ok], [r["ba"] for r in ok]
     front = [p for p, keep in zip(points_of(ok, space), pareto_mask(asr, ba)) if keep]
@@ -67,7 +76,8 @@ def measure(args, results: Path, name: str, cmd: list[str], env: dict, space) ->
            "epochs_run": sum(r.get("stopped_at_epoch") or r.get("epochs") or 0 for r in rows),
            "trials_per_hour": round(len(rows) / wall * 3600, 1),
            "defense_s_per_trial": round(defense_seconds(rows) / timed(rows), 2),
-           "hypervolume": round(hypervolume(asr, ba), 4), "front": front, "points": points_of(rows, space)}
+           "hypervolume": round(hypervolume(asr, ba), 4), "front": front, "points": points_of(rows, space),
+           "confirm_rows": len(confirmed)}
     return fig
 
 
@@ -75,11 +85,13 @@ def tune_args(args, results: Path, name: str, pack: int, packs: int) -> list[str
     concurrent = max(1, min(args.slots, packs))
     cmd = [sys.executable, "-m", "nba_scale.tune", "--attack", args.attack, "--dataset", args.dataset,
            "--preset", "quick", "--num-samples", str(args.num_samples), "--pack", str(pack),
-           "--results", str(results), "--name", name, "--max-concurrent", str(concurrent), "--seed", "0",
+           "--results", str(results), "--name", name, "--max-concurrent", str(concurrent), "--seed", str(args.seed),
            "--device", args.device,
-           # a throughput measure: it sweeps whatever model the budget gives (CIFAR-10 BadNets at seed 0
-           # and 10,000 images does not implant: docs/ATTACKS.md), which a real sweep would refuse
-           "--min-backdoor-asr", "0"]
+           # a throughput measure sweeps whatever model the budget gives by default (CIFAR-10 BadNets at
+           # seed 0 and 10,000 images does not implant: docs/ATTACKS.md), which a real sweep would refuse
+           "--min-backdoor-asr", f"{args.min_backdoor_asr:g}"]
+    if args.confirm:
+        cmd += ["--confirm", str(args.confirm)]
     if args.gpus_per_trial:
         cmd += ["--gpus-per-trial", f"{args.gpus_per_trial:g}", "--cpus-per-trial", "1"]
     else:
@@ -119,6 +131,9 @@ def main() -> int:
     p.add_argument("--set", action="append", default=[], help="extra --set for every run")
     p.add_argument("--results", default=None, help="where the runs' rows go (default: a temp folder)")
     p.add_argument("--json", default=None)
+    p.add_argument("--seed", type=int, default=0, help="the search's seed")
+    p.add_argument("--confirm", type=int, default=0, metavar="N", help="tune --confirm N (the search's front at N more seeds)")
+    p.add_argument("--min-backdoor-asr", type=float, default=0.0, help="tune --min-backdoor-asr (default 0: sweep anyway)")
     args = p.parse_args()
     results = Path(args.results or tempfile.mkdtemp(prefix="nba_bench_sweep_"))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -126,6 +141,8 @@ def main() -> int:
     # The artifacts first, outside the timed runs: a 1-trial sweep builds (or finds) them.
     warm = tune_args(args, results, "warmup", 1, 1)
     warm[warm.index("--num-samples") + 1] = "1"
+    if "--confirm" in warm:  # the search's artifacts only; the confirmation's seeds build theirs in the run
+        del warm[warm.index("--confirm"):warm.index("--confirm") + 2]
     if not (args.reuse and (results / "warmup").is_dir()):
         print("artifacts (built once, cached for every run):", " ".join(warm), flush=True)
         if subprocess.run(warm, cwd=REPO, env=env).returncode:

@@ -160,15 +160,18 @@ def packs_of(cells: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]
     return [g[i:i + size] for g in groups.values() for i in range(0, len(g), max(1, size))]
 
 
-def run_cells(name: str, root: Path, todo: list[tuple[Cell, dict]], shape, concurrency: int, pack: int = 1) -> None:
+def run_cells(name: str, root: Path, cells: list[dict[str, Any]], shape, concurrency: int, pack: int = 1,
+              tune_dir: Optional[Path] = None) -> None:
+    """Fixed trials, each a cell {"id", "config" (the whole trial config), "row" (its row's
+    identity)}, as one Tune run (`tune_dir`, default DIR/NAME/_tune): a campaign's, or a sweep's
+    confirmation stage (sweep/confirm.py)."""
     import ray.tune as tune
 
     from .execution import ParquetSink, Progress, run_config, run_name
     from .trainable import trainable, unit
 
-    tune_dir = (root / "_tune").resolve()
+    tune_dir = (tune_dir or root / "_tune").resolve()
     resources, consts = shape.tune_setup(tune_dir)
-    cells = [{"id": c.id, "config": cfg, "row": cell_row(name, c)} for c, cfg in todo]
     units = [{"cell": p[0]} if len(p) == 1 else {"cells": p} for p in packs_of(cells, pack)]
     if len(units) < len(cells):
         print(f"[{name}] {len(cells)} cells in {len(units)} trials (packs of up to {pack})", flush=True)
@@ -261,7 +264,8 @@ def run(args: argparse.Namespace) -> int:
         if weak:  # a campaign keeps its grid: said here, and the report's claims leave such attacks out
             print(f"[{camp.name}] note: the backdoored model of {', '.join(weak)} is under {MIN_BACKDOOR_ASR:.0%} ASR: "
                   f"its cells run, but there is little backdoor for their defenses to remove", flush=True)
-        run_cells(camp.name, root, todo, shape, concurrency, args.pack)
+        run_cells(camp.name, root, [{"id": c.id, "config": cfg, "row": cell_row(camp.name, c)} for c, cfg in todo],
+                  shape, concurrency, args.pack)
     rows = finished_cells(root)
     missing = [c.id for c in cells if c.id not in rows]
     print(f"campaign {camp.name}: {len(cells) - len(missing)}/{len(cells)} cells ok in {time.time() - t0:.0f}s"

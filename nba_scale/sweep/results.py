@@ -10,6 +10,10 @@ attack and clean_fraction); `*` marks the search space's default point (the pape
 configuration, the first trial of each study). Where the sweep scored a selection split
 (`val_asr`, `val_ba`: `tune --val-size`), the front is chosen on it and shown with the test
 figures beside it; `_lo`/`_hi` are 95 % intervals over the test images (nba_scale/stats.py).
+`--confirmed` prints the front confirmed over seeds (`tune --confirm N`, sweep/confirm.py); the
+search's front and plot leave the confirmation's rows (`stage = confirm`) out.
+
+    python -m nba_scale.results nba_results/NAME --confirmed --plot confirmed.png
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from ..config import ConfigError
 from .store import has_selection, pareto_mask, read_table, selected
 
 # Each figure beside its 95 % interval (nba_scale/stats.py; rows written before 2026-12-05 have none).
-SHOW = ["sweep", "study", "trial_id", "attack", "clean_fraction", "status", "val_asr", "val_ba", "asr", "asr_lo",
+SHOW = ["sweep", "study", "stage", "trial_id", "attack", "clean_fraction", "seed", "status", "val_asr", "val_ba", "asr", "asr_lo",
         "asr_hi", "ba", "ba_lo", "ba_hi", "ra", "asr_before", "ba_before", "wall_s"]
 
 
@@ -44,7 +48,7 @@ def pareto_table(table: pa.Table, by: list[str]) -> pa.Table:
     `chosen_on`. A group is chosen on its selection split (`val_asr`, `val_ba`: store.selected)
     where every row has one, else on the test split; the rows keep both figures, so that the
     front is reported on images it was not chosen on."""
-    rows = table.to_pylist()
+    rows = [r for r in table.to_pylist() if r.get("stage") != "confirm"]  # the search's own (sweep/confirm.py)
     for r in rows:
         r["default_point"] = _is_default(r)
     groups: dict[tuple, list[dict]] = {}
@@ -119,7 +123,7 @@ def plot(table: pa.Table, by: list[str], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in table.to_pylist() if r.get("status", "ok") == "ok"]
+    rows = [r for r in table.to_pylist() if r.get("status", "ok") == "ok" and r.get("stage") != "confirm"]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault(tuple(r.get(k) for k in by), []).append(r)
@@ -180,6 +184,11 @@ def run(args: argparse.Namespace) -> int:
         except duckdb.Error as e:
             raise ConfigError(f"SQL failed: {str(e).splitlines()[0]}") from None
         print(format_table(out, fmt=args.format))
+    elif args.confirmed:
+        from .confirm import report
+
+        report(Path(args.dir), plot_path=Path(args.plot) if args.plot else None)
+        return 0
     elif args.pareto:
         print_pareto(args.dir, tuple(by), args.format)
     else:
@@ -197,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = cli.parser("python -m nba_scale.results", __doc__)
     p.add_argument("dir")
     p.add_argument("--sql", default=None)
-    p.add_argument("--pareto", action="store_true")
+    p.add_argument("--pareto", action="store_true", help="the search's front (chosen on the selection split)")
+    p.add_argument("--confirmed", action="store_true",
+                   help="the front confirmed over seeds (tune --confirm N): means, intervals, each point vs the default")
     p.add_argument("--by", default="attack,clean_fraction")
     p.add_argument("--plot", default=None, metavar="FILE.png")
     p.add_argument("--format", default="table", choices=["table", "csv", "json"])

@@ -29,9 +29,11 @@ from .store import column_name, read_table, selected
 from .trainable import config_hash
 
 def study_rows(root: Path, study: str) -> list[dict[str, Any]]:
+    """The study's search rows (a `--confirm` stage's rows share its study but are no trials of
+    its searcher: sweep/confirm.py)."""
     if not root.exists():
         return []
-    return [r for r in read_table(root).to_pylist() if r.get("study") == study]
+    return [r for r in read_table(root).to_pylist() if r.get("study") == study and r.get("stage") != "confirm"]
 
 
 def point_of_row(space: SearchSpace, row: dict[str, Any]) -> Optional[dict[str, Any]]:

@@ -113,7 +113,7 @@ def run_study(base: dict[str, Any], space, *, root: Path, sweep: str, study: str
         raise ConfigError("--objective worst-case runs each trial over several attacks, one after the other; "
                           "it does not pack: use --pack 1")
     trials = -(-todo // pack)
-    callbacks = [ParquetSink(root, lambda t: {"sweep": sweep, "study": study, "trial_id": t.trial_id}),
+    callbacks = [ParquetSink(root, lambda t: {"sweep": sweep, "study": study, "stage": "search", "trial_id": t.trial_id}),
                  Progress(study, trials, lambda t: t.trial_id, progress_every_s, unit=" packs" if pack > 1 else "")]
     # A seeded sampler told the same rows would draw the points of the run it continues again,
     # some of them the restarting trials': each run of a study samples with its own seed.
@@ -165,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop, once the artifacts are built, if a backdoored model's ASR is under F (default 0.5; "
                         "not checked at --preset smoke, whose models train too briefly to implant): a sweep over a "
                         "model without a backdoor shows every trial removing it; 0 sweeps anyway")
+    p.add_argument("--confirm", type=int, default=0, metavar="N",
+                   help="when the search ends, run each point of every study's validation front, and the paper's "
+                        "default, again at N fresh seeds (--seed + 1 ... + N, each its own backdoored model and "
+                        "teacher, the same for every point), and print the front confirmed over them "
+                        "(sweep/confirm.py); rows say stage = confirm")
     p.add_argument("--points", default=None,
                    help="JSON file: a list of points ({parameter: value}) to evaluate after the default")
     return p
@@ -338,6 +343,11 @@ def run(args: argparse.Namespace) -> int:
         make_scheduler(args, base)  # its budget checked before Ray starts
     if args.pack > 1:
         check_packable(args.defense, space)
+    if args.confirm < 0:
+        raise ConfigError(f"--confirm {args.confirm}: give a number of seeds, e.g. --confirm 3 (0: no confirmation)")
+    from .confirm import check as check_confirm
+
+    check_confirm(args)
 
     from .execution import prebuild, start_ray, weak_backdoors
     from .results import load, plot, print_pareto
@@ -367,12 +377,20 @@ def run(args: argparse.Namespace) -> int:
                       max_concurrent=max_concurrent, shape=shape, sampler=args.sampler, seed=args.seed,
                       resume=args.resume, attacks=attacks if args.objective == "worst-case" else None,
                       pack=args.pack, scheduler=make_scheduler(args, base), extra_points=points, storage=storage)
+        if args.confirm:
+            from . import confirm
+
+            confirm.run(args, studies, space, root, name, shape, max_concurrent)
     print(f"done in {time.time() - t0:.0f}s: {len(parquet_files(root))} rows in {root}", flush=True)
     print_pareto(root)
     # "_" first: Parquet readers of the folder (pyarrow.dataset, hive partitioning) skip it.
     png = root / "_pareto.png"
     plot(load(root), ["attack", "clean_fraction"], str(png))
     print(f"front plot: {png}\nthe rows: python -m nba_scale.results {root}", flush=True)
+    if args.confirm:
+        from .confirm import report
+
+        report(root, min_backdoor_asr(args), plot_path=root / "_confirmed.png")
     return 0
 
 
