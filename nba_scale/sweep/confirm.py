@@ -109,8 +109,9 @@ def run(args, studies: list[tuple[str, dict[str, Any], list[str]]], space, root:
         found = candidates(study_rows(root, study), space)
         mine = cells(sweep, study, base, found, seeds)
         left = [c for c in mine if c["id"] not in done]
+        default_on = any(c["is_default"] and c["on_val_front"] for c in found)
         print(f"[{study}] confirming {len(found)} points ({sum(c['on_val_front'] for c in found)} on the validation "
-              f"front{', and the paper default' if not any(c['is_default'] and c['on_val_front'] for c in found) else ''}) "
+              f"front, {'the paper default among them' if default_on else 'and the paper default'}) "
               f"at seeds {seeds}: {len(mine)} trials, {len(mine) - len(left)} done already", flush=True)
         if left:
             built = prebuild(f"{study} confirm", [c["config"] for c in left], args.address)
@@ -246,8 +247,6 @@ def plot(entries: list[dict[str, Any]], path: Path) -> None:
         front = sorted((100 * e["asr"], 100 * e["ba"]) for e in mine if e["confirmed_front"])
         ax.step([a for a, _ in front], [b for _, b in front], where="post", color="C3", lw=1, label="confirmed front")
         ax.plot([], [], "k*", label="paper default")
-        ax.set_xlim(-2, 102)
-        ax.set_ylim(-2, 102)
         ax.set_xlabel("ASR % (lower is better)")
         ax.set_ylabel("BA % (higher is better)")
         ax.set_title(f"{study}: means over seeds {mine[0]['seeds']}, 95 % t", fontsize=9)
