@@ -45,7 +45,7 @@ from .defenses import Defense, DefenseContext, get_defense
 from .defenses.base import cannot_pack
 from .metrics import score
 from .models import build_model
-from .provenance import code_version
+from .provenance import code_version, device_name
 from .stats import with_counts
 from .training import (FP16_REFUSED, FP32_STAGE_REFUSED, LossFn, NonFiniteLoss, OptimConfig, cross_entropy,
                        make_accelerator, nad_schedule, plain_progress, setup_run, train)
@@ -437,7 +437,8 @@ def _defend(s: Setup, defenses: list[Defense], report, resume,
     shared = {**with_counts({f"{k}_before": v for k, v in s.pick(before).items()},
                             {f"{k}_before": n[k] for k in n}, counts_too=False), "n_clean": len(x_clean),
               "n_train": len(s.ds.x_train), "n_test": len(s.ds.x_test), "n_poison_test": len(s.poisoned.x_test),
-              "device": str(s.acc.device), "processes": s.acc.num_processes, "artifacts": artifacts,
+              "device": str(s.acc.device), "device_name": device_name(s.acc.device),
+              "processes": s.acc.num_processes, "artifacts": artifacts,
               "n_val": 0 if s.val is None else len(s.ds.y_val),
               "val_source": "" if s.val is None else s.ds.val_source, **val_before}
     per = []

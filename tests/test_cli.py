@@ -93,3 +93,11 @@ def test_code_version_names_this_checkout():
     head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     v = code_version()
     assert v["git_commit"] == head and isinstance(v["git_dirty"], bool) and v["version"]
+    import optuna
+    import ray
+    import torch
+
+    # The libraries that decide results, as installed (not as imported: a trial need not import Ray).
+    assert (v["torch_version"], v["ray_version"], v["optuna_version"]) == (torch.__version__, ray.__version__,
+                                                                          optuna.__version__)
+    assert v["cuda_version"] == torch.version.cuda and v["python_version"].count(".") == 2

@@ -82,6 +82,9 @@ def test_smoke_sweep_writes_readable_rows_with_the_paper_default(smoke_sweep):
         assert x["asr_lo"] <= x["asr"] <= x["asr_hi"] and x["ba_lo"] <= x["ba"] <= x["ba_hi"] and x["ba_hi"] > x["ba_lo"]
         assert x["attack"] == "badnets" and x["clean_fraction"] == 0.1 and x["finished"] >= x["started"]
         assert x["git_commit"] == HEAD and x["version"]  # the code that produced the row
+        # ... the libraries and the device that produced it
+        assert x["torch_version"] and x["ray_version"] and x["optuna_version"] and x["python_version"]
+        assert x["device"] == "cpu" and x["device_name"] and x["stage"] == "search"
     # The same rows through pyarrow.dataset (hive partitions) and duckdb.
     ds = pads.dataset(str(root), format="parquet", partitioning="hive")  # as the README shows it
     assert ds.to_table().num_rows == 3
