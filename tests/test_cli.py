@@ -101,3 +101,26 @@ def test_code_version_names_this_checkout():
     assert (v["torch_version"], v["ray_version"], v["optuna_version"]) == (torch.__version__, ray.__version__,
                                                                           optuna.__version__)
     assert v["cuda_version"] == torch.version.cuda and v["python_version"].count(".") == 2
+
+
+def test_one_console_script_runs_every_command(tmp_path):
+    """`nba-scale COMMAND` (installed by pip with the package) and `python -m nba_scale COMMAND`
+    dispatch to the commands; an unknown one is refused in one line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from nba_scale.console import COMMANDS
+    from nba_scale.sweep.store import write_row
+
+    script = Path(sys.executable).parent / "nba-scale"
+    assert script.is_file(), "pip install -e . installs the nba-scale console script beside python"
+    listed = subprocess.run([str(script), "--help"], capture_output=True, text=True)
+    assert listed.returncode == 0 and all(f"  {name}" in listed.stdout for name in COMMANDS)
+    bad = subprocess.run([str(script), "tuen"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "'tuen'" in bad.stderr
+    write_row(tmp_path, {"trial_id": "t1", "dataset": "synthetic", "attack": "badnets", "defense": "nba",
+                         "clean_fraction": 0.1, "status": "ok", "asr": 0.25, "ba": 0.75, "ra": 0.5})
+    for cmd in ([str(script)], [sys.executable, "-m", "nba_scale"]):
+        r = subprocess.run([*cmd, "results", str(tmp_path)], capture_output=True, text=True)
+        assert r.returncode == 0 and "t1" in r.stdout and "0.2500" in r.stdout, r.stderr
