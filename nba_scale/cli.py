@@ -20,7 +20,7 @@ import logging
 import sys
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from .config import ConfigError, merge, nest, parse_set
+from .config import ConfigError, flatten, merge, nest, parse_set
 
 
 class _Parser(argparse.ArgumentParser):
@@ -207,3 +207,51 @@ def main(p: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int],
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def config_keys(attack: str, defense: str) -> list[tuple[str, str, Any]]:
+    """Every key `--set` takes for a trial of `attack` and `defense`: (dotted key, type, default),
+    read from the dataclasses themselves (the trial's, the attack's `Params`, the defense's
+    `Config`), so the list cannot drift from what the checks accept."""
+    import dataclasses
+    import typing
+
+    from .attacks import get_attack
+    from .defenses import get_defense
+    from .trial import TrialConfig
+
+    def walk(cls: type, prefix: str) -> list[tuple[str, str, Any]]:
+        hints = typing.get_type_hints(cls)
+        out = []
+        for f in dataclasses.fields(cls):
+            if f.name in ("attack_params", "defense_params"):
+                continue
+            tp = hints.get(f.name, f.type)
+            default = (f.default if f.default is not dataclasses.MISSING
+                       else f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            if dataclasses.is_dataclass(tp):
+                out += walk(tp, f"{prefix}{f.name}.")
+            else:
+                out.append((prefix + f.name, str(tp).replace("typing.", "").replace("<class '", "").replace("'>", ""),
+                            default))
+        return out
+
+    return [*walk(TrialConfig, ""), *walk(get_attack(attack).Params, f"{attack}."),
+            *walk(get_defense(defense).Config, f"{defense}.")]
+
+
+def resolved_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A trial config as the trial will run it: every key (flags, preset, `--set`, defaults),
+    dotted, plug-in parameters under the plug-in's name."""
+    import dataclasses
+
+    from .attacks import get_attack
+    from .config import build
+    from .defenses import get_defense
+    from .trial import check_config
+
+    tc = check_config(cfg)
+    plain = {k: v for k, v in dataclasses.asdict(tc).items() if k not in ("attack_params", "defense_params")}
+    attack = dataclasses.asdict(build(get_attack(tc.attack).Params, tc.attack_params, tc.attack))
+    defense = dataclasses.asdict(get_defense(tc.defense)(tc.defense_params).cfg)
+    return flatten(plain | {tc.attack: attack, tc.defense: defense})

@@ -77,3 +77,28 @@ def test_npz_artifacts_are_keyed_by_content_not_path(tmp_path):
     moved = run_trial({**cfg, "dataset": f"npz:{tmp_path / 'moved' / 'a.npz'}"})
     assert first["status"] == moved["status"] == "ok"
     assert not first["artifacts"]["backdoor"]["cached"] and moved["artifacts"]["backdoor"]["cached"]
+
+
+def test_list_keys_names_every_key_the_trial_resolves_and_print_config_shows_the_layers():
+    """`run --list-keys` lists the keys the checks accept (read from the same dataclasses): the
+    resolved config of a trial has exactly those keys. `--print-config` shows flags, preset and
+    `--set` applied, without training."""
+    import subprocess
+    import sys
+
+    from nba_scale import cli
+    from nba_scale.trial import with_preset
+
+    listed = {k for k, _, _ in cli.config_keys("blend", "nad")}
+    resolved = cli.resolved_config(with_preset({"attack": "blend", "defense": "nad"}, "quick"))
+    assert set(resolved) == listed and "nad.betas" in listed and "blend.alpha" in listed and "data.train_subset" in listed
+    out = subprocess.run([sys.executable, "-m", "nba_scale.run", "--attack", "blend", "--list-keys"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "nba.beta  (float)  default 0.5" in out.stdout
+    shown = subprocess.run([sys.executable, "-m", "nba_scale.run", "--attack", "blend", "--preset", "quick",
+                            "--set", "nba.beta=1", "--print-config"], capture_output=True, text=True)
+    lines = set(shown.stdout.splitlines())
+    assert shown.returncode == 0 and {"nba.beta=1.0", "backdoor.epochs=30", "attack=\"blend\""} <= lines
+    typo = subprocess.run([sys.executable, "-m", "nba_scale.run", "--set", "nba.bta=1", "--print-config"],
+                          capture_output=True, text=True)
+    assert typo.returncode == 2 and "nba.bta" in typo.stderr
