@@ -70,12 +70,15 @@ def fraction(text: str) -> float:
 def add_trial_flags(p: argparse.ArgumentParser, *, dataset: str, preset: Optional[str] = None,
                     seeds: bool = False) -> None:
     """The flags of every command that runs trials."""
-    p.add_argument("--dataset", default=dataset, help="synthetic | cifar10 | gtsrb | npz:PATH")
+    p.add_argument("--dataset", default=dataset,
+                   help="synthetic | synthetic-hard | cifar10 | gtsrb | npz:PATH (default %(default)s)")
     if seeds:
         p.add_argument("--seeds", nargs="+", type=int, default=[0])
     else:
         p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--preset", default=preset, help="smoke | quick | paper (budgets; --set overrides them)")
+    p.add_argument("--preset", default=preset,
+                   help="smoke | quick | paper (budgets; --set overrides them; default: "
+                        + (preset or "none, the paper's budgets") + ")")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a trial-config key, e.g. nba.lambda1=1.0 (repeatable)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda")
