@@ -29,11 +29,12 @@ from typing import Any, Optional
 
 
 from ..config import ConfigError, read_yaml_mapping
+from .search_space import bundled
 
 KEYS = {"name", "title", "paper", "attacks", "defenses", "clean_fractions", "variants", "sample", "set",
         "report", "published", "description", "claims"}
 AXES = ("attack", "defense", "clean_fraction", "variant")
-CAMPAIGN_DIR = Path(__file__).resolve().parents[2] / "search_spaces" / "campaigns"
+CAMPAIGN_DIR = bundled() / "campaigns"  # package data, beside the search spaces
 
 
 @dataclasses.dataclass(frozen=True)

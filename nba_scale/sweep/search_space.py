@@ -186,11 +186,21 @@ def _check_against_trial_config(space: SearchSpace) -> None:
             raise ConfigError(f"{space.path}: {at}{e}") from None
 
 
+def bundled() -> Path:
+    """The search spaces and campaign grids that ship inside the package (package data, read
+    with importlib.resources: a wheel installed anywhere finds them; in a checkout the top-level
+    `search_spaces/` is a link to this folder)."""
+    from importlib.resources import files
+
+    return Path(str(files("nba_scale") / "search_spaces"))
+
+
 def find_space(defense: str, given: Optional[str] = None) -> Path:
-    """`given`, or search_spaces/<defense>.yaml (in the working directory, then beside the package)."""
+    """`given`, or search_spaces/<defense>.yaml in the working directory (a user's own), or the
+    package's."""
     if given:
         return Path(given)
-    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        if (base / "search_spaces" / f"{defense}.yaml").is_file():
-            return base / "search_spaces" / f"{defense}.yaml"
+    for base in (Path.cwd() / "search_spaces", bundled()):
+        if (base / f"{defense}.yaml").is_file():
+            return base / f"{defense}.yaml"
     raise ConfigError(f"no search space for defense {defense!r}: pass --space PATH.yaml")
