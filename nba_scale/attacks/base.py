@@ -11,7 +11,7 @@ from ..config import build, key_fields, require
 from ..data import PoisonedData
 from ..registry import Registry
 
-ATTACKS: Registry["Attack"] = Registry("attack")
+ATTACKS: Registry["Attack"] = Registry("attack", "nba_scale.attacks")  # + plug-ins (registry.py)
 register, get_attack = ATTACKS.register, ATTACKS.get
 
 

@@ -11,7 +11,7 @@ from ..attacks.base import Attack
 from ..config import ConfigError, build
 from ..registry import Registry
 
-DEFENSES: Registry["Defense"] = Registry("defense")
+DEFENSES: Registry["Defense"] = Registry("defense", "nba_scale.defenses")  # + plug-ins (registry.py)
 register, get_defense = DEFENSES.register, DEFENSES.get
 
 
