@@ -47,29 +47,38 @@ def bars(rows: list[dict], row_axis: str, col_axis: str, orders: dict, title: st
     from ..atomic import save_figure
 
     rvals, cvals = axis_values(rows, row_axis, orders.get(row_axis)), axis_values(rows, col_axis, orders.get(col_axis))
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.4 * len(rvals) * 2), 3.6))
-    width = 0.8 / max(1, len(cvals))
+    # Where the bars are defenses per attack, the backdoored model's bar first: what each removed.
+    before = col_axis == "defense" and row_axis == "attack"
+    series = (["before"] if before else []) + list(cvals)
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.4 * len(rvals) * 2) + 1.2, 3.6))
+    width = 0.8 / max(1, len(series))
     seeds = len({r.get("seed") for r in rows}) > 1
     for ax, metric, label in ((axes[0], "asr", "ASR % (lower is better)"), (axes[1], "ba", "BA % (higher is better)")):
-        for j, cv in enumerate(cvals):
+        for j, cv in enumerate(series):
             ys, err = [], [[], []]
             for rv in rvals:
-                g = [r for r in rows if r[row_axis] == rv and r[col_axis] == cv]
-                m = 100 * statistics.fmean(r[metric] for r in g) if g else float("nan")
+                mine = [r for r in rows if r[row_axis] == rv]
+                g, m_key = (before_rows(mine), f"{metric}_before") if cv == "before" and before else (
+                    [r for r in mine if r[col_axis] == cv], metric)
+                m = 100 * statistics.fmean(r[m_key] for r in g) if g else float("nan")
                 ys.append(m)
-                lo, hi = bar_error(g, metric, seeds)
+                lo, hi = bar_error(g, m_key, seeds)
                 err[0].append(max(0.0, m - lo))
                 err[1].append(max(0.0, hi - m))
-            ax.bar([i + (j - (len(cvals) - 1) / 2) * width for i in range(len(rvals))], ys, width, label=str(cv),
+            ax.bar([i + (j - (len(series) - 1) / 2) * width for i in range(len(rvals))], ys, width,
+                   label="backdoored (before)" if cv == "before" and before else str(cv),
+                   color="0.6" if cv == "before" and before else None,
                    yerr=err, error_kw={"elinewidth": 0.8, "capsize": 2, "alpha": 0.7})
         ax.set_xticks(range(len(rvals)), [str(v) for v in rvals], rotation=20)
         ax.set_ylabel(label)
         ax.set_ylim(0, 100)
         ax.grid(axis="y", alpha=0.3)
-    axes[1].legend(fontsize=7, ncol=2)
+    # The legend beside the plots, never over a bar (it hid GTSRB's Refool bars).
+    handles, names = axes[1].get_legend_handles_labels()
+    fig.legend(handles, names, loc="center right", fontsize=7)
     fig.suptitle(title + ("; bars: 95 % t interval over seeds" if seeds else "; bars: 95 % interval over the test images"),
                  fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1 - 1.3 / fig.get_figwidth(), 1))
     save_figure(fig, path)
 
 
@@ -120,7 +129,8 @@ def pareto_grid(rows: list[dict], label_axis: str, orders: dict, path: Path) -> 
                         yerr=[[max(0.0, b - blo)], [max(0.0, bhi - b)]], fmt="none",
                         ecolor="C3" if k else "C0", alpha=0.4, lw=0.8)
             ax.scatter([a], [b], color="C3" if k else "C0", s=22)
-            ax.annotate(str(lv), (a, b), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            if k or len(labels) <= 6:  # many close points (transfer's 8 configurations): the front's names only
+                ax.annotate(str(lv), (a, b), fontsize=7, xytext=(3, 3), textcoords="offset points")
         front = sorted(p for p, k in zip(pts, keep) if k)
         ax.step([a for a, _ in front], [b for _, b in front], where="post", color="C3", alpha=0.6)
         before = before_rows(g)
