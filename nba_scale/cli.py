@@ -87,6 +87,41 @@ def add_trial_flags(p: argparse.ArgumentParser, *, dataset: str, preset: Optiona
     p.add_argument("--cache-dir", default=None, help="artifact cache (default $NBA_CACHE_DIR)")
 
 
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    """`--list-keys` and `--print-config`, on the commands that start trials (run, tune, campaign)."""
+    p.add_argument("--list-keys", action="store_true",
+                   help="print every config key of this run's attacks and defenses (type, default) and exit")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config of the trials this invocation would start (flags, preset, "
+                        "--set, defaults) and exit, training nothing")
+
+
+def print_keys(attacks: Sequence[str], defenses: Sequence[str]) -> None:
+    """`--list-keys`: each key once, the trial's own first, then each plug-in section."""
+    seen: set[str] = set()
+    for a in attacks:
+        for d in defenses:
+            for key, tp, default in config_keys(a, d):
+                if key not in seen:
+                    seen.add(key)
+                    print(f"{key}  ({tp})  default {default!r}")
+
+
+def print_configs(configs: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    """`--print-config`: the first trial's resolved config whole, then each other trial's keys
+    that differ from it (a campaign has dozens of cells)."""
+    import json
+
+    first: Optional[dict[str, Any]] = None
+    for label, cfg in configs:
+        resolved = resolved_config(cfg)
+        shown = resolved if first is None else {k: v for k, v in resolved.items() if first.get(k) != v}
+        print(f"# {label}" + ("" if first is None else f" (keys that differ from {configs[0][0]})"))
+        for key, value in shown.items():
+            print(f"{key}={json.dumps(value, default=str)}")
+        first = first or resolved
+
+
 def add_sweep_flags(p: argparse.ArgumentParser) -> None:
     """The flags of every command that runs many trials through Ray."""
     p.add_argument("--results", default="nba_results", help="results folder (rows go to DIR/NAME/)")
@@ -210,6 +245,11 @@ def main(p: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int],
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `| head` closed stdout: stop quietly, as Unix tools do (Python docs' recipe)
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def config_keys(attack: str, defense: str) -> list[tuple[str, str, Any]]:

@@ -12,8 +12,8 @@ last line of stdout is one JSON object with the result. Exit status: 0 ok, 1 tri
     python -m nba_scale.run --attack blend --defense nad --list-keys      # every key, its type, its default
     python -m nba_scale.run --attack blend --preset quick --set nba.beta=1 --print-config   # what would run
 
-`--list-keys` and `--print-config` print and exit without training. The same keys go to `tune`,
-`campaign` and `compare` through `--set`.
+`--list-keys` and `--print-config` print and exit without training; `tune` and `campaign` take
+them too (the same keys go to every command through `--set`).
 """
 from __future__ import annotations
 
@@ -36,10 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poisoned-test", default=None,
                    help="score ASR/RA on the attacker's own triggered test set (.npz: x uint8, target, optional y)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
-    p.add_argument("--list-keys", action="store_true",
-                   help="print every config key of this --attack and --defense (type, default) and exit")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the resolved config of this invocation (flags, preset, --set, defaults) and exit")
+    cli.add_config_flags(p)
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -76,12 +73,10 @@ def run(args: argparse.Namespace) -> int:
     from .trial import run_trial
 
     if args.list_keys:
-        for key, tp, default in cli.config_keys(args.attack, args.defense):
-            print(f"{key}  ({tp})  default {default!r}")
+        cli.print_keys([args.attack], [args.defense])
         return 0
     if args.print_config:
-        for key, value in cli.resolved_config(config_from_args(args)).items():
-            print(f"{key}={json.dumps(value, default=str)}")
+        cli.print_configs([("the trial", config_from_args(args))])
         return 0
 
     with plain_progress():  # the one trial is this command's own work: epoch lines where stderr is a log

@@ -102,3 +102,24 @@ def test_list_keys_names_every_key_the_trial_resolves_and_print_config_shows_the
     typo = subprocess.run([sys.executable, "-m", "nba_scale.run", "--set", "nba.bta=1", "--print-config"],
                           capture_output=True, text=True)
     assert typo.returncode == 2 and "nba.bta" in typo.stderr
+
+
+def test_tune_and_campaign_print_their_trials_configs_without_running_them(tmp_path):
+    import subprocess
+    import sys
+
+    tune = subprocess.run([sys.executable, "-m", "nba_scale.tune", "--attack", "badnets", "blend", "--dataset", "synthetic",
+                           "--preset", "smoke", "--set", "blend.alpha=0.3", "--results", str(tmp_path), "--print-config"],
+                          capture_output=True, text=True)
+    heads = [ln for ln in tune.stdout.splitlines() if ln.startswith("# ")]
+    assert tune.returncode == 0 and len(heads) == 2 and "nba.lambda1=2.0" in tune.stdout
+    assert 'attack="blend"' in tune.stdout and "blend.alpha=0.3" in tune.stdout  # the second study: what differs
+    assert not any(tmp_path.iterdir())  # nothing started, nothing written
+    camp = subprocess.run([sys.executable, "-m", "nba_scale.campaign", "table2", "--dataset", "synthetic", "--preset",
+                           "smoke", "--results", str(tmp_path), "--print-config"], capture_output=True, text=True)
+    assert camp.returncode == 0 and sum(ln.startswith("# ") for ln in camp.stdout.splitlines()) == 36
+    keys = subprocess.run([sys.executable, "-m", "nba_scale.campaign", "table2", "--list-keys"], capture_output=True,
+                          text=True)
+    listed = [ln.split()[0] for ln in keys.stdout.splitlines()]
+    assert keys.returncode == 0 and len(listed) == len(set(listed)) and {"refool.rate", "argd.optim.lr"} <= set(listed)
+    assert not any(tmp_path.iterdir())

@@ -202,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="restrict an axis (attack, defense, clean_fraction, variant)")
     p.add_argument("--name-suffix", default="", help="results go to DIR/<campaign><suffix>")
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    cli.add_config_flags(p)
     return p
 
 
@@ -223,8 +224,14 @@ def run(args: argparse.Namespace) -> int:
 
     shape = Shape.from_args(args)
     camp = load_campaign(args.name)
+    if args.list_keys:
+        cli.print_keys(camp.attacks, camp.defenses)
+        return 0
     cells = camp.cells(args.seeds, parse_only(args.only))
     plan = Plan.make(camp, cells, args, Path(args.results) / f"{camp.name}{args.name_suffix}")
+    if args.print_config:
+        cli.print_configs([(c.id, cfg) for c, cfg in plan.configs])
+        return 0
     root, todo = plan.root, plan.todo
     started = root.is_dir() and any(not p.name.startswith(".") for p in root.iterdir())
     if started and not args.resume and not args.dry_run:

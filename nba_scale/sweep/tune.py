@@ -170,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "default, again at N fresh seeds (--seed + 1 ... + N, each its own backdoored model and "
                         "teacher, the same for every point), and print the front confirmed over them "
                         "(sweep/confirm.py); rows say stage = confirm")
+    cli.add_config_flags(p)
     p.add_argument("--points", default=None,
                    help="JSON file: a list of points ({parameter: value}) to evaluate after the default")
     return p
@@ -319,6 +320,9 @@ def search_space(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.list_keys:
+        cli.print_keys(args.attack, [args.defense])
+        return 0
     space = search_space(args)
     from .execution import Shape
 
@@ -335,6 +339,11 @@ def run(args: argparse.Namespace) -> int:
 
     check_storage(args.storage)
     studies = plan(args, space)
+    if args.print_config:  # each study's trial at the search space's default point (the rest samples)
+        cli.print_configs([(f"{study}, {a}, at the search space's default point",
+                            merge(cli.drop_unused_sections(merge(base, {"attack": a})), nest(space.default_config())))
+                           for study, base, attacks in studies for a in attacks])
+        return 0
     points = read_points(args.points, space) if args.points else None
     if args.scheduler != "none" and args.objective == "worst-case":
         raise ConfigError("--scheduler asha needs per-epoch results, and a worst-case trial runs its attacks one after "
