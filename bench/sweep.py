@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from nba_scale.sweep.search_space import load_search_space
-from nba_scale.sweep.store import column_name, hypervolume, pareto_mask, read_table
+from nba_scale.sweep.store import column_name, hypervolume, is_confirm, pareto_mask, read_table
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -66,8 +66,8 @@ def measure(args, results: Path, name: str, cmd: list[str], env: dict, space) ->
         saved.parent.mkdir(parents=True, exist_ok=True)
         saved.write_text(json.dumps({"rc": rc, "wall_s": wall, "cmd": cmd}))
     rows = read_table(results / name).to_pylist() if (results / name).is_dir() else []
-    confirmed = [r for r in rows if r.get("stage") == "confirm"]
-    rows = [r for r in rows if r.get("stage") != "confirm"]  # the search's (sweep/confirm.py)
+    confirmed = [r for r in rows if is_confirm(r)]
+    rows = [r for r in rows if not is_confirm(r)]  # the search's (sweep/confirm.py)
     ok = [r for r in rows if r.get("status") == "ok"]
     asr, ba = [r["asr"] for r in ok], [r["ba"] for r in ok]
     front = [p for p, keep in zip(points_of(ok, space), pareto_mask(asr, ba)) if keep]

@@ -20,7 +20,7 @@ import logging
 import sys
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from .config import ConfigError, flatten, merge, nest, parse_set
+from .config import ConfigError, merge, nest, parse_set
 
 
 class _Parser(argparse.ArgumentParser):
@@ -285,16 +285,12 @@ def config_keys(attack: str, defense: str) -> list[tuple[str, str, Any]]:
 
 def resolved_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """A trial config as the trial will run it: every key (flags, preset, `--set`, defaults),
-    dotted, plug-in parameters under the plug-in's name."""
-    import dataclasses
-
+    dotted, plug-in parameters under the plug-in's name (the row's `config`: trial.flat_config)."""
     from .attacks import get_attack
     from .config import build
     from .defenses import get_defense
-    from .trial import check_config
+    from .trial import check_config, flat_config
 
     tc = check_config(cfg)
-    plain = {k: v for k, v in dataclasses.asdict(tc).items() if k not in ("attack_params", "defense_params")}
-    attack = dataclasses.asdict(build(get_attack(tc.attack).Params, tc.attack_params, tc.attack))
-    defense = dataclasses.asdict(get_defense(tc.defense)(tc.defense_params).cfg)
-    return flatten(plain | {tc.attack: attack, tc.defense: defense})
+    return flat_config(tc, build(get_attack(tc.attack).Params, tc.attack_params, tc.attack),
+                       get_defense(tc.defense)(tc.defense_params).cfg)

@@ -480,16 +480,19 @@ def _attempt(step: Callable[[], dict[str, Any]], timings: dict[str, float]) -> d
     return out
 
 
-def _identity(cfg: TrialConfig, attack_params: Any, defense_cfg: Any) -> dict[str, Any]:
-    """What every result starts with: the trial's axes, its whole configuration (dotted keys, plug-in
-    parameters under the plug-in's name: `nba.lambda1`, the Parquet column `nba_lambda1`) and the
-    code that ran it."""
+def flat_config(cfg: TrialConfig, attack_params: Any, defense_cfg: Any) -> dict[str, Any]:
+    """The trial's whole configuration, dotted, plug-in parameters under the plug-in's name
+    (`nba.lambda1`, the Parquet column `nba_lambda1`): a row's `config`, `--print-config`."""
     plain = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("attack_params", "defense_params")}
+    return flatten(plain | {cfg.attack: dataclasses.asdict(attack_params), cfg.defense: dataclasses.asdict(defense_cfg)})
+
+
+def _identity(cfg: TrialConfig, attack_params: Any, defense_cfg: Any) -> dict[str, Any]:
+    """What every result starts with: the trial's axes, its whole configuration (`flat_config`)
+    and the code that ran it."""
     return {"dataset": cfg.dataset, "attack": cfg.attack, "defense": cfg.defense,
             "clean_fraction": cfg.clean_fraction, "seed": cfg.seed,
-            "config": flatten(plain | {cfg.attack: dataclasses.asdict(attack_params),
-                                       cfg.defense: dataclasses.asdict(defense_cfg)}),
-            **code_version()}
+            "config": flat_config(cfg, attack_params, defense_cfg), **code_version()}
 
 
 def run_trial(config: dict[str, Any], report: Optional[Callable[..., None]] = None,

@@ -27,18 +27,9 @@ from typing import Any, Optional
 
 from ..config import ConfigError, merge, nest
 from ..stats import t_halfwidth
-from .store import pareto_mask, selected
+from .store import is_confirm, pareto_mask, selected
 
-STAGE = "confirm"
-
-
-def is_confirm(row: dict[str, Any]) -> bool:
-    return row.get("stage") == STAGE
-
-
-def search_only(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The search's rows: the confirmation's are no trials of its study."""
-    return [r for r in rows if not is_confirm(r)]
+STAGE = "confirm"  # the rows' `stage` (store.is_confirm)
 
 
 def confirm_seeds(seed: int, n: int) -> list[int]:
@@ -52,7 +43,7 @@ def candidates(rows: list[dict[str, Any]], space) -> list[dict[str, Any]]:
     is on the front). Each {"point", "of" (a search trial id, or None), "on_val_front", "is_default"}."""
     from .resume import point_of_row
 
-    ok = [r for r in search_only(rows) if r.get("status") == "ok"]
+    ok = [r for r in rows if r.get("status") == "ok" and not is_confirm(r)]
     keep = pareto_mask([selected(r, "asr") for r in ok], [selected(r, "ba") for r in ok])
     default = space.default_point()
     out: dict[str, dict[str, Any]] = {}
@@ -94,19 +85,19 @@ def cells(sweep: str, study: str, base: dict[str, Any], found: list[dict[str, An
 
 
 def run(args, studies: list[tuple[str, dict[str, Any], list[str]]], space, root: Path, sweep: str, shape,
-        concurrency: int) -> list[dict[str, Any]]:
+        concurrency: int) -> None:
     """The confirmation stage of a sweep whose search has ended: every study's cells, the
-    artifacts of the new seeds built first, the finished ones skipped. Returns the confirm rows."""
-    from .campaign import finished_cells, run_cells
+    artifacts of the new seeds built first, the finished ones (a row with status ok) skipped."""
+    from .campaign import run_cells
     from .execution import prebuild, weak_backdoors
-    from .resume import study_rows
     from .tune import min_backdoor_asr
 
     seeds = confirm_seeds(args.seed, args.confirm)
-    done = {k for k, r in finished_cells(root).items() if is_confirm(r)}
+    rows = _rows(root)  # read once: the search's rows choose the points, the confirmation's say what is done
+    done = {r["trial_id"] for r in rows if is_confirm(r) and r.get("status") == "ok"}
     todo: list[dict[str, Any]] = []
     for study, base, _ in studies:
-        found = candidates(study_rows(root, study), space)
+        found = candidates([r for r in rows if r.get("study") == study], space)
         mine = cells(sweep, study, base, found, seeds)
         left = [c for c in mine if c["id"] not in done]
         default_on = any(c["is_default"] and c["on_val_front"] for c in found)
@@ -122,7 +113,6 @@ def run(args, studies: list[tuple[str, dict[str, Any], list[str]]], space, root:
         todo += left
     if todo:
         run_cells(f"{sweep} confirm", root, todo, shape, concurrency, args.pack, tune_dir=root / "_tune" / "_confirm")
-    return [r for r in _rows(root) if is_confirm(r)]
 
 
 def _rows(root: Path) -> list[dict[str, Any]]:
@@ -166,10 +156,8 @@ def summary(rows: list[dict[str, Any]], min_asr: float = 0.0) -> list[dict[str, 
 
 
 def _params(row: dict[str, Any]) -> dict[str, Any]:
-    from ..cli import plugin_sections
-
-    sections = plugin_sections()
-    return {k: v for k, v in row.items() if "_" in k and k.split("_")[0] in sections and k.split("_")[0] == row.get("defense")}
+    """The row's defense parameters (their columns: `nba_lambda1` ...)."""
+    return {k: v for k, v in row.items() if k.startswith(f"{row.get('defense')}_")}
 
 
 def _versus(e: dict[str, Any]) -> str:
@@ -184,12 +172,11 @@ def _versus(e: dict[str, Any]) -> str:
     return ", ".join(said) or "indistinguishable"
 
 
-def lines(entries: list[dict[str, Any]], varying: Optional[list[str]] = None) -> list[str]:
-    """The confirmed fronts as a text table, one line per point."""
+def lines(entries: list[dict[str, Any]]) -> list[str]:
+    """The confirmed fronts as a text table, one line per point, with the parameters that vary."""
     if not entries:
         return ["no confirmation rows yet"]
-    keys = varying if varying is not None else sorted({k for e in entries for k, v in e["params"].items()
-                                                        if len({str(x["params"].get(k)) for x in entries}) > 1})
+    keys = sorted({k for e in entries for k in e["params"] if len({str(x["params"].get(k)) for x in entries}) > 1})
     head = ["study", "point", "front", "seeds", "ASR %", "BA %", "ΔASR vs default", "ΔBA vs default", "vs default", *keys]
     out = [head]
     for e in entries:
@@ -264,6 +251,8 @@ def _bar(e: dict[str, Any], m: str) -> list[list[float]]:
 
 def check(args) -> None:
     """`--confirm` refused where it cannot work, before Ray starts."""
+    if args.confirm < 0:
+        raise ConfigError(f"--confirm {args.confirm}: give a number of seeds, e.g. --confirm 3 (0: no confirmation)")
     if args.confirm and args.objective == "worst-case":
         raise ConfigError("--confirm runs each point as one trial per seed and attack; with --objective worst-case "
                           "confirm the chosen point with python -m nba_scale.campaign or --objective per-attack")

@@ -55,10 +55,11 @@ def bars(rows: list[dict], row_axis: str, col_axis: str, orders: dict, title: st
     seeds = len({r.get("seed") for r in rows}) > 1
     for ax, metric, label in ((axes[0], "asr", "ASR % (lower is better)"), (axes[1], "ba", "BA % (higher is better)")):
         for j, cv in enumerate(series):
+            is_before = before and j == 0
             ys, err = [], [[], []]
             for rv in rvals:
                 mine = [r for r in rows if r[row_axis] == rv]
-                g, m_key = (before_rows(mine), f"{metric}_before") if cv == "before" and before else (
+                g, m_key = (before_rows(mine), f"{metric}_before") if is_before else (
                     [r for r in mine if r[col_axis] == cv], metric)
                 m = 100 * statistics.fmean(r[m_key] for r in g) if g else float("nan")
                 ys.append(m)
@@ -66,8 +67,7 @@ def bars(rows: list[dict], row_axis: str, col_axis: str, orders: dict, title: st
                 err[0].append(max(0.0, m - lo))
                 err[1].append(max(0.0, hi - m))
             ax.bar([i + (j - (len(series) - 1) / 2) * width for i in range(len(rvals))], ys, width,
-                   label="backdoored (before)" if cv == "before" and before else str(cv),
-                   color="0.6" if cv == "before" and before else None,
+                   label="backdoored (before)" if is_before else str(cv), color="0.6" if is_before else None,
                    yerr=err, error_kw={"elinewidth": 0.8, "capsize": 2, "alpha": 0.7})
         ax.set_xticks(range(len(rvals)), [str(v) for v in rvals], rotation=20)
         ax.set_ylabel(label)

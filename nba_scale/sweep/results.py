@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from .. import cli
 from ..config import ConfigError
-from .store import has_selection, pareto_mask, read_table, selected
+from .store import has_selection, is_confirm, pareto_mask, read_table, selected
 
 # Each figure beside its 95 % interval (nba_scale/stats.py; rows written before 2026-12-05 have none).
 SHOW = ["sweep", "study", "stage", "trial_id", "attack", "clean_fraction", "seed", "status", "val_asr", "val_ba", "asr", "asr_lo",
@@ -48,7 +48,7 @@ def pareto_table(table: pa.Table, by: list[str]) -> pa.Table:
     `chosen_on`. A group is chosen on its selection split (`val_asr`, `val_ba`: store.selected)
     where every row has one, else on the test split; the rows keep both figures, so that the
     front is reported on images it was not chosen on."""
-    rows = [r for r in table.to_pylist() if r.get("stage") != "confirm"]  # the search's own (sweep/confirm.py)
+    rows = [r for r in table.to_pylist() if not is_confirm(r)]  # the search's own
     for r in rows:
         r["default_point"] = _is_default(r)
     groups: dict[tuple, list[dict]] = {}
@@ -123,7 +123,7 @@ def plot(table: pa.Table, by: list[str], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in table.to_pylist() if r.get("status", "ok") == "ok" and r.get("stage") != "confirm"]
+    rows = [r for r in table.to_pylist() if r.get("status", "ok") == "ok" and not is_confirm(r)]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault(tuple(r.get(k) for k in by), []).append(r)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .search_space import SearchSpace, encode
-from .store import column_name, read_table, selected
+from .store import column_name, is_confirm, read_table, selected
 from .trainable import config_hash
 
 def study_rows(root: Path, study: str) -> list[dict[str, Any]]:
@@ -33,7 +33,7 @@ def study_rows(root: Path, study: str) -> list[dict[str, Any]]:
     its searcher: sweep/confirm.py)."""
     if not root.exists():
         return []
-    return [r for r in read_table(root).to_pylist() if r.get("study") == study and r.get("stage") != "confirm"]
+    return [r for r in read_table(root).to_pylist() if r.get("study") == study and not is_confirm(r)]
 
 
 def point_of_row(space: SearchSpace, row: dict[str, Any]) -> Optional[dict[str, Any]]:

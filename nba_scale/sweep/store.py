@@ -44,6 +44,12 @@ def has_selection(row: dict[str, Any], metric: str = "asr") -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
+def is_confirm(row: dict[str, Any]) -> bool:
+    """A row of a sweep's confirmation stage (`tune --confirm`, sweep/confirm.py): it shares its
+    study's name but is no trial of its searcher, so every reader of the search leaves it out."""
+    return row.get("stage") == "confirm"
+
+
 def study_id(attack: str, clean_fraction: float) -> str:
     """One Optuna study, one Pareto group: an attack (or attacks joined by +) at a clean fraction."""
     return f"{attack}-cf{clean_fraction:g}"

@@ -225,6 +225,12 @@ def plan(args: argparse.Namespace, space) -> list[tuple[str, dict[str, Any], lis
     return studies
 
 
+def at_default(base: dict[str, Any], attack: str, space) -> dict[str, Any]:
+    """A study's trial config for one of its attacks at the search space's default point: what
+    its artifacts are built for and what `--print-config` shows (the searcher samples the rest)."""
+    return merge(cli.drop_unused_sections(merge(base, {"attack": attack})), nest(space.default_config()))
+
+
 def make_scheduler(args: argparse.Namespace, base: dict[str, Any]):
     """ASHA on BA - ASR (scored at its rungs only, `asha_rungs`), with the trial's epochs as its budget; a
     fresh one per study."""
@@ -340,8 +346,7 @@ def run(args: argparse.Namespace) -> int:
     check_storage(args.storage)
     studies = plan(args, space)
     if args.print_config:  # each study's trial at the search space's default point (the rest samples)
-        cli.print_configs([(f"{study}, {a}, at the search space's default point",
-                            merge(cli.drop_unused_sections(merge(base, {"attack": a})), nest(space.default_config())))
+        cli.print_configs([(f"{study}, {a}, at the search space's default point", at_default(base, a, space))
                            for study, base, attacks in studies for a in attacks])
         return 0
     points = read_points(args.points, space) if args.points else None
@@ -352,8 +357,6 @@ def run(args: argparse.Namespace) -> int:
         make_scheduler(args, base)  # its budget checked before Ray starts
     if args.pack > 1:
         check_packable(args.defense, space)
-    if args.confirm < 0:
-        raise ConfigError(f"--confirm {args.confirm}: give a number of seeds, e.g. --confirm 3 (0: no confirmation)")
     from .confirm import check as check_confirm
 
     check_confirm(args)
@@ -373,8 +376,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"Optuna studies ({name}/<study>) in {where}: optuna-dashboard {where}", flush=True)
         for study, base, attacks in studies:
             # Before the trials, rather than in the first of them while the others wait on its lock.
-            built = prebuild(study, [merge(cli.drop_unused_sections(merge(base, {"attack": a})),
-                                           nest(space.default_config())) for a in attacks], args.address)
+            built = prebuild(study, [at_default(base, a, space) for a in attacks], args.address)
             weak = weak_backdoors(built, min_backdoor_asr(args))
             if weak:
                 raise ConfigError(
