@@ -118,6 +118,7 @@ def bench_reference(x, y, cfg, device, epochs, workers, loss_for=None, teacher=N
         for xb, yb in loader:
             xb, yb = xb.to(device), yb.to(device)
             loss = loss_fn(model, xb, yb)
+            loss = loss[0] if isinstance(loss, tuple) else loss  # (the loss, its terms): training.LossFn
             opt.zero_grad()
             loss.backward()
             if cfg.grad_clip is not None:

@@ -1,17 +1,6 @@
-"""What every command line shares: the common flags, the one way a trial config is assembled and
-checked, and the one way bad input ends (one line on stderr, exit code 2).
-
-A trial config is layered by `trial_config`:
-
-    flags (dataset, device, cache, ...)  <  the run's own layers (a search space's or a campaign's
-    fixed keys, a grid cell, sampled parameters)  <  --set,   with the preset's budgets under all
-
-then the sections of plug-ins the trial does not use are dropped: a `--set blend.alpha=0.1` in a
-run over several attacks belongs to the blend trials only. `check_run` validates every trial of
-a run before any starts (the plug-ins' own keys included) and refuses a `--set` section whose
-plug-in no trial uses. A parameter keeps one name from end to end: `--set nba.lambda1=1` is the
-key `nba.lambda1` of the config, of the trial's result and of the search space, and the Parquet
-column `nba_lambda1` (`sweep.store.column_name`: dots become underscores).
+"""What every command line shares: the common flags, and the one way bad input ends (one line on
+stderr, exit code 2). The trial spec the flags feed (its layering, `trial_config`, and its checks,
+`check_run`) lives in nba_scale/spec.py, re-exported here for the commands.
 """
 from __future__ import annotations
 
@@ -20,7 +9,10 @@ import logging
 import sys
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from .config import ConfigError, merge, nest, parse_set
+from .config import ConfigError, nest, parse_set
+# The trial spec's layering and checks live in nba_scale/spec.py; commands reach them through here too.
+from .spec import (check_run, config_keys, drop_unused_sections, plugin_sections, resolved_config,  # noqa: F401
+                   trial_config)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -137,6 +129,12 @@ def add_sweep_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-failures", type=int, default=None,
                    help="restarts of a trial whose process or node dies (a spot preemption), each from its last "
                         "epoch checkpoint; default 3 with --address, else 0")
+    p.add_argument("--callback", action="append", default=[], choices=["tensorboard", "mlflow", "wandb"],
+                   help="also log every trial's epoch reports (loss terms, the scheduler's figures) and results to "
+                        "TensorBoard (event files under DIR/NAME/_tune: tensorboard --logdir DIR/NAME/_tune), MLflow "
+                        "(a file store, DIR/NAME/_mlruns, unless MLFLOW_TRACKING_URI names a server; needs mlflow or "
+                        "mlflow-skinny) or Weights & Biases (offline unless WANDB_MODE=online; needs wandb); "
+                        "repeatable")
     p.add_argument("--pack", type=count, default=1,
                    help="configurations of one defense trained together in one trial (shared batches, one teacher "
                         "pass per batch, fixed costs paid once; one row each): nad, argd, nba")
@@ -165,66 +163,6 @@ def user_set(args: argparse.Namespace) -> dict[str, Any]:
     return parse_set(args.set)
 
 
-def plugin_sections() -> dict[str, str]:
-    """{section name: 'attack' | 'defense'} for every registered plug-in."""
-    from .attacks import ATTACKS
-    from .defenses import DEFENSES
-
-    return {**{n: "attack" for n in ATTACKS.names()}, **{n: "defense" for n in DEFENSES.names()}}
-
-
-def drop_unused_sections(config: dict[str, Any]) -> dict[str, Any]:
-    """The config without the sections of plug-ins other than its own attack and defense."""
-    from .trial import TrialConfig
-
-    used = {config.get("attack", TrialConfig.attack), config.get("defense", TrialConfig.defense)}
-    plugins = plugin_sections()
-    return {k: v for k, v in config.items() if k not in plugins or k in used}
-
-
-def trial_config(*layers: dict[str, Any], preset: Optional[str] = None, keep_sections: bool = False
-                 ) -> dict[str, Any]:
-    """Merge `layers` (later ones win), put the preset's budgets under them, drop the sections of
-    plug-ins the trial does not use (unless `keep_sections`: a trial over several attacks keeps
-    them all and resolves each attack's config with `drop_unused_sections`)."""
-    from .trial import with_preset
-
-    cfg: dict[str, Any] = {}
-    for layer in layers:
-        cfg = merge(cfg, nest(layer))
-    cfg = with_preset(cfg, preset)
-    return cfg if keep_sections else drop_unused_sections(cfg)
-
-
-def check_run(configs: Sequence[dict[str, Any]], sets: dict[str, Any],
-              label: Callable[[int], str] = lambda i: "") -> None:
-    """Every trial config of a run is valid (`label(i)` prefixes the error of the i-th), every
-    section of `sets` (the user's --set) belongs to a plug-in some trial uses, and the dataset can
-    be loaded (offline without its files: one line, now rather than in every trial), and so can a
-    brought triggered test set (`poisoned_test`)."""
-    from .data import load_dataset, load_poisoned_test
-    from .trial import check_config
-
-    checked = []
-    for i, cfg in enumerate(configs):
-        try:
-            checked.append(check_config(cfg))
-        except ConfigError as e:
-            raise ConfigError(f"{label(i)}{e}") from None
-    plugins = plugin_sections()
-    used = {c.attack for c in checked} | {c.defense for c in checked}
-    for section in sets:
-        if section in plugins and section not in used:
-            kind = plugins[section]
-            runs = sorted({getattr(c, kind) for c in checked})
-            raise ConfigError(f"--set {section}.*: no trial of this run uses {kind} {section!r} "
-                              f"(it runs {', '.join(runs)}); drop the setting or add that {kind}")
-    if checked:
-        ds = load_dataset(checked[0].dataset, checked[0].data, checked[0].seed)
-        for path in sorted({c.poisoned_test for c in checked if c.poisoned_test}):  # a bad file: now, not per trial
-            load_poisoned_test(path, ds.num_classes, tuple(ds.x_test.shape[1:]))
-
-
 def entry(build_parser: Callable[[], argparse.ArgumentParser], run: Callable[[argparse.Namespace], int]
           ) -> Callable[..., int]:
     """A command's `main(argv=None) -> exit code`: `run` on the parsed arguments, via `main`."""
@@ -251,46 +189,3 @@ def main(p: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int],
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 
-
-def config_keys(attack: str, defense: str) -> list[tuple[str, str, Any]]:
-    """Every key `--set` takes for a trial of `attack` and `defense`: (dotted key, type, default),
-    read from the dataclasses themselves (the trial's, the attack's `Params`, the defense's
-    `Config`), so the list cannot drift from what the checks accept."""
-    import dataclasses
-    import typing
-
-    from .attacks import get_attack
-    from .defenses import get_defense
-    from .trial import TrialConfig
-
-    def walk(cls: type, prefix: str) -> list[tuple[str, str, Any]]:
-        hints = typing.get_type_hints(cls)
-        out = []
-        for f in dataclasses.fields(cls):
-            if f.name in ("attack_params", "defense_params"):
-                continue
-            tp = hints.get(f.name, f.type)
-            default = (f.default if f.default is not dataclasses.MISSING
-                       else f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-            if dataclasses.is_dataclass(tp):
-                out += walk(tp, f"{prefix}{f.name}.")
-            else:
-                out.append((prefix + f.name, str(tp).replace("typing.", "").replace("<class '", "").replace("'>", ""),
-                            default))
-        return out
-
-    return [*walk(TrialConfig, ""), *walk(get_attack(attack).Params, f"{attack}."),
-            *walk(get_defense(defense).Config, f"{defense}.")]
-
-
-def resolved_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """A trial config as the trial will run it: every key (flags, preset, `--set`, defaults),
-    dotted, plug-in parameters under the plug-in's name (the row's `config`: trial.flat_config)."""
-    from .attacks import get_attack
-    from .config import build
-    from .defenses import get_defense
-    from .trial import check_config, flat_config
-
-    tc = check_config(cfg)
-    return flat_config(tc, build(get_attack(tc.attack).Params, tc.attack_params, tc.attack),
-                       get_defense(tc.defense)(tc.defense_params).cfg)

@@ -16,7 +16,7 @@ COMMANDS = {
     "report": ("nba_scale.sweep.report", "Markdown + PNG report of campaigns, with the paper's claims"),
     "convert": ("nba_scale.convert", "other toolkits' checkpoints to safetensors"),
     "diagnose": ("nba_scale.diagnose", "NBA's gradient budget at a defense's start"),
-    "attacks": ("nba_scale.attacks.show", "list the attacks or draw their triggers"),
+    "attacks": ("nba_scale.show", "list the attacks or draw their triggers"),
 }
 
 

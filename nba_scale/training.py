@@ -214,7 +214,30 @@ def plain_progress(every_s: float = 30.0):
         _plain_every_s = before
 
 
-LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+# What the members of a pack share, because they train on the same batches: the optimiser
+# settings that decide the batches (spec.check_pack and spec.check_packable read it too).
+PACK_SHARED = ("epochs", "batch_size", "augment", "cutout")
+
+# loss(model, x, y) -> the loss, or (the loss, {term: its weighted value}) for a loss made of
+# terms (NBA's CE, LDL, UDL and their RNB/LNB/PNB): the epoch's mean of each term is recorded
+# (`recording_losses`) beside the total's.
+LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], "torch.Tensor | tuple[torch.Tensor, dict]"]
+
+_loss_recorder: Optional[Callable[[int, int, dict[str, float]], None]] = None
+
+
+@contextlib.contextmanager
+def recording_losses(record: Callable[[int, int, dict[str, float]], None]):
+    """Inside, every epoch of `train`/`train_pack` ends by calling `record(epoch, k, losses)` for
+    each live member k, before its `on_epoch_end`: `losses` = {"loss": the epoch's mean loss, and
+    each term's mean where the loss gives its terms}. A context rather than a parameter, so that a
+    defense (a plug-in's too) gets its curves by training through `train`, without passing them on."""
+    global _loss_recorder
+    before, _loss_recorder = _loss_recorder, record
+    try:
+        yield
+    finally:
+        _loss_recorder = before
 
 
 def cross_entropy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -289,9 +312,9 @@ def train_pack(members: list[Member], x: torch.Tensor, y: torch.Tensor, accelera
     """
     cfg = members[0].cfg
     for m in members[1:]:
-        mine, first = ((c.epochs, c.batch_size, c.augment, c.cutout) for c in (m.cfg, cfg))
+        mine, first = (tuple(getattr(c, f) for f in PACK_SHARED) for c in (m.cfg, cfg))
         if mine != first:
-            raise ConfigError(f"a pack's members must share epochs, batch_size, augment and cutout (the batches are "
+            raise ConfigError(f"a pack's members must share {', '.join(PACK_SHARED)} (the batches are "
                               f"shared); got {'/'.join(map(str, mine))} beside {'/'.join(map(str, first))}")
     world = accelerator.num_processes
     if world > 1 and len(members) > 1:
@@ -346,6 +369,7 @@ def _train_pack(members, batches, accelerator, fmt, desc, on_epoch_end, start_ep
             for group in optimizers[k].param_groups:
                 group["lr"] = members[k].cfg.lr_at(epoch)
         loss_sum = torch.zeros(len(members), device=accelerator.device)
+        term_sums: list[dict[str, torch.Tensor]] = [{} for _ in members]  # summed on the device: no sync per step
         n = 0
         for xb, yb in batches:
             xb = xb.contiguous(memory_format=fmt)
@@ -353,6 +377,11 @@ def _train_pack(members, batches, accelerator, fmt, desc, on_epoch_end, start_ep
                 m, opt = members[k], optimizers[k]
                 with rng(k) if rng else contextlib.nullcontext(), autocasts[k]():
                     loss = m.loss_fn(m.model, xb, yb)
+                if isinstance(loss, tuple):
+                    loss, terms = loss
+                    for name, value in terms.items():
+                        value = value.detach().float()
+                        term_sums[k][name] = term_sums[k][name] + value if name in term_sums[k] else value
                 opt.zero_grad(set_to_none=True)
                 accelerator.backward(loss)
                 if m.cfg.grad_clip is not None:
@@ -377,6 +406,10 @@ def _train_pack(members, batches, accelerator, fmt, desc, on_epoch_end, start_ep
             last_line = time.time()
             print(f"  {desc}: epoch {epoch + 1}/{cfg.epochs}, loss {shown}, {last_line - t0:.0f}s",
                   file=sys.stderr, flush=True)
+        if _loss_recorder is not None and live:
+            sums = {k: {name: v.item() / max(1, n) for name, v in term_sums[k].items()} for k in live}
+            for k in live:
+                _loss_recorder(epoch, k, {"loss": means[k], **sums[k]})
         if on_epoch_end is not None:
             for k in live:
                 on_epoch_end(epoch, k, accelerator.unwrap_model(members[k].model), optimizers[k])

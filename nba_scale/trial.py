@@ -4,7 +4,8 @@ spec -> artifacts (attack -> backdoored model -> teacher, from the cache) -> def
 
 Config (nested dict or dotted keys). Plug-in parameters live in a section named after the
 plug-in in use: `{"attack": "badnets", "badnets": {"rate": 0.05}, "defense": "nba", "nba": {"beta": 1}}`
-(CLI: `--set badnets.rate=0.05 --set nba.beta=1`). Drivers build it with `nba_scale.cli.trial_config`.
+(CLI: `--set badnets.rate=0.05 --set nba.beta=1`). Its spec (`TrialConfig`, presets, layering,
+validation, the pack rules) lives in nba_scale/spec.py; drivers build it with `spec.trial_config`.
 
 Backdoored model (`backdoor.*`): 100 epochs, SGD lr 0.1 nesterov momentum 0.9, weight decay
 5e-4, batch 128, cosine decay, crop + flip augmentation: the standard WRN CIFAR recipe, cosine
@@ -31,150 +32,28 @@ import math
 import time
 import traceback
 from pathlib import Path
-from collections.abc import Collection
-from typing import Any, Callable, Literal, Optional
+from collections.abc import Collection, Mapping
+from typing import Any, Callable, Optional
 
 import torch
 
 from .artifacts import ArtifactCache, spec_key
 from .attacks import Attack, AttackContext, get_attack
-from .checkpoints import load_into, saved_arch, save_weights
-from .config import ConfigError, build, flatten, key_fields, merge, nest, require
-from .data import DataConfig, Dataset, PoisonedData, load_dataset, load_poisoned_test, stratified_indices
+from .checkpoints import load_into, save_weights
+from .config import ConfigError, build, key_fields
+from .data import Dataset, PoisonedData, load_dataset, load_poisoned_test, stratified_indices
 from .defenses import Defense, DefenseContext, get_defense
-from .defenses.base import cannot_pack
 from .metrics import score
 from .models import build_model
 from .provenance import code_version, device_name
+# The spec, re-exported: `from nba_scale.trial import TrialConfig, PRESETS, with_preset, ...` keeps working.
+from .spec import (ARCH_LR, PRESETS, TrialConfig, backdoor_optim, check_config, check_pack,  # noqa: F401
+                   flat_config, parse_config, with_preset)
 from .stats import with_counts
-from .training import (FP16_REFUSED, FP32_STAGE_REFUSED, LossFn, NonFiniteLoss, OptimConfig, cross_entropy,
-                       make_accelerator, nad_schedule, plain_progress, setup_run, train)
+from .training import (LossFn, NonFiniteLoss, OptimConfig, cross_entropy, make_accelerator, plain_progress,
+                       recording_losses, setup_run, train)
 
 log = logging.getLogger("nba_scale")
-
-
-def backdoor_optim() -> OptimConfig:
-    return OptimConfig(epochs=100, lr=0.1, batch_size=128, weight_decay=5e-4, schedule="cosine")
-
-
-@dataclasses.dataclass
-class TrialConfig:
-    dataset: str = "synthetic"  # synthetic | cifar10 | gtsrb | npz:PATH
-    attack: str = "badnets"
-    defense: str = "nba"
-    clean_fraction: float = 0.05  # the defender's stratified clean subset of the training set
-    seed: int = 0
-    arch: str = "wrn-16-1"  # also `model.arch`: wrn-DEPTH-WIDTH | preact-resnet18 | vgg16-bn
-    taps: Optional[list[str]] = None  # also `model.taps`: modules the distillation defenses read (None: the arch's)
-    device: str = "auto"  # auto | cpu | cuda
-    precision: Literal["no", "bf16"] = "no"  # fp16 is refused (training.FP16_REFUSED)
-    cache_dir: Optional[str] = None  # artifact cache (default $NBA_CACHE_DIR or ~/.cache/nba_scale/artifacts)
-    model_path: Optional[str] = None  # defend these weights (safetensors / state_dict) instead of training one
-    save_path: Optional[str] = None  # write the repaired model here (.safetensors)
-    poisoned_test: Optional[str] = None  # the attacker's own triggered test set (.npz, data.load_poisoned_test)
-    eval_exclude_target: bool = False  # NAD's clean accuracy drops target-class test images
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    backdoor: OptimConfig = dataclasses.field(default_factory=backdoor_optim)
-    teacher: OptimConfig = dataclasses.field(default_factory=functools.partial(nad_schedule, epochs=10))
-    attack_params: dict = dataclasses.field(default_factory=dict)  # from the section named after the attack
-    defense_params: dict = dataclasses.field(default_factory=dict)  # from the section named after the defense
-
-    def validate(self) -> None:
-        require(0 < self.clean_fraction <= 1, f"clean_fraction={self.clean_fraction} must be in (0, 1]")
-        require(self.poisoned_test is None or Path(self.poisoned_test).expanduser().is_file(),
-                f"poisoned_test={self.poisoned_test!r} is not a file; give an .npz with x (uint8) and target")
-        require(self.precision != "bf16" or "no" not in (self.backdoor.precision, self.teacher.precision),
-                FP32_STAGE_REFUSED)
-        require(self.model_path is None or Path(self.model_path).is_file(),
-                f"model_path={self.model_path!r} is not a file; give the weights to defend (.safetensors or .pt)")
-
-
-# Budgets, applied under the user's own overrides. `smoke`: seconds, for tests and CI; `quick`:
-# minutes on one GPU (or a CPU subset); `paper`: the defaults above. `defense.` keys apply to the
-# defense in use, when it trains (all but `none`).
-PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": {"data.synthetic_train": 1000, "data.synthetic_test": 300, "backdoor.epochs": 4,
-              "teacher.epochs": 2, "defense.optim.epochs": 2, "clean_fraction": 0.1},
-    "quick": {"backdoor.epochs": 30, "teacher.epochs": 10, "defense.optim.epochs": 10},
-    "paper": {},
-}
-
-
-# Learning rates for the architectures whose training diverges at the WRN recipe's, applied to every
-# stage whose default is higher, under the preset and the user's settings. PreAct-ResNet18 has no
-# BatchNorm after its last block: at lr 0.1 (nesterov) the backdoor recipe on CIFAR-10 went from loss
-# 2.3 to 332 in 4 steps and NaN in epoch 1 (kuangliu's PreActResNet18 gives the same losses to the
-# digit); fine-tuning the trained model at 0.1 (FT) collapsed it to BA 10.5 %. BackdoorBench trains
-# and defends it at 0.01. VGG16-BN at 0.1 stayed finite (40 steps).
-ARCH_LR: dict[str, float] = {"preact-resnet18": 0.01}
-
-
-def _arch_defaults(cfg: dict[str, Any], defense: str) -> dict[str, Any]:
-    """The brought model's architecture (from its file, where it names one) and the learning rates
-    of the architecture (`ARCH_LR`), as defaults under the config."""
-    model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
-    asked = cfg.get("arch", model.get("arch"))
-    saved = saved_arch(cfg["model_path"]) if isinstance(cfg.get("model_path"), str) else None
-    if saved and asked and str(asked).lower() != saved.lower():
-        raise ConfigError(f"{cfg['model_path']} holds a {saved}, but the run asks arch={asked}: drop --arch / "
-                          f"model.arch (the file's is used) or give the matching one")
-    base: dict[str, Any] = {"arch": saved} if saved and not asked else {}
-    arch = str(asked or saved or TrialConfig.arch).lower()
-    if arch not in ARCH_LR:
-        return base
-    lr = ARCH_LR[arch]
-    stages = {**{f.name: f for f in dataclasses.fields(TrialConfig) if f.name in ("backdoor", "teacher")},
-              **{f"{defense}.optim": f for f in dataclasses.fields(get_defense(defense).Config) if f.name == "optim"}}
-    for key, f in stages.items():
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if default.lr > lr:
-            base[f"{key}.lr"] = lr
-    return base
-
-
-def with_preset(config: dict[str, Any], preset: Optional[str]) -> dict[str, Any]:
-    """`config` over the preset's budgets, over the architecture's defaults (`_arch_defaults`)."""
-    if preset and preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-    cfg = nest(config)
-    defense = cfg.get("defense", "nba")
-    trains = any(f.name == "optim" for f in dataclasses.fields(get_defense(defense).Config))
-    base = _arch_defaults(cfg, defense)
-    for k, v in PRESETS[preset].items() if preset else ():
-        if k.startswith("defense."):
-            if not trains:
-                continue
-            k = defense + k[len("defense"):]
-        base[k] = v
-    return merge(nest(base), cfg)
-
-
-def parse_config(config: dict[str, Any]) -> TrialConfig:
-    """Nested or dotted dict -> TrialConfig; plug-in sections move into attack/defense_params."""
-    cfg = nest(config)
-    model = cfg.pop("model", None)  # `model.arch` / `model.taps`: the same keys as `arch` / `taps`
-    if model is not None:
-        require(isinstance(model, dict) and set(model) <= {"arch", "taps"},
-                f"model={model!r}: the model section takes `arch` and `taps` only")
-        cfg.update(model)
-    attack, defense = cfg.get("attack", "badnets"), cfg.get("defense", "nba")
-    for key, name in (("attack_params", attack), ("defense_params", defense)):
-        if isinstance(name, str) and isinstance(cfg.get(name), dict):
-            cfg[key] = {**cfg.get(key, {}), **cfg.pop(name)}
-    require(cfg.get("precision") != "fp16", FP16_REFUSED)
-    return build(TrialConfig, cfg)
-
-
-def check_config(config: dict[str, Any]) -> TrialConfig:
-    """parse_config plus the plug-ins' own keys and types: a driver calls this before any trial
-    starts, so that a typo fails in one line rather than in a worker."""
-    cfg = parse_config(config)
-    with torch.device("meta"):  # the architecture and its taps, without allocating a model
-        build_model(cfg.arch, 10, (0.5,) * 3, (0.25,) * 3, cfg.taps)
-    build(get_attack(cfg.attack).Params, cfg.attack_params, cfg.attack)
-    optim = getattr(get_defense(cfg.defense)(cfg.defense_params).cfg, "optim", None)
-    require(cfg.precision != "bf16" or optim is None or optim.precision != "no", FP32_STAGE_REFUSED)
-    return cfg
 
 
 def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
@@ -388,6 +267,32 @@ def _teacher(s: Setup, model: torch.nn.Module) -> tuple[torch.nn.Module, dict[st
     return teacher, {"teacher": {"key": meta["key"], "cached": not built, **s.pick(metrics)}}
 
 
+class EpochState(Mapping):
+    """What a defense's epoch report offers to resume from: {"epoch", "model", "optimizer"} (state
+    dicts), copied only when read, and to be read during the report (training goes on after it):
+    a trial that checkpoints every few epochs pays for no copy in between (the copies were 10-40 %
+    of an epoch on a GPU)."""
+
+    def __init__(self, epoch: int, model: torch.nn.Module, optimizer):
+        self._epoch, self._model, self._optimizer, self._copy = epoch, model, optimizer, None
+
+    def _state(self) -> dict[str, Any]:
+        if self._copy is None:
+            self._copy = {"epoch": self._epoch,
+                          "model": {n: v.detach().clone() for n, v in self._model.state_dict().items()},
+                          "optimizer": copy.deepcopy(self._optimizer.state_dict())}
+        return self._copy
+
+    def __getitem__(self, key: str) -> Any:
+        return self._epoch if key == "epoch" else self._state()[key]
+
+    def __iter__(self):
+        return iter(("epoch", "model", "optimizer"))
+
+    def __len__(self) -> int:
+        return 3
+
+
 def _defend(s: Setup, defenses: list[Defense], report, resume,
             epoch_metrics: bool | Collection[int] = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Repair the backdoored model with each of `defenses` (one: `repair`; several: one pack,
@@ -404,17 +309,17 @@ def _defend(s: Setup, defenses: list[Defense], report, resume,
     for key in ("epoch_eval_s", "epoch_report_s"):
         s.timings.setdefault(key, 0.0)
 
+    losses: dict[int, dict[str, float]] = {}  # each member's last epoch's mean loss and terms
+
     def on_epoch_end(epoch: int, k: int, m: torch.nn.Module, optimizer) -> None:
         if report is not None:
             t0 = time.time()
             scored = epoch_metrics if isinstance(epoch_metrics, bool) else epoch + 1 in epoch_metrics
             metrics = s.selection(m) if scored else {}  # for a scheduler: on the selection split
             t1 = time.time()
-            # Copies: the caller may keep them while training goes on (0.7 MB for WRN-16-1).
-            state = {"epoch": epoch + 1, "model": {n: v.detach().clone() for n, v in m.state_dict().items()},
-                     "optimizer": copy.deepcopy(optimizer.state_dict())}
             member = {"member": k} if len(defenses) > 1 else {}
-            report(epoch=epoch + 1, **member, **metrics, state=state)
+            curve = {("loss" if n == "loss" else f"loss_{n}"): v for n, v in losses.pop(k, {}).items()}
+            report(epoch=epoch + 1, **member, **metrics, **curve, state=EpochState(epoch + 1, m, optimizer))
             s.timings["epoch_eval_s"] += t1 - t0
             s.timings["epoch_report_s"] += time.time() - t1
 
@@ -423,14 +328,20 @@ def _defend(s: Setup, defenses: list[Defense], report, resume,
     t0 = time.time()
     ctx = DefenseContext(x_clean, y_clean, s.ds.num_classes, s.ds.flip, s.acc, cfg.seed, teacher, s.attack,
                          lambda epoch, m, optimizer: on_epoch_end(epoch, 0, m, optimizer))
-    if len(defenses) == 1:
-        if resume:
-            defenses[0].restore(model, resume["model"])
-            ctx.start_epoch, ctx.optimizer_state = int(resume["epoch"]), resume.get("optimizer")
-        repaired, failed = [defenses[0].repair(model, ctx)], [None]
-    else:
-        members = type(defenses[0]).repair_pack(defenses, [copy.deepcopy(model) for _ in defenses], ctx, on_epoch_end)
-        repaired, failed = [m.model for m in members], [m.failed for m in members]
+    with recording_losses(lambda epoch, k, values: losses.__setitem__(k, values)):
+        if len(defenses) == 1:
+            if resume and resume[0]:
+                defenses[0].restore(model, resume[0]["model"])
+                ctx.start_epoch, ctx.optimizer_state = int(resume[0]["epoch"]), resume[0].get("optimizer")
+            repaired, failed = [defenses[0].repair(model, ctx)], [None]
+        else:
+            models = [copy.deepcopy(model) for _ in defenses]
+            if resume:  # every member from the same epoch (run_pack checks it)
+                for d, m, r in zip(defenses, models, resume):
+                    d.restore(m, r["model"])
+                ctx.start_epoch, ctx.optimizer_states = int(resume[0]["epoch"]), [r.get("optimizer") for r in resume]
+            members = type(defenses[0]).repair_pack(defenses, models, ctx, on_epoch_end)
+            repaired, failed = [m.model for m in members], [m.failed for m in members]
     s.timings["defense_s"] = time.time() - t0  # epoch_eval_s and epoch_report_s included
     t0 = time.time()
     n = s.counts()
@@ -480,13 +391,6 @@ def _attempt(step: Callable[[], dict[str, Any]], timings: dict[str, float]) -> d
     return out
 
 
-def flat_config(cfg: TrialConfig, attack_params: Any, defense_cfg: Any) -> dict[str, Any]:
-    """The trial's whole configuration, dotted, plug-in parameters under the plug-in's name
-    (`nba.lambda1`, the Parquet column `nba_lambda1`): a row's `config`, `--print-config`."""
-    plain = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("attack_params", "defense_params")}
-    return flatten(plain | {cfg.attack: dataclasses.asdict(attack_params), cfg.defense: dataclasses.asdict(defense_cfg)})
-
-
 def _identity(cfg: TrialConfig, attack_params: Any, defense_cfg: Any) -> dict[str, Any]:
     """What every result starts with: the trial's axes, its whole configuration (`flat_config`)
     and the code that ran it."""
@@ -501,53 +405,35 @@ def run_trial(config: dict[str, Any], report: Optional[Callable[..., None]] = No
     """Run one trial; never raises for failures inside training (status "failed" + error), only
     for bad configuration (`ConfigError`, one line naming the fix).
 
-    `report(epoch=, ba=, asr=, ra=, state=)` is called after each defense epoch when given;
-    `state` = {"epoch", "model", "optimizer"} (state dicts) is what `resume` takes back to
+    `report(epoch=, ba=, asr=, ra=, loss=, loss_<term>=, state=)` is called after each defense
+    epoch when given: `loss` the epoch's mean training loss, `loss_<term>` each of its terms where
+    the defense's loss has terms (NBA: ce, ldl, udl, ldl_rnb, ...); `state` = {"epoch", "model",
+    "optimizer"} (state dicts, copied when read, so read them during the call: `EpochState`) is what `resume` takes back to
     continue an interrupted defense after that epoch. `epoch_metrics=False` leaves the metrics out
     of those reports and saves an evaluation per epoch (a sweep without an early-stopping
     scheduler reads only the final ones); a collection of epochs (1-based) scores only those (ASHA's
     rungs).
     """
-    return run_pack([config], report, resume, epoch_metrics)[0]
-
-
-def check_pack(cfgs: list[TrialConfig], defenses: list[Defense]) -> None:
-    """A pack's configurations differ in their defense's parameters alone (one backdoored model,
-    teacher, clean subset, seed and batch order for all), and its defense trains as a pack."""
-    first = {k: v for k, v in dataclasses.asdict(cfgs[0]).items() if k != "defense_params"}
-    for c in cfgs[1:]:
-        other = {k: v for k, v in dataclasses.asdict(c).items() if k != "defense_params"}
-        diff = sorted(k for k in first if first[k] != other[k])
-        if diff:
-            raise ConfigError(f"a pack's configurations may differ only in their defense's parameters; "
-                              f"{diff[0]} differs ({first[diff[0]]!r} vs {other[diff[0]]!r})")
-    if not defenses[0].packable:
-        raise ConfigError(cannot_pack(cfgs[0].defense))
-    if cfgs[0].save_path:
-        raise ConfigError("save_path names one repaired model: a pack repairs several")
-    shape = {(d.cfg.optim.epochs, d.cfg.optim.batch_size, d.cfg.optim.augment) for d in defenses}
-    if len(shape) > 1:
-        raise ConfigError(f"a pack's members share their batches: {cfgs[0].defense}.optim.epochs, batch_size and "
-                          f"augment must be equal in all of them, got {sorted(shape)}")
+    return run_pack([config], report, [resume] if resume else None, epoch_metrics)[0]
 
 
 def run_pack(configs: list[dict[str, Any]], report: Optional[Callable[..., None]] = None,
-             resume: Optional[dict[str, Any]] = None,
+             resume: Optional[list[Mapping[str, Any]]] = None,
              epoch_metrics: bool | Collection[int] = True) -> list[dict[str, Any]]:
     """Several configurations of one defense against the same backdoored model, trained together
     (`training.train_pack`): each member's result is the one it gets alone with the same seed,
     while the data, the artifacts, the teacher's forward pass and the trial's fixed costs are paid
     once. Returns one result per configuration, in order; a member that diverged is failed alone.
     `report(member=k, epoch=, ...)` after each epoch of each member (a pack of one: as `run_trial`).
-    Packs of several do not resume from an epoch checkpoint (`resume` is for one configuration).
+    `resume`: one epoch state per member (`run_trial`'s `state`), all after the same epoch.
     `timings` and `wall_s` are the pack's, the same in every member's result."""
     t_start = time.time()
     cfgs = [parse_config(c) for c in configs]
     defenses = [get_defense(c.defense)(c.defense_params) for c in cfgs]
     if len(cfgs) > 1:
         check_pack(cfgs, defenses)
-        if resume:
-            raise ConfigError("a pack of several configurations does not resume from an epoch checkpoint")
+    if resume and (len(resume) != len(cfgs) or len({int(r["epoch"]) for r in resume}) > 1):
+        raise ConfigError("a pack resumes with one epoch state per member, all after the same epoch")
     params = {"attack": build(get_attack(cfgs[0].attack).Params, cfgs[0].attack_params, cfgs[0].attack)}
     timings: dict[str, float] = {}
     per: list[dict[str, Any]] = [{} for _ in cfgs]
@@ -591,7 +477,7 @@ def prepare_artifacts(config: dict[str, Any]) -> dict[str, Any]:
 
 def poison_only(config: dict[str, Any]) -> tuple[TrialConfig, Dataset, Attack, PoisonedData, AttackContext]:
     """The attack alone, no training of the attacked model: (cfg, dataset, attack, poisoned data,
-    attack context). For looking at poisons (attacks.show) and measuring a clean model's ASR."""
+    attack context). For looking at poisons (nba_scale.show) and measuring a clean model's ASR."""
     s = _setup(parse_config(config), {})
     return s.cfg, s.ds, s.attack, s.poisoned, s.attack_context()
 

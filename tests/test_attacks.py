@@ -283,7 +283,7 @@ def test_blend_reads_an_image_file_and_names_a_bad_one(tmp_path):
 
 
 def test_show_lists_every_attack_and_draws_a_grid(tmp_path):
-    from nba_scale.attacks.show import describe_all, main
+    from nba_scale.show import describe_all, main
 
     text = describe_all()
     for name in ("badnets", "trojan", "blend", "sig", "cla", "refool"):

@@ -128,8 +128,8 @@ def test_a_set_on_a_sampled_key_fixes_it_instead_of_being_ignored():
                                       "--set", "nba.lambda1=0.05"])
     space = search_space(args)
     assert "nba.lambda1" not in {p.name for p in space.params} and "nba.beta" in {p.name for p in space.params}
-    [(_, base, _)] = plan(args, space)
-    assert base["nba"]["lambda1"] == 0.05  # what every trial gets: the searcher no longer samples it
+    [study] = plan(args, space)
+    assert study.base["nba"]["lambda1"] == 0.05  # what every trial gets: the searcher no longer samples it
     every = ["--set", "nba.lambda1=1", "--set", "nba.lambda2=1", "--set", "nba.lambda3=1", "--set", "nba.T=1",
              "--set", "nba.alpha=1", "--set", "nba.beta=1", "--set", "nba.pgd_eps=0.03"]
     with pytest.raises(ConfigError, match="nothing is left to search"):
@@ -235,9 +235,10 @@ def test_an_unwritable_plot_path_is_one_line(tmp_path):
     assert r.returncode == 2 and "cannot write --plot /proc/nope/front.png" in r.stderr and "Traceback" not in r.stderr
 
 
-def trial_reports(sampled):
+def trial_reports(sampled, resume=None):
     """What a Tune trial of an NBA sweep on synthetic data reports, run in this process, with the
-    searcher's `sampled` keys (and any `__resume__`)."""
+    searcher's `sampled` point (and the checkpoint `resume` it goes on from: plan.ResumeFrom)."""
+    from nba_scale.sweep.plan import RunPlan, StudyPlan, resume_key
     from nba_scale.sweep.trainable import trial_loop
 
     reports = []
@@ -252,8 +253,10 @@ def trial_reports(sampled):
             reports.append(metrics)
 
     base = {"dataset": "synthetic", "attack": "badnets", "defense": "nba", "clean_fraction": 0.1, "seed": 0}
-    trial_loop({"__base__": base, "__default__": {}, **sampled}, Session())
-    return reports
+    plan = RunPlan("s", "search", studies={"st": StudyPlan("st", base, {})},
+                   resume={resume_key("st", sampled): resume} if resume else {})
+    trial_loop(plan, {"study": "st", "points": [sampled]}, Session())
+    return [json.loads(r["__rows__"])[0] if "__rows__" in r else r for r in reports]
 
 
 def test_a_config_error_inside_a_trial_keeps_the_error_and_the_sampled_parameters():
@@ -262,7 +265,7 @@ def test_a_config_error_inside_a_trial_keeps_the_error_and_the_sampled_parameter
     (row,) = trial_reports({"nba.optim.epochs": -3})
     assert row["status"] == "failed" and row["error"] == "ConfigError: nba.optim.epochs=-3 must be >= 0"
     assert row["dataset"] == "synthetic" and row["attack"] == "badnets" and row["nba_optim_epochs"] == -3
-    assert (row["asr"], row["ba"]) == (1.0, 0.0)  # what Optuna is told; the Parquet row gets NaN
+    assert "asr" not in row and "ba" not in row  # no invented metric: Optuna alone is told ASR 1 / BA 0
     assert row["git_commit"] is not None or row["version"]
 
 
@@ -391,26 +394,27 @@ def test_a_tampered_epoch_checkpoint_fails_its_trial_once_with_its_reason(tmp_pa
     from nba_scale.checkpoints import save_weights
     from nba_scale.models import WideResNet
     from nba_scale.sweep.resume import interrupted_trials
+    from nba_scale.sweep.plan import ResumeFrom
     from nba_scale.sweep.search_space import SearchSpace, Param
-    from nba_scale.sweep.trainable import config_hash
 
     trial = tmp_path / "_tune" / "run-1" / "trainable_abc_1"
     ckpt = trial / "checkpoint_000002"
     ckpt.mkdir(parents=True)
-    save_weights(WideResNet(16, 1).state_dict(), ckpt / "model.safetensors")
-    torch.save({"state": {}, "param_groups": [], "x": Payload()}, ckpt / "optimizer.pt")
+    (ckpt / "m0").mkdir(parents=True)
+    save_weights(WideResNet(16, 1).state_dict(), ckpt / "m0" / "model.safetensors")
+    torch.save({"state": {}, "param_groups": [], "x": Payload()}, ckpt / "m0" / "optimizer.pt")
     (ckpt / "state.json").write_text('{"epoch": 2}')
     point = {"nba.lambda1": 0.5}
-    (trial / "params.json").write_text(json.dumps(point))
+    (trial / "params.json").write_text(json.dumps({"study": "st", "points": [point]}))
     space = SearchSpace("s.yaml", "nba", [Param("nba.lambda1", "float", 0.01, 20.0, True, None, 2.0)], {})
-    [restart] = interrupted_trials(tmp_path / "_tune", space, [])
-    assert restart.checkpoint == ckpt
+    [restart] = interrupted_trials(tmp_path / "_tune", "st", space, [])
+    assert restart.checkpoint == ckpt and restart.epoch == 2 and interrupted_trials(tmp_path / "_tune", "other", space, []) == []
 
-    (row,) = trial_reports({**point, "__resume__": {config_hash(point): str(restart.checkpoint)}})
+    (row,) = trial_reports(point, ResumeFrom(str(restart.checkpoint), restart.member, restart.epoch))
     assert row["status"] == "failed" and row["error"].startswith("CheckpointError: refusing to load")
     assert "optimizer.pt" in row["error"] and "pwned" not in row["error"]
     assert row["nba_lambda1"] == 0.5
-    assert interrupted_trials(tmp_path / "_tune", space, [{**row, "trial_id": "new"}]) == []  # not retried
+    assert interrupted_trials(tmp_path / "_tune", "st", space, [{**row, "trial_id": "new"}]) == []  # not retried
 
 
 def test_convert_refuses_an_out_it_cannot_write_before_converting(tmp_path):
@@ -471,7 +475,7 @@ def test_a_sweep_over_a_model_without_a_backdoor_stops_once_it_is_built(tmp_path
     monkeypatch.setattr(execution, "prebuild",
                         lambda label, cfgs, address=None: [(cfgs[0], {"asr_before": 0.096, "ba_before": 0.75})])
     studies = []
-    monkeypatch.setattr(tune, "run_study", lambda *a, **k: studies.append(k["study"]))
+    monkeypatch.setattr(tune, "run_studies", lambda plans, *a, **k: studies.extend(s.id for s in plans))
     for name in ("print_pareto", "plot", "load"):
         monkeypatch.setattr(results, name, lambda *a, **k: None)
     argv = ["--attack", "badnets", "--dataset", "synthetic", "--preset", "quick", "--results", str(tmp_path)]

@@ -177,8 +177,14 @@ def test_a_killed_campaign_resumes_without_recomputing_and_reports_the_measured_
     assert cells[2] == f"{100 * ft['asr']:.1f} / {100 * ft['ba']:.1f}"
     assert cells[3] == f"{100 * nba['asr']:.1f} / {100 * nba['ba']:.1f}"
     assert "python -m nba_scale.campaign" in text and "--resume" in text  # the commands that made it
-    for png in ("tiny_bars.png", "tiny_pareto.png"):
+    for png in ("tiny_bars.png", "tiny_pareto.png", "tiny_training.png"):
         assert (out / png).stat().st_size > 5000
+    # how each cell's defense trained: FT its cross-entropy, NBA each of its terms, per epoch
+    from nba_scale.sweep.store import read_curves
+
+    curves = read_curves(root).to_pylist()
+    assert {c["trial_id"] for c in curves} == set(rows) and all(c["loss"] > 0 for c in curves)
+    assert all(c.get("loss_udl") is not None for c in curves if c["defense"] == "nba")
 
 
 @pytest.mark.slow

@@ -53,11 +53,11 @@ def test_worst_case_sweep_accepts_a_set_for_one_of_its_attacks():
 
     space = load_search_space(find_space("nba"))
     args = tune_args("--attack", "badnets", "blend", "--objective", "worst-case", "--set", "blend.alpha=0.1")
-    [(study, base, attacks)] = plan(args, space)
-    assert study == "worst-badnets+blend-cf0.05" and attacks == ["badnets", "blend"]
-    assert base["blend"] == {"alpha": 0.1}  # kept: each attack's trial takes its own section
+    [study] = plan(args, space)
+    assert study.id == "worst-badnets+blend-cf0.05" and study.attacks == ("badnets", "blend")
+    assert study.base["blend"] == {"alpha": 0.1}  # kept: each attack's trial takes its own section
     per_attack = plan(tune_args("--attack", "badnets", "blend", "--set", "blend.alpha=0.1"), space)
-    assert [(s, "blend" in b) for s, b, _ in per_attack] == [("badnets-cf0.05", False), ("blend-cf0.05", True)]
+    assert [(s.id, "blend" in s.base) for s in per_attack] == [("badnets-cf0.05", False), ("blend-cf0.05", True)]
     with pytest.raises(ConfigError, match="no trial of this run uses attack 'blend'"):
         plan(tune_args("--attack", "badnets", "--set", "blend.alpha=0.1"), space)
 

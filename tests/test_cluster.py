@@ -95,10 +95,10 @@ def test_a_sweep_on_the_local_cluster_survives_a_lost_worker_node(tmp_path):
     cmd = [sys.executable, "-m", "nba_scale.tune", "--attack", "badnets", "--dataset", "synthetic", "--preset", "smoke",
            "--clean-fraction", "0.1", "--num-samples", "4", "--max-concurrent", "2", "--set", "nba.optim.epochs=4",
            "--results", str(results), "--cache-dir", str(cache), "--name", "cluster", "--device", "cpu",
-           "--address", f"{ip}:{port}"]
+           "--address", f"{ip}:{port}", "--checkpoint-every", "1"]
     try:
         driver = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        study = results / "cluster" / "_tune" / "badnets-cf0.1"
+        study = results / "cluster" / "_tune"
         deadline = time.time() + 900
         while time.time() < deadline and not list(study.rglob("checkpoint_000002/state.json")):
             time.sleep(0.5)
@@ -178,7 +178,7 @@ def test_data_parallel_drivers_stay_on_a_head_that_offers_the_driver_resource():
     for offered, wanted in (({}, {"cpu": 0.01}), ({DRIVER_RESOURCE: 10}, {"cpu": 0, DRIVER_RESOURCE: 1})):
         ray.init(num_cpus=1, resources=offered, include_dashboard=False, configure_logging=False, log_to_driver=False)
         try:
-            resources, consts = shape.tune_setup(Path("/tmp/unused"))
+            resources, fields = shape.resources(), shape.plan_fields(Path("/tmp/unused"))
         finally:
             ray.shutdown()
-        assert resources == wanted and consts["__workers__"] == 2
+        assert resources == wanted and fields["workers"] == 2

@@ -57,9 +57,12 @@ def test_second_trial_reuses_every_artifact(first, cache_dir, monkeypatch):
 
 def test_report_is_called_after_every_defense_epoch(cache_dir):
     seen = []
-    out = run_trial(small_config(cache_dir, **{"nba.optim.epochs": 2}), report=lambda **m: seen.append(m))
+    # `state` is copied when read (trial.EpochState), so read during the call, as a checkpoint is written
+    out = run_trial(small_config(cache_dir, **{"nba.optim.epochs": 2}),
+                    report=lambda **m: seen.append({**m, "state": dict(m["state"])}))
     assert out["status"] == "ok" and [m["epoch"] for m in seen] == [1, 2]
-    assert set(seen[0]) == {"epoch", "ba", "asr", "ra", "state"} and seen[-1]["asr"] == out["asr"]
+    assert {"epoch", "ba", "asr", "ra", "state", "loss", "loss_ce", "loss_ldl", "loss_udl"} <= set(seen[0])
+    assert seen[-1]["asr"] == out["asr"]
     # Resuming after epoch 1 from its state replays the uninterrupted run's second epoch exactly.
     resumed = run_trial(small_config(cache_dir, **{"nba.optim.epochs": 2}), resume=seen[0]["state"])
     assert resumed["status"] == "ok" and (resumed["asr"], resumed["ba"]) == (out["asr"], out["ba"])

@@ -96,7 +96,13 @@ def _nba_loss(monkeypatch, **params):
     ctx = DefenseContext(torch.zeros(0), torch.zeros(0), 10, True, None)
     x, y = torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,))
     state = copy.deepcopy(student.state_dict())  # the loss's forward passes move BatchNorm's statistics
-    total = defense.distill_loss(teacher, ctx)(student, x, y).item()
+    total, parts = defense.distill_loss(teacher, ctx)(student, x, y)
+    total = total.item()
+    # The terms the curves record add up to the loss, each weighted as it enters it.
+    assert sum(v.item() for k, v in parts.items() if k in ("ce", "ldl", "udl")) == pytest.approx(total, rel=1e-5)
+    for name in ("ldl", "udl"):
+        if name in parts:
+            assert sum(parts[f"{name}_{p}"].item() for p in c.terms) == pytest.approx(parts[name].item(), rel=1e-5)
     pgd_calls = calls["pgd"]
     student.load_state_dict(state)
 

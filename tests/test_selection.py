@@ -68,16 +68,18 @@ def test_a_selection_split_changes_no_artifact_key(unique_npz):
 
 
 def test_the_searcher_is_told_the_selection_figures_and_the_row_keeps_both():
+    from nba_scale.sweep.plan import Member
     from nba_scale.sweep.resume import objectives
     from nba_scale.sweep.trainable import finish
 
     result = {"dataset": "s", "attack": "badnets", "defense": "nba", "clean_fraction": 0.1, "seed": 0, "status": "ok",
               "asr": 0.2, "ba": 0.7, "val_asr": 0.1, "val_ba": 0.8}
-    row, told = finish({"__default__": {}}, {}, result, 0.0, {})
+    member = Member({}, {}, {})
+    row, told = finish(member, result, 0.0)
     assert told == {"asr": 0.1, "ba": 0.8} and (row["asr"], row["val_asr"]) == (0.2, 0.1)
     assert objectives(row) == [0.1, 0.8]  # what a --resume tells the study again
     plain = {**result, "val_asr": None, "val_ba": None}
-    assert finish({"__default__": {}}, {}, plain, 0.0, {})[1] == {"asr": 0.2, "ba": 0.7}
+    assert finish(member, plain, 0.0)[1] == {"asr": 0.2, "ba": 0.7}
     assert objectives({**row, "status": "failed"}) == [1.0, 0.0]
 
 

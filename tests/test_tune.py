@@ -131,7 +131,8 @@ def test_study_counts_every_trial_and_failures_are_recorded(tmp_path, tune_cache
 
     from nba_scale.sweep.execution import Shape
     from nba_scale.sweep.search_space import load_search_space
-    from nba_scale.sweep.tune import run_study
+    from nba_scale.sweep.plan import StudyPlan
+    from nba_scale.sweep.tune import run_studies
     from nba_scale.trial import with_preset
 
     space = load_search_space(REPO / "search_spaces" / "nba.yaml")
@@ -141,8 +142,8 @@ def test_study_counts_every_trial_and_failures_are_recorded(tmp_path, tune_cache
     storage = optuna.storages.InMemoryStorage()
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     try:
-        run_study(base, space, root=tmp_path, sweep="nan", study="badnets-nan", num_samples=3, max_concurrent=2,
-                  shape=Shape(cpus=1, gpus=0, workers=1), storage=storage)
+        run_studies([StudyPlan("badnets-nan", base, space.default_point())], space, root=tmp_path, sweep="nan",
+                    num_samples=3, max_concurrent=2, shape=Shape(cpus=1, gpus=0, workers=1), storage=storage)
     finally:
         ray.shutdown()
     study = optuna.load_study(study_name="nan/badnets-nan", storage=storage)
@@ -221,16 +222,17 @@ def test_data_parallel_trials_run_through_ray_train_on_two_cpu_workers(tmp_path,
     """`--workers-per-trial 2`: each trial is a Ray Train TorchTrainer whose two workers run the
     same Accelerate loop data-parallel (the path `--gpus-per-trial 2` takes on GPUs)."""
     r = run_tune(*tune_cmd(tmp_path, tune_cache, "dp", "--num-samples", "2", "--max-concurrent", "1",
-                           "--clean-fraction", "0.1", "--workers-per-trial", "2", "--cpus-per-trial", "1"))
+                           "--clean-fraction", "0.1", "--workers-per-trial", "2", "--cpus-per-trial", "1",
+                           "--checkpoint-every", "1"))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = read_table(tmp_path / "dp").to_pylist()
     assert len(rows) == 2 and len({x["trial_id"] for x in rows}) == 2
     for x in rows:
         assert x["status"] == "ok" and x["processes"] == 2 and x["workers"] == 2 and 0 <= x["asr"] <= 1
     # Each trial's Train run checkpointed its epochs where a resumed trial would look for them.
-    train_runs = list((tmp_path / "dp" / "_tune" / "badnets-cf0.1" / "_train").iterdir())
+    train_runs = list((tmp_path / "dp" / "_tune" / "_train").iterdir())
     assert {p.name for p in train_runs} == {x["trial_id"] for x in rows}
-    assert all(any(p.glob("checkpoint_*/model.safetensors")) for p in train_runs)
+    assert all(any(p.glob("checkpoint_*/m0/model.safetensors")) for p in train_runs)
 
 
 def test_gpu_worker_counts_that_cannot_work_are_refused(tmp_path, tune_cache):
@@ -310,7 +312,7 @@ def test_resume_continues_from_the_rows_alone_and_never_unpickles_tune_state(smo
     shutil.copytree(root, copy)
     before = {x["trial_id"]: x for x in read_table(copy).to_pylist()}
     marker = tmp_path / "unpickled"
-    study_dir = copy / "_tune" / "badnets-cf0.1"
+    study_dir = copy / "_tune"
     pkls = [study_dir / "tuner.pkl", *study_dir.rglob("*.pkl")]
     assert len(pkls) > 2
     for p in pkls:
@@ -373,8 +375,8 @@ def test_an_interrupted_trial_restarts_from_its_last_epoch_checkpoint(tmp_path, 
     import json
 
     cmd = tune_cmd(tmp_path, tune_cache, "ckpt", "--num-samples", "1", "--clean-fraction", "0.1",
-                   "--set", "nba.optim.epochs=5")
-    study = tmp_path / "ckpt" / "_tune" / "badnets-cf0.1"
+                   "--set", "nba.optim.epochs=5", "--checkpoint-every", "1")
+    study = tmp_path / "ckpt" / "_tune"
     ray_tmp = Path("/tmp") / f"nbackpt{os.getpid()}"
     proc = start_tune(cmd, {"RAY_TMPDIR": str(ray_tmp)})
     deadline = time.time() + 600
@@ -405,8 +407,8 @@ def test_a_trial_whose_process_dies_starts_again_from_its_last_epoch(tmp_path, t
     import psutil
 
     cmd = tune_cmd(tmp_path, tune_cache, "spot", "--num-samples", "1", "--clean-fraction", "0.1",
-                   "--set", "nba.optim.epochs=5", "--max-failures", "1")
-    study = tmp_path / "spot" / "_tune" / "badnets-cf0.1"
+                   "--set", "nba.optim.epochs=5", "--max-failures", "1", "--checkpoint-every", "1")
+    study = tmp_path / "spot" / "_tune"
     ray_tmp = Path("/tmp") / f"nbaspot{os.getpid()}"
     proc = subprocess.Popen(cmd, cwd=REPO, env=tune_env({"RAY_TMPDIR": str(ray_tmp)}), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)

@@ -115,7 +115,7 @@ class Attack(abc.ABC):
 
     def needs_context(self, ctx: Optional[AttackContext]) -> AttackContext:
         require(ctx is not None, f"attack {self.name} learns from a clean model: run it through "
-                                 f"nba_scale.run / run_trial or nba_scale.attacks.show")
+                                 f"nba_scale.run / run_trial or nba_scale.show")
         return ctx
 
     def select(self, y: torch.Tensor) -> torch.Tensor:

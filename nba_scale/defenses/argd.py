@@ -80,7 +80,8 @@ class ARGD(TeacherDistillation):
         def loss(student, x, y):
             (_, feats_t), (logits, feats_s) = forward_both(teacher, student, x)
             t = argd_terms(feats_t, feats_s, c.p)
-            return (F.cross_entropy(logits, y) + (betas * t["vertex"]).sum()
-                    + c.gamma_edge * t["edge"] + c.gamma_embed * t["embed"])
+            terms = {"ce": F.cross_entropy(logits, y), "vertex": (betas * t["vertex"]).sum(),
+                     "edge": c.gamma_edge * t["edge"], "embed": c.gamma_embed * t["embed"]}
+            return sum(terms.values()), {k: v.detach() for k, v in terms.items()}  # the curves' terms
 
         return loss

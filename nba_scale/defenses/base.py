@@ -30,6 +30,7 @@ class DefenseContext:
     # Resuming an interrupted defense: epochs already done and the optimizer's saved state.
     start_epoch: int = 0
     optimizer_state: Optional[dict] = None
+    optimizer_states: Optional[list] = None  # a pack's: one per member (`repair_pack`)
 
 
 class Defense(abc.ABC):

@@ -72,6 +72,8 @@ class TeacherDistillation(Defense):
     def repair_pack(cls, defenses: list["TeacherDistillation"], models: list[torch.nn.Module],
                     ctx: DefenseContext, on_epoch_end=None) -> list[Member]:
         teacher = cls.shared_teacher(ctx)
-        members = [Member(m, d.cfg.optim, d.distill_loss(teacher, ctx)) for d, m in zip(defenses, models)]
+        states = ctx.optimizer_states or [None] * len(models)
+        members = [Member(m, d.cfg.optim, d.distill_loss(teacher, ctx), state)
+                   for d, m, state in zip(defenses, models, states)]
         return train_pack(members, ctx.x_clean, ctx.y_clean, ctx.accelerator, flip=ctx.flip, seed=ctx.seed,
-                          desc=f"{cls.name} x{len(members)}", on_epoch_end=on_epoch_end)
+                          desc=f"{cls.name} x{len(members)}", on_epoch_end=on_epoch_end, start_epoch=ctx.start_epoch)

@@ -49,6 +49,7 @@ class NAD(TeacherDistillation):
 
         def loss(student, x, y):
             (_, feats_t), (logits, feats_s) = forward_both(teacher, student, x)
-            return F.cross_entropy(logits, y) + nad_loss(feats_t, feats_s, c.p, c.betas)
+            ce, at = F.cross_entropy(logits, y), nad_loss(feats_t, feats_s, c.p, c.betas)
+            return ce + at, {"ce": ce.detach(), "at": at.detach()}  # the curves' terms (training.LossFn)
 
         return loss

@@ -100,16 +100,21 @@ class NBA(TeacherDistillation):
             # PGD on the bare module: a DDP wrapper expects every forward to be followed by backward.
             return c.pseudo_sample(getattr(student, "module", student), x, y)
 
-        def loss(student: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        def loss(student: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
             (logits_t, feats_t), (logits_s, feats_s) = forward_both(teacher, student, x)
-            total = F.cross_entropy(logits_s, y)
-            if use_ldl:
-                ldl, _ = behaviour_loss(feats_t, logits_t, feats_s, logits_s, **kw)
-                total = total + c.alpha * ldl
-            if use_udl:
-                logits_u, feats_u = student(unlearning_input(student, x, y), features=True)
-                udl, _ = behaviour_loss(feats_t, logits_t, feats_u, logits_u, **kw)
-                total = total + c.alpha * c.beta * udl
-            return total
+            ce = F.cross_entropy(logits_s, y)
+            total, terms = ce, {"ce": ce}  # each term as it enters the total (the curves, training.LossFn)
+            for name, used, weight in (("ldl", use_ldl, c.alpha), ("udl", use_udl, c.alpha * c.beta)):
+                if not used:
+                    continue
+                if name == "ldl":
+                    value, parts = behaviour_loss(feats_t, logits_t, feats_s, logits_s, **kw)
+                else:
+                    logits_u, feats_u = student(unlearning_input(student, x, y), features=True)
+                    value, parts = behaviour_loss(feats_t, logits_t, feats_u, logits_u, **kw)
+                total = total + weight * value
+                terms[name] = weight * value.detach()
+                terms.update({f"{name}_{p}": weight * kw["weights"][p] * v.detach() for p, v in parts.items()})
+            return total, terms
 
         return loss

@@ -161,33 +161,31 @@ def packs_of(cells: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]
 
 
 def run_cells(name: str, root: Path, cells: list[dict[str, Any]], shape, concurrency: int, pack: int = 1,
-              tune_dir: Optional[Path] = None) -> None:
+              tune_dir: Optional[Path] = None, sweep: Optional[str] = None, loggers: Optional[list] = None) -> None:
     """Fixed trials, each a cell {"id", "config" (the whole trial config), "row" (its row's
     identity)}, as one Tune run (`tune_dir`, default DIR/NAME/_tune): a campaign's, or a sweep's
-    confirmation stage (sweep/confirm.py)."""
+    confirmation stage (sweep/confirm.py). Tune's param space enumerates the trials' indices
+    alone; the cells travel in the run's plan (sweep/plan.py)."""
     import ray.tune as tune
 
     from .execution import ParquetSink, Progress, run_config, run_name
-    from .trainable import trainable, unit
+    from .plan import CAMPAIGN, CONFIRM, NO_CHECKPOINTS, RunPlan
+    from .trainable import trainable
 
     tune_dir = (tune_dir or root / "_tune").resolve()
-    resources, consts = shape.tune_setup(tune_dir)
-    units = [{"cell": p[0]} if len(p) == 1 else {"cells": p} for p in packs_of(cells, pack)]
+    units = packs_of(cells, pack)
     if len(units) < len(cells):
         print(f"[{name}] {len(cells)} cells in {len(units)} trials (packs of up to {pack})", flush=True)
-
-    def label(t) -> str:
-        c = unit(t.config)
-        return c["cell"]["id"] if "cell" in c else " + ".join(cell["id"] for cell in c["cells"])
-
-    callbacks = [ParquetSink(root, lambda t: unit(t.config)["cell"]["row"],
-                             lambda t, k: {**unit(t.config)["cells"][k]["row"], "pack_id": t.trial_id, "member": k}),
-                 Progress(name, len(units), label)]
+    # a campaign resumes by cell, from its rows: no epoch checkpoint to pay for
+    plan = RunPlan(sweep or name, CONFIRM if sweep else CAMPAIGN, units=units, checkpoints=NO_CHECKPOINTS,
+                   **shape.plan_fields(tune_dir))
+    callbacks = [ParquetSink(root, plan), Progress(name, len(units), lambda t: plan.label(t.trial_id, t.config)),
+                 *(loggers or [])]
     tuner = tune.Tuner(
-        tune.with_resources(trainable, resources),
-        param_space={**consts, "unit": tune.grid_search(units)},
+        tune.with_resources(tune.with_parameters(trainable, plan=plan), shape.resources()),
+        param_space={"unit": tune.grid_search(list(range(len(units))))},
         tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=concurrency),
-        # a campaign resumes by cell, from its rows; a cell whose process died restarts (it keeps no epoch checkpoint)
+        # a cell whose process died restarts (--max-failures), from the start
         run_config=run_config(run_name(), tune_dir, callbacks, retries=shape.retries))
     tuner.fit()
 
@@ -259,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
         if not todo:
             print(f"nothing to run; report: python -m nba_scale.report {root} --out report/")
         return 0
-    from .execution import prebuild, start_ray, weak_backdoors
+    from .execution import logger_callbacks, prebuild, start_ray, weak_backdoors
     from .store import driver_lock
     from .tune import MIN_BACKDOOR_ASR
 
@@ -272,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"[{camp.name}] note: the backdoored model of {', '.join(weak)} is under {MIN_BACKDOOR_ASR:.0%} ASR: "
                   f"its cells run, but there is little backdoor for their defenses to remove", flush=True)
         run_cells(camp.name, root, [{"id": c.id, "config": cfg, "row": cell_row(camp.name, c)} for c, cfg in todo],
-                  shape, concurrency, args.pack)
+                  shape, concurrency, args.pack, loggers=logger_callbacks(args.callback, root, camp.name))
     rows = finished_cells(root)
     missing = [c.id for c in cells if c.id not in rows]
     print(f"campaign {camp.name}: {len(cells) - len(missing)}/{len(cells)} cells ok in {time.time() - t0:.0f}s"

@@ -27,9 +27,10 @@ from typing import Any, Optional
 
 from ..config import ConfigError, merge, nest
 from ..stats import t_halfwidth
+from .plan import CONFIRM, StudyPlan
 from .store import is_confirm, pareto_mask, selected
 
-STAGE = "confirm"  # the rows' `stage` (store.is_confirm)
+STAGE = CONFIRM  # the rows' `stage` (store.is_confirm)
 
 
 def confirm_seeds(seed: int, n: int) -> list[int]:
@@ -84,19 +85,20 @@ def cells(sweep: str, study: str, base: dict[str, Any], found: list[dict[str, An
     return out
 
 
-def run(args, studies: list[tuple[str, dict[str, Any], list[str]]], space, root: Path, sweep: str, shape,
+def run(args, studies: list[StudyPlan], space, root: Path, sweep: str, shape,
         concurrency: int) -> None:
     """The confirmation stage of a sweep whose search has ended: every study's cells, the
     artifacts of the new seeds built first, the finished ones (a row with status ok) skipped."""
     from .campaign import run_cells
-    from .execution import prebuild, weak_backdoors
+    from .execution import logger_callbacks, prebuild, weak_backdoors
     from .tune import min_backdoor_asr
 
     seeds = confirm_seeds(args.seed, args.confirm)
     rows = _rows(root)  # read once: the search's rows choose the points, the confirmation's say what is done
     done = {r["trial_id"] for r in rows if is_confirm(r) and r.get("status") == "ok"}
     todo: list[dict[str, Any]] = []
-    for study, base, _ in studies:
+    for plan in studies:
+        study, base = plan.id, plan.base
         found = candidates([r for r in rows if r.get("study") == study], space)
         mine = cells(sweep, study, base, found, seeds)
         left = [c for c in mine if c["id"] not in done]
@@ -112,7 +114,8 @@ def run(args, studies: list[tuple[str, dict[str, Any], list[str]]], space, root:
                       f"{min_backdoor_asr(args):.0%} ASR: its confirmation seed says little", flush=True)
         todo += left
     if todo:
-        run_cells(f"{sweep} confirm", root, todo, shape, concurrency, args.pack, tune_dir=root / "_tune" / "_confirm")
+        run_cells(f"{sweep} confirm", root, todo, shape, concurrency, args.pack, tune_dir=root / "_tune" / "_confirm",
+                  sweep=sweep, loggers=logger_callbacks(args.callback, root, f"{sweep}-confirm"))
 
 
 def _rows(root: Path) -> list[dict[str, Any]]:

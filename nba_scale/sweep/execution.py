@@ -17,8 +17,9 @@ import ray.tune as tune
 
 from ..config import ConfigError, nest
 from ..provenance import code_version
-from .store import column_name, pareto_mask, write_row
-from .trainable import trial_axes, unit
+from .plan import RunPlan
+from .store import CURVE_NAMES, column_name, pareto_mask, write_curves, write_row
+from .trainable import axes
 
 # What Tune adds to every reported result, and what the scheduler alone reads (`utility`); the
 # rest of a final report is the trial's row.
@@ -62,18 +63,20 @@ class Shape:
             CLUSTER_RETRIES if args.address else 0)
         return cls(args.cpus_per_trial, gpus, workers, retries)
 
-    def tune_setup(self, storage: Path) -> tuple[dict[str, float], dict[str, Any]]:
-        """(the resources Tune reserves per trial, the constants every trial's config carries)."""
-        consts: dict[str, Any] = {"__workers__": self.workers}
+    def resources(self) -> dict[str, float]:
+        """What Tune reserves per trial."""
         if self.workers <= 1:
-            return {"cpu": self.cpus, "gpu": self.gpus}, consts
+            return {"cpu": self.cpus, "gpu": self.gpus}
         # The Tune trial only drives a Ray Train run whose workers hold the CPUs and GPUs; Tune
         # refuses an empty request, so the driver takes a token share of a CPU, or, where the
         # cluster offers it (ray_cluster.yaml's head), of DRIVER_RESOURCE: the driver then stays
         # on the head, never on a spot worker whose loss would take the whole Train run with it.
-        consts.update({"__cpus__": self.cpus, "__gpus__": self.gpus, "__train_storage__": str(storage / "_train"),
-                       "__max_failures__": self.retries})
-        return driver_resources(), consts
+        return driver_resources()
+
+    def plan_fields(self, storage: Path) -> dict[str, Any]:
+        """The RunPlan's fields (sweep/plan.py) a data-parallel trial reads."""
+        return {"workers": self.workers, "cpus": self.cpus, "gpus": self.gpus,
+                "train_storage": str(storage / "_train"), "max_failures": self.retries}
 
 
 CLUSTER_RETRIES = 3  # --max-failures with --address: spot nodes come and go
@@ -125,6 +128,45 @@ def start_ray(address: str | None) -> None:
 def run_name() -> str:
     """A fresh Tune experiment per run of a driver: earlier runs' folders stay as they are."""
     return f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+
+
+def logger_callbacks(names: list[str], root: Path, experiment: str) -> list:
+    """Ray Tune's own logger callbacks for `--callback tensorboard|mlflow|wandb`, offline by
+    default: TensorBoard event files in each trial's folder (Tune writes them anyway; named, so
+    the command says where), MLflow's file store in DIR/NAME/_mlruns (or MLFLOW_TRACKING_URI),
+    Weights & Biases in offline mode (or WANDB_MODE). A missing package is refused in one line."""
+    import importlib.util
+
+    out = []
+    for name in dict.fromkeys(names):
+        package = {"tensorboard": "tensorboardX", "mlflow": "mlflow", "wandb": "wandb"}[name]
+        if importlib.util.find_spec(package) is None:
+            extra = {"mlflow": "mlflow-skinny"}.get(name, package)
+            raise ConfigError(f"--callback {name} needs the {package} package: pip install {extra} "
+                              f"(or pip install 'nba_scale[tracking]'), or leave out --callback {name}")
+        if name == "tensorboard":
+            from ray.tune.logger import TBXLoggerCallback
+
+            out.append(TBXLoggerCallback())
+            print(f"TensorBoard: tensorboard --logdir {root / '_tune'}", flush=True)
+        elif name == "mlflow":
+            from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+            uri = os.environ.get("MLFLOW_TRACKING_URI")
+            if not uri:  # MLflow 3 keeps its file store in maintenance mode, behind this switch; a
+                # file store needs no server and no database driver (mlflow-skinny has none)
+                uri = (root / "_mlruns").resolve().as_uri()
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            out.append(MLflowLoggerCallback(tracking_uri=uri, experiment_name=experiment, save_artifact=False))
+            print(f"MLflow: experiment {experiment!r} in {uri}", flush=True)
+        else:
+            from ray.air.integrations.wandb import WandbLoggerCallback
+
+            mode = os.environ.get("WANDB_MODE", "offline")
+            out.append(WandbLoggerCallback(project=experiment, mode=mode, dir=str((root / "_wandb").resolve()),
+                                           excludes=["__rows__"]))
+            print(f"Weights & Biases: project {experiment!r}, mode {mode}", flush=True)
+    return out
 
 
 def run_config(name: str, storage: Path, callbacks: list, retries: int = 0) -> tune.RunConfig:
@@ -207,63 +249,66 @@ def _ready(label: str, cfg: dict[str, Any], got: dict[str, Any], t0: float) -> d
 
 
 class ParquetSink(tune.Callback):
-    """Driver-side: writes each finished trial's row (idempotent per trial id). `identity(trial)`
-    names the row (sweep, study, trial id, a campaign cell's axes)."""
+    """Driver-side: writes each finished trial's rows, one per member, named by the run's plan
+    (sweep/plan.py; idempotent per trial id), and its curves: the members' epoch reports (loss and
+    its terms, the figures a scheduler scored), one row per member and epoch, in
+    DIR/NAME/_curves/ (store.write_curves)."""
 
-    def __init__(self, root: Path, identity: Callable[[Any], dict[str, Any]],
-                 member: Callable[[Any, int], dict[str, Any]] | None = None):
-        self.root, self.identity = root, identity
-        self.member = member or (lambda trial, k: member_identity(identity(trial), k))
+    def __init__(self, root: Path, plan: RunPlan):
+        self.root, self.plan = root, plan
+        self.epochs: dict[str, dict[tuple[int, int], dict[str, Any]]] = {}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get("final") or "epoch" not in result:
+            return
+        for k in range(len(self.plan.members(trial.config))):
+            tag = f"_m{k}"
+            values = {key[:-len(tag)]: v for key, v in result.items() if key.endswith(tag)}
+            if values:  # a retried trial reports its epochs again: the last report of an epoch wins
+                self.epochs.setdefault(trial.trial_id, {})[(k, int(result["epoch"]))] = values
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         r = dict(trial.last_result or {})
-        if r.get("final") and "__rows__" in r:  # the trial's row, or a pack's, one per member
-            for row in json.loads(r["__rows__"]):
-                who = self.member(trial, row["member"]) if "member" in row else self.identity(trial)
-                write_row(self.root, {**row, **who})
-        elif r.get("final"):
-            write_row(self.root, {**row_fields(r), **self.identity(trial)})
+        self._curves(trial)  # first: a trial with a row has its curves
+        if r.get("final") and "__rows__" in r:
+            for k, row in enumerate(json.loads(r["__rows__"])):
+                write_row(self.root, {**row, **self.plan.identity(trial.trial_id, trial.config, k)})
         elif r.get("epoch"):  # stopped early by the scheduler (ASHA)
             self._stopped(trial, r)
 
-    def _stopped(self, trial, r: dict[str, Any]) -> None:
-        """A stopped trial's row (per pack member): its point, `stopped_at_epoch` and the metrics
-        it had there (`asr_at_stop`, ...: on the selection split where the sweep has one, as the
-        scheduler saw them). Its ASR/BA stay NaN: they are not a finished defense's."""
+    def _base_rows(self, trial, status: str, error: str, **extra: Any) -> list[dict[str, Any]]:
+        """A row per member of a trial that left none itself: its axes, its point, its names."""
         from .search_space import decode
-        from .trainable import sampled
 
-        pack = trial.config.get("__pack__")
-        row = {**trial_axes(trial.config), **code_version(), "status": "stopped", "stopped_at_epoch": r["epoch"],
-               "error": f"stopped by the scheduler after epoch {r['epoch']}", "finished": time.time()}
-        for k, point in enumerate(pack or [sampled(trial.config)]):
-            tag = f"_m{k}" if pack else ""
-            at_stop = {f"{m}_at_stop": r.get(f"{m}{tag}") for m in ("asr", "ba", "ra")}
-            write_row(self.root, {**row, **{column_name(n): decode(v) for n, v in point.items()}, **at_stop,
-                                  "is_default": point == trial.config.get("__default__"),
-                                  **(member_identity(self.identity(trial), k) if pack else self.identity(trial)),
-                                  **({"pack_size": len(pack)} if pack else {})})
+        return [{**axes(m), **code_version(), "status": status, "error": error, **extra,
+                 **{column_name(n): decode(v) for n, v in m.point.items()},
+                 **self.plan.identity(trial.trial_id, trial.config, k)}
+                for k, m in enumerate(self.plan.members(trial.config))]
+
+    def _stopped(self, trial, r: dict[str, Any]) -> None:
+        """A stopped trial's rows (per member): its point, `stopped_at_epoch` and the metrics it
+        had there (`asr_at_stop`, ...: on the selection split where the sweep has one, as the
+        scheduler saw them). Its ASR/BA stay NaN: they are not a finished defense's."""
+        rows = self._base_rows(trial, "stopped", f"stopped by the scheduler after epoch {r['epoch']}",
+                               stopped_at_epoch=r["epoch"], finished=time.time())
+        for k, row in enumerate(rows):
+            write_row(self.root, {**row, **{f"{m}_at_stop": r.get(f"{m}_m{k}") for m in ("asr", "ba", "ra")}})
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        # The worker died (killed, out of memory): the trainable could not write its row.
-        config = unit(trial.config)
-        row = {**trial_axes(config), **code_version(), "status": "failed",
-               "error": f"trial process died: {trial.error_file or 'no error file'}"}
-        if "__pack__" in config:  # each member's row names its point, so a resume skips it
-            for k, point in enumerate(config["__pack__"]):
-                params = {column_name(n): v for n, v in point.items()}
-                write_row(self.root, {**row, **params, **self.member(trial, k), "pack_size": len(config["__pack__"])})
-        elif "cells" in config:  # a campaign's pack: each cell's row
-            for k, cell in enumerate(config["cells"]):
-                write_row(self.root, {**row, **trial_axes({"cell": cell}), **self.member(trial, k),
-                                      "pack_size": len(config["cells"])})
-        else:
-            write_row(self.root, {**row, **self.identity(trial)})
+        # The worker died (killed, out of memory): the trainable could not write its rows.
+        self._curves(trial)
+        for row in self._base_rows(trial, "failed", f"trial process died: {trial.error_file or 'no error file'}"):
+            write_row(self.root, row)
 
-
-def member_identity(identity: dict[str, Any], k: int) -> dict[str, Any]:
-    """A pack member's row: its own trial id, and the pack's (`pack_id`) with its index (`member`)."""
-    return {**identity, "trial_id": f"{identity['trial_id']}-m{k}", "pack_id": identity["trial_id"], "member": k}
+    def _curves(self, trial) -> None:
+        epochs = self.epochs.pop(trial.trial_id, {})
+        if not epochs:
+            return
+        members = self.plan.members(trial.config)
+        names = [self.plan.identity(trial.trial_id, trial.config, k) for k in range(len(members))]
+        write_curves(self.root, trial.trial_id, [
+            {**axes(members[k]), **{n: names[k][n] for n in CURVE_NAMES if n in names[k]}, "member": k, "epoch": epoch,
+             **values} for (k, epoch), values in sorted(epochs.items())])
 
 
 def outcomes(result: dict[str, Any]) -> list[dict[str, Any]]:

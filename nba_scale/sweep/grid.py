@@ -214,7 +214,7 @@ def cell_config(camp: Campaign, cell: Cell, base: dict[str, Any], user_set: Opti
                 preset: Optional[str] = None) -> dict[str, Any]:
     """The trial config of one cell: base (dataset, device, cache) < campaign `set` < the cell's
     axes and variant < the user's --set; then the preset's budgets under all of them."""
-    from ..cli import trial_config
+    from ..spec import trial_config
 
     axes = {"attack": cell.attack, "defense": cell.defense, "clean_fraction": cell.clean_fraction,
             "seed": cell.seed, **dict(cell.overrides)}

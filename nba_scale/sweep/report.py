@@ -246,6 +246,12 @@ def campaign_section(root: Path, out: Path) -> list[str]:
         lines += [f"![{name} clean-fraction curves]({name}_curves.png)", ""]
     if rep.get("transfer"):
         lines += transfer_lines(rows) + [""]
+    from .curves import plot_dir
+
+    if plot_dir(root, str(out / f"{name}_training.png"), by="defense"):  # campaigns run since 2026-12-06
+        lines += ["How each defense trained: its mean loss and each loss term per epoch, a line per cell "
+                  f"(`python -m nba_scale.results {shown(str(root))} --curves`):", "",
+                  f"![{name} training curves]({name}_training.png)", ""]
     lines += ["Commands:", "", "```", *map(shown, meta.get("commands", [])), "```", ""]
     return lines
 
@@ -273,15 +279,24 @@ def _orders(meta: dict) -> dict[str, list]:
 
 
 def copy_rows(root: Path, dest: Path) -> None:
-    """A campaign folder's record, compacted: its campaign.json and every row in one Parquet file."""
+    """A campaign folder's record, compacted: its campaign.json, every row in one Parquet file, and
+    its training curves in another (`_curves/`)."""
     import pyarrow.parquet as pq
 
     from ..atomic import atomic_write, write_bytes
     from .store import read_table
 
+    from .store import CURVES, read_curves
+
     write_bytes(dest / "campaign.json", (root / "campaign.json").read_bytes())
     with atomic_write(dest / "rows.parquet") as tmp:
         pq.write_table(read_table(root), tmp)
+    curves = read_curves(root)
+    if curves.num_rows:  # its training curves too, where the campaign kept them
+        from pyarrow import feather
+
+        with atomic_write(dest / CURVES / "curves.arrow") as tmp:
+            feather.write_feather(curves, tmp)
 
 
 def write_report(src: Path, out: Path, with_rows: bool = False) -> Path:

@@ -14,6 +14,12 @@ figures beside it; `_lo`/`_hi` are 95 % intervals over the test images (nba_scal
 search's front and plot leave the confirmation's rows (`stage = confirm`) out.
 
     python -m nba_scale.results nba_results/NAME --confirmed --plot confirmed.png
+
+`--curves` prints how each trial's defense trained (its loss and each term per epoch, kept in
+DIR/NAME/_curves/: sweep/curves.py), and with `--plot` draws them; `--sql` sees them as the view
+`curves` beside `trials`.
+
+    python -m nba_scale.results nba_results/NAME --curves --plot curves.png
 """
 from __future__ import annotations
 
@@ -176,14 +182,36 @@ def run(args: argparse.Namespace) -> int:
     if args.sql:
         import duckdb
 
+        from .store import read_curves
+
         con = duckdb.connect()
         con.register("trials", table)
+        curves = read_curves(args.dir)
+        if curves.num_rows:
+            con.register("curves", curves)
         try:
             rel = con.sql(args.sql)
             out = rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()
         except duckdb.Error as e:
             raise ConfigError(f"SQL failed: {str(e).splitlines()[0]}") from None
         print(format_table(out, fmt=args.format))
+    elif args.curves:
+        from . import curves as curves_mod
+        from .store import read_curves
+
+        curves = read_curves(args.dir)
+        if curves.num_rows == 0:
+            raise ConfigError(f"{args.dir} holds no curves (DIR/NAME/_curves/): sweeps and campaigns run since "
+                              f"2026-12-06 keep them; run one, or leave out --curves")
+        print(format_table(pa.Table.from_pylist(curves_mod.last_epochs(curves)), fmt=args.format))
+        if args.plot:
+            try:
+                curves_mod.plot(curves, args.plot, "study" if "study" in curves.column_names else "defense",
+                                table.to_pylist())
+            except OSError as e:
+                raise ConfigError(f"cannot write --plot {args.plot} ({e.strerror}); give a path in a writable folder") from None
+            print(f"wrote {args.plot}", file=sys.stderr)
+        return 0
     elif args.confirmed:
         from .confirm import report
 
@@ -209,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pareto", action="store_true", help="the search's front (chosen on the selection split)")
     p.add_argument("--confirmed", action="store_true",
                    help="the front confirmed over seeds (tune --confirm N): means, intervals, each point vs the default")
+    p.add_argument("--curves", action="store_true",
+                   help="how each trial's defense trained: its loss and each loss term per epoch (--plot draws them)")
     p.add_argument("--by", default="attack,clean_fraction")
     p.add_argument("--plot", default=None, metavar="FILE.png")
     p.add_argument("--format", default="table", choices=["table", "csv", "json"])

@@ -8,8 +8,9 @@ after its Tune state was deleted or lost) reads:
 - the trials that started but left no row (the driver died): their sampled parameters from the
   `params.json` Tune wrote for each trial, and their last epoch checkpoint (safetensors, an
   optimizer state through `torch.load(weights_only=True)`, a JSON epoch), so that they restart
-  where they stopped rather than from scratch. A pack (`tune --pack K`) has no epoch
-  checkpoints: its members that left no row restart from scratch.
+  where they stopped rather than from scratch; a pack's checkpoint holds each member's
+  (`m<k>/`), and its points go on from it when they form a pack again (sweep/plan.py
+  `RunPlan.resume_from`).
 
 Tune's own experiment state (`tuner.pkl`, `searcher-state-*.pkl`, the trials' `params.pkl`) is
 pickles, and a results folder may come from someone else: nothing here reads it, and nothing
@@ -68,6 +69,7 @@ class Interrupted:
     point: dict[str, Any]  # sampled parameters, searcher encoding
     checkpoint: Optional[Path]  # its last epoch checkpoint folder, if it saved one
     epoch: int  # epochs that checkpoint holds (0: none)
+    member: int = 0  # which member of its trial it was (the checkpoint's m<k>)
 
 
 def _trial_id(trial_dir: Path) -> Optional[str]:
@@ -82,7 +84,9 @@ def _trial_id(trial_dir: Path) -> Optional[str]:
     return parts[1] if len(parts) > 2 else None
 
 
-def _last_checkpoint(*folders: Path) -> tuple[Optional[Path], int]:
+def _last_checkpoint(members: int, *folders: Path) -> tuple[Optional[Path], int]:
+    """The trial's latest epoch checkpoint holding each of its `members` (sweep/trainable.py
+    `save_checkpoint`; one from before packs kept checkpoints holds its one member at its top)."""
     best: tuple[Optional[Path], int] = (None, 0)
     for folder in folders:
         for ckpt in folder.glob("checkpoint_*") if folder.is_dir() else []:
@@ -90,39 +94,53 @@ def _last_checkpoint(*folders: Path) -> tuple[Optional[Path], int]:
                 epoch = int(json.loads((ckpt / "state.json").read_text())["epoch"])
             except (OSError, ValueError, KeyError, TypeError):
                 continue
-            if (ckpt / "model.safetensors").is_file() and epoch > best[1]:
+            held = all((ckpt / f"m{k}" / "model.safetensors").is_file() for k in range(members)) or (
+                members == 1 and (ckpt / "model.safetensors").is_file())
+            if held and epoch > best[1]:
                 best = (ckpt, epoch)
     return best
 
 
-def interrupted_trials(tune_dir: Path, space: SearchSpace, rows: list[dict[str, Any]]) -> list[Interrupted]:
-    """Trials of earlier runs of the study that left no row, one per distinct parameter point
-    (the one that got furthest), minus points that have a row."""
+def _trial_points(tune_dir: Path, params: Path, config: dict[str, Any]) -> tuple[Optional[str], list[dict]]:
+    """(its study, its points) from a trial's `params.json`: the plan's `{"study", "points"}`
+    (sweep/plan.py), or what a sweep wrote before its studies ran as one Tune run (in
+    `_tune/<study>/`: the sampled keys at the top, or a pack's `__pack__`)."""
+    if isinstance(config.get("points"), list):
+        return config.get("study"), config["points"]
+    study = params.relative_to(tune_dir).parts[0]
+    if isinstance(config.get("__pack__"), list):
+        return study, config["__pack__"]
+    return study, [config]
+
+
+def interrupted_trials(tune_dir: Path, study: str, space: SearchSpace, rows: list[dict[str, Any]]) -> list[Interrupted]:
+    """Trials of `study` in earlier runs of the sweep that left no row, one per distinct parameter
+    point (the one that got furthest), minus points that have a row."""
     names = {p.name for p in space.params}
     done = {r.get("trial_id") for r in rows}
     done_points = {config_hash(p) for p in (point_of_row(space, r) for r in rows) if p is not None}
     found: dict[str, Interrupted] = {}
     for params in sorted(tune_dir.rglob("params.json")) if tune_dir.is_dir() else []:
         trial_dir = params.parent
-        if "_train" in trial_dir.relative_to(tune_dir).parts:
+        if {"_train", "_confirm"} & set(trial_dir.relative_to(tune_dir).parts):
             continue
-        trial_id = _trial_id(trial_dir)
         try:
             config = json.loads(params.read_text())
         except (OSError, ValueError):
             continue
-        if isinstance(config.get("__pack__"), list):  # a pack (no epoch checkpoints): its members without a row
-            for member in config["__pack__"]:
-                point = {k: v for k, v in member.items() if k in names}
-                key = config_hash(point)
-                if set(point) == names and key not in done_points:
-                    found.setdefault(key, Interrupted(point, None, 0))
+        if not isinstance(config, dict):
             continue
-        point = {k: v for k, v in config.items() if k in names}
-        key = config_hash(point)
-        if trial_id in done or set(point) != names or key in done_points:
+        its_study, points = _trial_points(tune_dir, params, config)
+        if its_study != study:
             continue
-        ckpt, epoch = _last_checkpoint(trial_dir, tune_dir / "_train" / str(trial_id))
-        if key not in found or epoch > found[key].epoch:
-            found[key] = Interrupted(point, ckpt, epoch)
+        trial_id = _trial_id(trial_dir)
+        points = [{k: v for k, v in p.items() if k in names} for p in points if isinstance(p, dict)]
+        ckpt, epoch = _last_checkpoint(len(points), trial_dir, tune_dir / "_train" / str(trial_id))
+        for k, point in enumerate(points):
+            key = config_hash(point)
+            own_id = trial_id if len(points) == 1 else f"{trial_id}-m{k}"
+            if own_id in done or set(point) != names or key in done_points:
+                continue
+            if key not in found or epoch > found[key].epoch:
+                found[key] = Interrupted(point, ckpt, epoch, k)
     return list(found.values())

@@ -121,7 +121,44 @@ def driver_lock(root: Path) -> Iterator[None]:
 
 
 def parquet_files(root: str | os.PathLike) -> list[str]:
-    return sorted(str(p) for p in Path(root).rglob("*.parquet") if not p.name.startswith("."))
+    """The rows' files under `root`: not those in a folder whose name starts with "_" (a sweep's
+    `_curves/`, `_tune/`), which Parquet readers of the folder (hive partitioning) skip too."""
+    root = Path(root)
+    return sorted(str(p) for p in root.rglob("*.parquet") if not p.name.startswith(".")
+                  and not any(part.startswith("_") for part in p.relative_to(root).parent.parts))
+
+
+# DIR/NAME/_curves/trial-<id>.arrow: the epoch reports of a trial's members. Arrow IPC (Feather)
+# files, not Parquet, so that a glob of a sweep's `**/*.parquet` (duckdb's read_parquet with hive
+# partitioning, as the README shows) still yields its rows alone; `results --sql` sees them as
+# the view `curves`, `pyarrow.feather.read_table` and pandas read them directly.
+CURVES = "_curves"
+CURVE_NAMES = ("sweep", "campaign", "study", "stage", "trial_id", "pack_id", "variant")  # what joins them to rows
+
+
+def write_curves(root: str | os.PathLike, trial_id: str, records: list[dict[str, Any]]) -> Path:
+    """A trial's curves, one record per member and epoch (`epoch`, `loss`, `loss_<term>`, and
+    `asr`/`ba`/`ra` where a scheduler scored the epoch, on the selection split), atomically."""
+    from pyarrow import feather
+
+    path = Path(root) / CURVES / f"trial-{partition_value(trial_id)}.arrow"
+    with atomic_write(path) as tmp:
+        feather.write_feather(pa.Table.from_pylist(records), tmp)
+    return path
+
+
+def read_curves(root: str | os.PathLike) -> pa.Table:
+    """Every curve under `root` (a sweep, a campaign, or a folder of them), schemas unified."""
+    from pyarrow import feather
+
+    files = sorted(p for p in Path(root).rglob(f"{CURVES}/*.arrow") if not p.name.startswith("."))
+    tables = []
+    for f in files:
+        try:
+            tables.append(feather.read_table(f))
+        except (pa.ArrowException, OSError) as e:
+            print(f"warning: skipped unreadable curve file {f} ({type(e).__name__})", file=sys.stderr, flush=True)
+    return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
 
 
 def read_table(root: str | os.PathLike) -> pa.Table:

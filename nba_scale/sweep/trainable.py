@@ -1,7 +1,8 @@
 """What runs inside one Ray Tune trial: `run_trial` with per-epoch reports and checkpoints.
 
-One code path for every resource shape. `trial_loop(config, session)` is the trial; only the
-session differs:
+One code path for every resource shape and every trial: `trial_loop(plan, config, session)`
+trains the members `plan.members(config)` names (sweep/plan.py: one, or a pack) with
+`trial.run_pack`; only the session differs:
 
 - one process (a CPU trial, a whole GPU, or a fraction such as `--gpus-per-trial 0.25` so that
   several trials share a GPU): the Tune function trainable calls it with Tune's own session;
@@ -13,9 +14,9 @@ session differs:
   `TuneReportCallback`; the Train run's own checkpoints live under the sweep's `_train/TRIAL_ID`
   so a resumed Tune trial resumes its Train run from the last epoch.
 
-A trial's config holds either `__base__` (a sweep: the study's base config, plus the parameters
-its searcher sampled as top-level dotted keys) or `cell` (a campaign: the cell's whole config
-and the identity of its row; no per-epoch checkpoints, a campaign resumes by cell).
+The plan comes through `tune.with_parameters`; Tune's config holds only what Tune chose (a sweep
+trial's study and points, a fixed trial's unit). Epoch checkpoints are written when the plan's
+`CheckpointPolicy` says (every few minutes or epochs, not every epoch), every member's in one.
 
 Every trial ends by reporting both objectives, always finite: a failed one its worst values
 (ASR 1, BA 0), so that Optuna keeps it in the study (see sweep/tune.py). The Parquet row of
@@ -32,6 +33,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..config import ConfigError, flatten, merge, nest
+from .plan import Member, RunPlan
+from .search_space import decode
 from .store import selected, trial_row
 
 WORST = {"asr": 1.0, "ba": 0.0}
@@ -73,42 +76,24 @@ class Session:
                    is_main=train.get_context().get_world_rank() == 0)
 
 
-def unit(config: dict[str, Any]) -> dict[str, Any]:
-    """A campaign trial's config with its grid value (`unit`: a `cell`, or the `cells` of a pack)
-    in place: the keys every reader of a trial's config expects."""
-    return {**{k: v for k, v in config.items() if k != "unit"}, **config.get("unit", {})}
-
-
 def config_hash(cfg: dict) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def trial_base(config: dict[str, Any]) -> dict[str, Any]:
-    """The trial's config before sampling: a campaign cell's, or a sweep study's base."""
-    return config["cell"]["config"] if "cell" in config else config["__base__"]
-
-
-def sampled(config: dict[str, Any]) -> dict[str, Any]:
-    """The parameters the searcher chose for this trial (dotted keys, searcher encoding)."""
-    return {k: v for k, v in config.items() if not k.startswith("__") and k != "cell"}
-
-
-def trial_axes(config: dict[str, Any]) -> dict[str, Any]:
-    """What partitions the trial's row, known before it runs (a failed trial's row needs them)."""
-    base = trial_base(config) if "cells" not in config else config["cells"][0]["config"]
-    attacks = config.get("__attacks__")
+def axes(member: Member) -> dict[str, Any]:
+    """What partitions a member's row, known before it runs (a failed trial's row needs them)."""
+    base = member.config
+    attacks = member.study.attacks if member.study else ()
     return {"dataset": base.get("dataset"), "attack": "+".join(attacks) if attacks else base.get("attack"),
             "defense": base.get("defense"), "clean_fraction": base.get("clean_fraction"), "seed": base.get("seed")}
 
 
-def finish(config: dict[str, Any], cfg: dict[str, Any], result: dict[str, Any], started: float,
-           point: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
-    """The Parquet row of a finished trial (or pack member) and what its searcher is told."""
+def finish(member: Member, result: dict[str, Any], started: float, workers: int = 1
+           ) -> tuple[dict[str, Any], dict[str, float]]:
+    """The Parquet row of a finished member and what its searcher is told."""
     row = trial_row(result)
-    row.update({"started": started, "finished": time.time(), "workers": int(config.get("__workers__", 1)),
-                "config_hash": config_hash(cfg), "node_id": node_id()})
-    if "cell" not in config and "cells" not in config:
-        row["is_default"] = point == config.get("__default__")
+    row.update({"started": started, "finished": time.time(), "workers": workers,
+                "config_hash": config_hash(member.config), "node_id": node_id()})
     if row.get("status") == "ok" and not all(math.isfinite(row.get(k, math.nan)) for k in WORST):
         row.update(status="failed", error="the trial's ASR or BA is not a finite number")
     # The searcher sees the selection split's figures where there is one (store.selected).
@@ -122,124 +107,123 @@ def node_id() -> Optional[str]:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
-def pack_loop(config: dict[str, Any], session: Session) -> None:
-    """A pack, trained together (`trial.run_pack`): the K points of `__pack__` (`tune --pack K`)
-    or the K campaign cells of `cells` (`campaign --pack K`). Each epoch's report carries every
-    member's metrics (`asr_m0`, `ba_m0`, ...); the final one, every member's objectives and its
-    row (`__rows__`, JSON). A pack restarts from scratch."""
-    from ..trial import run_pack
-    from .search_space import decode
+def save_checkpoint(folder: Path, epoch: int, states: dict[int, Any]) -> None:
+    """An epoch checkpoint: `state.json` (the epoch, the members) and each member's weights
+    (safetensors) and optimiser state in `m<k>/`. No pickle anywhere (checkpoints.py)."""
+    import torch
 
-    if "cells" in config:
-        cfgs = [c["config"] for c in config["cells"]]
-        points: list[dict[str, Any]] = [{} for _ in cfgs]
-    else:
-        points = config["__pack__"]
-        cfgs = [merge(trial_base(config), nest({k: decode(v) for k, v in p.items()})) for p in points]
+    from ..checkpoints import save_weights
+
+    for k, state in states.items():
+        (folder / f"m{k}").mkdir(parents=True, exist_ok=True)
+        save_weights(state["model"], folder / f"m{k}" / "model.safetensors")
+        torch.save(state["optimizer"], folder / f"m{k}" / "optimizer.pt")
+    (folder / "state.json").write_text(json.dumps({"epoch": epoch, "members": sorted(states)}))
+
+
+def load_checkpoint(folder: Path, member: int) -> dict[str, Any]:
+    """Member `member`'s state in an epoch checkpoint (`save_checkpoint`; one written before packs
+    kept checkpoints holds one member's files at its top)."""
+    from ..checkpoints import CheckpointError, load_tensors, load_weights
+
+    try:
+        epoch = int(json.loads((folder / "state.json").read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"unreadable epoch checkpoint {folder / 'state.json'} ({type(e).__name__})") from None
+    d = folder / f"m{member}" if (folder / f"m{member}").is_dir() else folder
+    return {"epoch": epoch, "model": load_weights(d / "model.safetensors"), "optimizer": load_tensors(d / "optimizer.pt")}
+
+
+def trial_loop(plan: RunPlan, config: dict[str, Any], session: Session) -> None:
+    """One Tune trial: its members (`plan.members`: one, or a pack) trained together by
+    `trial.run_pack`. Each epoch's report carries every member's figures (`asr_m0`, `loss_m0`,
+    `loss_ce_m0`, ...; `utility`, the best member's, where a scheduler scores the epoch) and, when
+    the plan's checkpoint policy says so, an epoch checkpoint of every member. The final report
+    carries each member's objectives (`asr_m<k>`, `ba_m<k>`) and its row (`__rows__`, JSON). The
+    driver keeps the epoch reports as the trial's curves (execution.ParquetSink)."""
+    from ..trial import run_pack
+
+    members = plan.members(config)
     pending: dict[str, Any] = {}
+    states: dict[int, Any] = {}
+    clock: dict[str, Any] = {"last": time.time(), "due": False}
 
     def flush() -> None:
-        if pending:  # a pack goes on while one of its members is promising
-            scores = [utility(pending[f"asr_m{k}"], pending[f"ba_m{k}"]) for k in range(len(points))
-                      if f"asr_m{k}" in pending]
-            session.report({**pending, **({"utility": max(scores)} if scores else {}), "final": False})
-            pending.clear()
+        if not pending:
+            return
+        scores = [utility(pending[f"asr_m{k}"], pending[f"ba_m{k}"]) for k in range(len(members))
+                  if f"asr_m{k}" in pending]  # a pack goes on while one of its members is promising
+        metrics = {**pending, **({"utility": max(scores)} if scores else {}), "final": False}
+        pending.clear()
+        if states and session.is_main:
+            with tempfile.TemporaryDirectory() as d:
+                save_checkpoint(Path(d), metrics["epoch"], states)
+                states.clear()
+                session.report(metrics, checkpoint_dir=d)
+            clock["last"] = time.time()
+        else:
+            states.clear()
+            session.report(metrics)
 
-    def report(epoch: int, state: dict, member: int = 0, **metrics: float) -> None:  # a pack of one: no member
+    def report(epoch: int, state, member: int = 0, **metrics: float) -> None:  # a pack of one: no member
         if pending.get("epoch") != epoch:
             flush()
+            clock["due"] = (epoch < max_epochs and not plan.checkpoints.never
+                            and plan.checkpoints.due(epoch, time.time() - clock["last"]))
+        if clock["due"]:  # copied now (trial.EpochState): training goes on after this call
+            states[member] = {"model": state["model"], "optimizer": state["optimizer"]}
         pending.update({"epoch": epoch, **{f"{k}_m{member}": v for k, v in metrics.items()}})
+
+    def resume_states() -> Optional[list[dict[str, Any]]]:
+        ckpt = session.get_checkpoint()
+        if ckpt is not None:  # Tune or Ray Train restarting this trial (--max-failures)
+            with ckpt.as_directory() as d:
+                return [load_checkpoint(Path(d), k) for k in range(len(members))]
+        found = plan.resume_from(config)  # a trial of an interrupted run
+        return [load_checkpoint(Path(f.checkpoint), f.member) for f in found] if found else None
+
+    from ..defenses import get_defense
+    from ..spec import parse_config
 
     started = time.time()
     try:
-        results = run_pack(cfgs, report=None if "cells" in config else report,
-                           epoch_metrics=config.get("__epoch_metrics__", True))
-    except ConfigError as e:  # sampled values the pack rejects: recorded, the sweep goes on
-        results = [{**trial_axes(config), "status": "failed", "error": f"ConfigError: {e}",
-                    "config": {k: decode(v) for k, v in p.items()}} for p in points]
+        attacks = members[0].study.attacks if members[0].study else ()
+        if attacks:  # its attacks one after the other, no epoch reports (run_across_attacks)
+            results = [run_across_attacks(members[0].config, list(attacks))]
+        else:
+            max_epochs = max(get_defense(c.defense)(c.defense_params).epochs for c in map(parse_config, (
+                m.config for m in members)))
+            results = run_pack([m.config for m in members], report=report, resume=resume_states(),
+                               epoch_metrics=plan.epoch_metrics)
+    except ConfigError as e:
+        # A sampled value the trial rejects, or an epoch checkpoint it must not load (tampered,
+        # truncated): a failed row per member with the reason and the parameters, so that the sweep
+        # goes on and a later --resume counts the point as done instead of retrying it.
+        results = [{**axes(m), "status": "failed", "error": f"{type(e).__name__}: {e}",
+                    "config": flatten(nest({k: decode(v) for k, v in m.point.items()}))} for m in members]
     flush()
-    final: dict[str, Any] = {"final": True, "pack_size": len(points)}
+    final: dict[str, Any] = {"final": True}
     rows = []
-    for k, (p, cfg, result) in enumerate(zip(points, cfgs, results)):
-        row, told = finish(config, cfg, result, started, p)
-        rows.append({**row, "member": k, "pack_size": len(points)})
-        final.update({f"{m}_m{k}": v for m, v in told.items()})
+    for k, (m, result) in enumerate(zip(members, results)):
+        row, told = finish(m, result, started, plan.workers)
+        row = {k2: v for k2, v in row.items() if v is not None}
+        rows.append({**row, "member": k, "pack_size": len(members)} if plan.packed(config) else row)
+        final.update({f"{name}_m{k}": v for name, v in told.items()})
         final["utility"] = max(final.get("utility", -math.inf), utility(told["asr"], told["ba"]))
     final["status"] = "ok" if any(r["status"] == "ok" for r in rows) else "failed"
     final["error"] = next((r.get("error") for r in rows if r["status"] != "ok"), None)
     session.report({**final, "__rows__": json.dumps(rows, default=str)})
 
 
-def trial_loop(config: dict[str, Any], session: Session) -> None:
-    config = unit(config)
-    if "__pack__" in config or "cells" in config:
-        return pack_loop(config, session)
-    import torch
-
-    from ..checkpoints import CheckpointError, load_tensors, load_weights, save_weights
-    from ..trial import run_trial
-    from .search_space import decode
-
-    params = {k: decode(v) for k, v in sampled(config).items()}
-    cfg = merge(trial_base(config), nest(params))
-
-    def load_state(d: Path) -> dict[str, Any]:  # no pickle: safetensors, weights_only, JSON
-        try:
-            epoch = int(json.loads((d / "state.json").read_text())["epoch"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"unreadable epoch checkpoint {d / 'state.json'} ({type(e).__name__})") from None
-        return {"epoch": epoch, "model": load_weights(d / "model.safetensors"),
-                "optimizer": load_tensors(d / "optimizer.pt")}
-
-    def resume_state() -> Optional[dict[str, Any]]:
-        ckpt = session.get_checkpoint()
-        if ckpt is not None:  # Ray Train restarting this run's own workers
-            with ckpt.as_directory() as d:
-                return load_state(Path(d))
-        where = config.get("__resume__", {}).get(config_hash(sampled(config)))
-        return load_state(Path(where)) if where else None  # a trial of an interrupted run, or a fresh one
-
-    def report(epoch: int, state: dict, **metrics: float) -> None:
-        if not session.is_main:  # every rank reports (Train's barrier); rank 0 alone writes
-            session.report({"epoch": epoch, **metrics, **scored(metrics), "final": False})
-            return
-        with tempfile.TemporaryDirectory() as d:
-            save_weights(state["model"], Path(d) / "model.safetensors")
-            torch.save(state["optimizer"], Path(d) / "optimizer.pt")
-            (Path(d) / "state.json").write_text(json.dumps({"epoch": epoch}))
-            session.report({"epoch": epoch, **metrics, **scored(metrics), "final": False}, checkpoint_dir=d)
-
-    started = time.time()
-    try:
-        if config.get("__attacks__"):
-            result = run_across_attacks(cfg, config["__attacks__"])
-        else:
-            # Campaigns resume by cell, not by epoch: no per-epoch evaluation or checkpoint to pay for.
-            result = run_trial(cfg, report=None if "cell" in config else report, resume=resume_state(),
-                               epoch_metrics=config.get("__epoch_metrics__", True))
-    except ConfigError as e:
-        # A sampled value the trial rejects, or an epoch checkpoint it must not load (tampered,
-        # truncated): one failed row with the reason and the parameters, so that the sweep goes on
-        # and a later --resume counts the point as done instead of retrying it.
-        result = {**trial_axes(config), "status": "failed", "error": f"{type(e).__name__}: {e}",
-                  "config": flatten(nest(params))}
-    row, objectives = finish(config, cfg, result, started, sampled(config))
-    row = {k: v for k, v in row.items() if v is not None}
-    # The searcher reads `asr`/`ba` of the report: the selection split's figures (`objectives`);
-    # the row itself travels whole in `__rows__`, as a pack's do, with the test split's.
-    session.report({**row, **objectives, "utility": utility(objectives["asr"], objectives["ba"]), "final": True,
-                    "__rows__": json.dumps([row], default=str)})
-
-
 def run_across_attacks(cfg: dict[str, Any], attacks: list[str]) -> dict[str, Any]:
     """One configuration against several attacks (`tune --objective worst-case`): the trial's
     objectives are the worst ASR and the mean BA over them, with each attack's own ASR and BA as
     `asr_<attack>` / `ba_<attack>` columns. Each attack's trial keeps its own `--set` section
-    (`cli.drop_unused_sections`); the row's config holds them all. No per-epoch checkpoints: a
+    (`spec.drop_unused_sections`); the row's config holds them all. No per-epoch checkpoints: a
     resumed trial restarts."""
     import statistics
 
-    from ..cli import drop_unused_sections
+    from ..spec import drop_unused_sections
     from ..trial import run_trial
 
     parts = [run_trial(drop_unused_sections(merge(cfg, {"attack": a}))) for a in attacks]
@@ -266,28 +250,27 @@ def run_across_attacks(cfg: dict[str, Any], attacks: list[str]) -> dict[str, Any
     return out
 
 
-def _train_worker(config: dict[str, Any]) -> None:  # trial_loop unpacks the campaign's unit
-    trial_loop(config, Session.train())
+def _train_worker(loop_config: dict[str, Any]) -> None:
+    trial_loop(loop_config["plan"], loop_config["config"], Session.train())
 
 
-def trainable(config: dict[str, Any]) -> None:
-    """The Ray Tune trainable: runs the trial here, or across `__workers__` Ray Train workers."""
-    workers = int(config.get("__workers__", 1))
-    if workers <= 1:
-        trial_loop(config, Session.tune())
+def trainable(config: dict[str, Any], plan: RunPlan) -> None:
+    """The Ray Tune trainable (`tune.with_parameters(trainable, plan=...)`): runs the trial here,
+    or across the plan's Ray Train workers."""
+    if plan.workers <= 1:
+        trial_loop(plan, config, Session.tune())
         return
     import ray.tune as tune
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    gpus, cpus = float(config.get("__gpus__", 0)), float(config.get("__cpus__", 1))
-    per_worker = {"CPU": cpus / workers, **({"GPU": gpus / workers} if gpus else {})}
+    per_worker = {"CPU": plan.cpus / plan.workers, **({"GPU": plan.gpus / plan.workers} if plan.gpus else {})}
     trainer = TorchTrainer(
-        _train_worker, train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus > 0, resources_per_worker=per_worker),
-        run_config=RunConfig(name=tune.get_context().get_trial_id(), storage_path=config["__train_storage__"],
+        _train_worker, train_loop_config={"plan": plan, "config": config},
+        scaling_config=ScalingConfig(num_workers=plan.workers, use_gpu=plan.gpus > 0, resources_per_worker=per_worker),
+        run_config=RunConfig(name=tune.get_context().get_trial_id(), storage_path=plan.train_storage,
                              callbacks=[TuneReportCallback()],
-                             failure_config=FailureConfig(max_failures=int(config.get("__max_failures__", 0))),
+                             failure_config=FailureConfig(max_failures=plan.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=1)))
     trainer.fit()

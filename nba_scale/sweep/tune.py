@@ -5,16 +5,23 @@
     python -m nba_scale.tune --attack badnets blend --clean-fraction 0.05 0.1 --num-samples 32 \\
         --dataset npz:~/.cache/nba_scale/cifar10_jpeg.npz --gpus-per-trial 0.25 --address auto
 
-Each (attack, clean fraction) pair is its own Optuna study and Pareto group. Every study
-evaluates the search space's default point (the paper's configuration) first. The searcher and
-the scheduler see each trial's figures on a selection split (`--val-size`, data.selection_split),
-the rows and the front report the test split's beside them (`with_selection_split`). Rows land in
-Parquet under `--results DIR/NAME/` (see nba_scale/sweep/store.py); `--resume` continues an
-interrupted sweep from its rows (sweep/resume.py: finished trials are kept and told to the
-searcher again, interrupted ones go on from their last epoch checkpoint). `--pack K` trains K
-configurations per Tune trial together (sweep/pack.py): same results, one teacher pass per batch. Read the results with
-`python -m nba_scale.results DIR/NAME --pareto`; the Optuna studies persist beside the rows in
-`DIR/NAME/_optuna.journal` (`--storage`, sweep/study.py: `optuna-dashboard`, `optuna.load_study`).
+Each (attack, clean fraction) pair is its own Optuna study and Pareto group, and every study of
+a sweep runs in one Ray Tune experiment (sweep/multiplex.py: one searcher per study behind one),
+so `--max-concurrent` trials run across the studies at once; the artifacts of every study are
+built first, together. Every study evaluates the search space's default point (the paper's
+configuration) first. The searcher and the scheduler see each trial's figures on a selection
+split (`--val-size`, data.selection_split), the rows and the front report the test split's beside
+them (`with_selection_split`). Rows land in Parquet under `--results DIR/NAME/` (see
+nba_scale/sweep/store.py), each trial's loss curves beside them (`_curves/`, `results --curves`,
+`_curves.png`); `--callback tensorboard|mlflow|wandb` also feeds Ray Tune's logger callbacks.
+`--resume` continues an interrupted sweep from its rows (sweep/resume.py: finished trials are
+kept and told to the searcher again, interrupted ones go on from their last epoch checkpoint,
+written every `--checkpoint-s` seconds or `--checkpoint-every` epochs). `--pack K` trains K
+configurations per Tune trial together (`trial.run_pack`): same results, one teacher pass per
+batch. What each trial reads besides its searched point is the run's typed plan (sweep/plan.py).
+Read the results with `python -m nba_scale.results DIR/NAME --pareto`; the Optuna studies persist
+beside the rows in `DIR/NAME/_optuna.journal` (`--storage`, sweep/study.py: `optuna-dashboard`,
+`optuna.load_study`).
 
 Resources: `--gpus-per-trial 0.25` lets four trials share a GPU; `--gpus-per-trial 2` runs each
 trial data-parallel on two GPUs (a Ray Train TorchTrainer around the same Accelerate loop; see
@@ -37,11 +44,16 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .. import cli
 from ..config import ConfigError, flatten, merge, nest
+from .plan import SEARCH, CheckpointPolicy, ResumeFrom, RunPlan, StudyPlan, resume_key
 from .store import study_id
+
+# When a sweep's trial writes an epoch checkpoint (--checkpoint-every / --checkpoint-s): every two
+# minutes of training, so that a spot retry or a --resume loses at most that much of a trial.
+CHECKPOINTS = CheckpointPolicy(every_epochs=0, every_s=120.0)
 
 # Budgets per preset, on top of nba_scale.trial.PRESETS (which sets the trial's own budgets).
 TUNE_PRESETS = {
@@ -58,77 +70,90 @@ def default_name(args: argparse.Namespace) -> str:
     return f"{args.defense}_{ds}_{'-'.join(args.attack)}_cf{cfs}_{args.preset}_s{args.seed}{worst}"
 
 
-def run_study(base: dict[str, Any], space, *, root: Path, sweep: str, study: str, num_samples: int,
-              max_concurrent: int, shape, sampler: str = "tpe", seed: int = 0, resume: bool = False,
-              progress_every_s: float = 30.0, attacks: Optional[list[str]] = None, storage=None, pack: int = 1,
-              scheduler=None, extra_points: Optional[list[dict[str, Any]]] = None):
-    """Run, or continue (`resume`), one Optuna study as a Ray Tune experiment, until the study has
-    `num_samples` rows. Continuing reads only data (sweep/resume.py): the rows, which the Optuna
-    study is brought level with, and the trials that left no row, which restart from their last epoch checkpoint.
-    `storage`: the Optuna storage of the study (`study.open_storage`; default: in memory),
+def run_studies(studies: list[StudyPlan], space, *, root: Path, sweep: str, num_samples: int, max_concurrent: int,
+                shape, sampler: str = "tpe", seed: int = 0, resume: bool = False, progress_every_s: float = 30.0,
+                storage=None, pack: int = 1, scheduler: Optional[Callable[[StudyPlan], Any]] = None,
+                extra_points: Optional[list[dict[str, Any]]] = None, checkpoints: CheckpointPolicy = CHECKPOINTS,
+                loggers: Optional[list] = None):
+    """Run, or continue (`resume`), a sweep's Optuna studies as one Ray Tune experiment, until each
+    study has `num_samples` rows: one searcher per study behind one multiplexing searcher
+    (sweep/multiplex.py), so that `max_concurrent` trials run across every study at once.
+    Continuing reads only data (sweep/resume.py): the rows, which each Optuna study is brought
+    level with, and the trials that left no row, which restart from their last epoch checkpoint.
+    `storage`: the Optuna storage of the studies (`study.open_storage`; default: in memory),
     brought level with the rows before the run.
-    `pack`: configurations per Tune trial, trained together (sweep/pack.py); one row each.
-    `scheduler`: a Tune scheduler (ASHA) that may stop trials early. `extra_points`: points
-    evaluated after the default and the restarting ones (`--points`)."""
+    `pack`: points per Tune trial, trained together (`trial.run_pack`); one row each.
+    `scheduler(study)`: a fresh Tune scheduler (ASHA) for each study, that may stop its trials early.
+    `extra_points`: points evaluated after the default and the restarting ones (`--points`).
+    `checkpoints`: when a trial writes an epoch checkpoint (plan.CheckpointPolicy).
+    `loggers`: more Tune callbacks (`--callback`: execution.logger_callbacks)."""
     import optuna
     import ray.tune as tune
     from ray.tune.search import ConcurrencyLimiter
 
     from .execution import ParquetSink, Progress, run_config, run_name
+    from .multiplex import StudiesScheduler, StudiesSearcher
     from .resume import interrupted_trials, point_of_row, study_rows
     from .study import continue_study, make_searcher
-    from .trainable import config_hash, trainable
+    from .trainable import trainable
 
-    tune_dir = (root / "_tune" / study).resolve()
-    rows = study_rows(root, study)
-    if (rows or tune_dir.exists()) and not resume:
-        raise ConfigError(f"sweep {sweep!r} already has study {study} in {root}; "
-                          f"pass --resume to continue it, or choose another --name")
-    todo = num_samples - len(rows)
-    if todo <= 0:
-        print(f"[{study}] {len(rows)} trials have rows (of {num_samples} planned): nothing to run", flush=True)
-        return None
+    tune_dir = (root / "_tune").resolve()
+    rows_of = {s.id: study_rows(root, s.id) for s in studies}
+    if not resume and (any(rows_of.values()) or tune_dir.exists()):
+        raise ConfigError(f"sweep {sweep!r} already has results in {root}; pass --resume to continue it, "
+                          f"or choose another --name")
     storage = storage if storage is not None else optuna.storages.InMemoryStorage()
-    held, told, closed = continue_study(space, rows, f"{sweep}/{study}", storage)
-    # Every study evaluates the paper's configuration first; then the interrupted trials.
-    default = space.default_point()
-    found = sorted(interrupted_trials(tune_dir, space, rows), key=lambda r: r.point != default)
-    fresh_default = not any(r.get("is_default") for r in rows) and not any(r.point == default for r in found)
-    restart = found[:todo - fresh_default]
-    points = [default] * fresh_default + [r.point for r in restart]
-    ran = {json.dumps(p, sort_keys=True) for p in [*points, *(point_of_row(space, r) for r in rows)] if p}
-    points += [p for p in extra_points or [] if json.dumps(p, sort_keys=True) not in ran][:max(0, todo - len(points))]
-    if rows or restart:
-        print(f"[{study}] continuing: {len(rows)} trials have rows ({held} in the Optuna study, {told} told now; "
-              f"{closed} unfinished Optuna trials closed), {len(restart)} "
-              f"interrupted restart ({sum(r.checkpoint is not None for r in restart)} from an epoch checkpoint), "
-              f"{todo - len(restart)} to run in all", flush=True)
-    resources, consts = shape.tune_setup(tune_dir)
-    # Each epoch is evaluated only for a scheduler that reads it; the checkpoint needs no metrics.
-    consts.update({"__base__": base, "__default__": space.default_point(), "__epoch_metrics__": evaluated_epochs(scheduler),
-                   "__resume__": {config_hash(r.point): str(r.checkpoint) for r in restart if r.checkpoint}})
-    if attacks:
-        consts["__attacks__"] = list(attacks)
-    if attacks and pack > 1:
+    # A seeded sampler told the same rows would draw the points of the run it continues again,
+    # some of them the restarting trials': each run of a sweep samples with its own seed.
+    earlier_runs = len(list(tune_dir.glob("run-*")) + list(tune_dir.glob("*/run-*"))) if tune_dir.is_dir() else 0
+    searchers, budgets, restarts = {}, {}, {}
+    for study in studies:
+        rows = rows_of[study.id]
+        todo = num_samples - len(rows)
+        if todo <= 0:
+            print(f"[{study.id}] {len(rows)} trials have rows (of {num_samples} planned): nothing to run", flush=True)
+            continue
+        held, told, closed = continue_study(space, rows, f"{sweep}/{study.id}", storage)
+        # Every study evaluates the paper's configuration first; then the interrupted trials.
+        found = sorted(interrupted_trials(tune_dir, study.id, space, rows), key=lambda r: r.point != study.default)
+        fresh_default = not any(r.get("is_default") for r in rows) and not any(r.point == study.default for r in found)
+        restart = found[:todo - fresh_default]
+        points = [study.default] * fresh_default + [r.point for r in restart]
+        ran = {json.dumps(p, sort_keys=True) for p in [*points, *(point_of_row(space, r) for r in rows)] if p}
+        points += [p for p in extra_points or [] if json.dumps(p, sort_keys=True) not in ran][:max(0, todo - len(points))]
+        if rows or restart:
+            print(f"[{study.id}] continuing: {len(rows)} trials have rows ({held} in the Optuna study, {told} told "
+                  f"now; {closed} unfinished Optuna trials closed), {len(restart)} interrupted restart "
+                  f"({sum(r.checkpoint is not None for r in restart)} from an epoch checkpoint), {todo - len(restart)} "
+                  f"to run in all", flush=True)
+        restarts.update({resume_key(study.id, r.point): ResumeFrom(str(r.checkpoint), r.member, r.epoch)
+                         for r in restart if r.checkpoint})
+        searchers[study.id] = make_searcher(space, sampler, seed + earlier_runs, f"{sweep}/{study.id}", storage, points,
+                                            budget=num_samples, concurrent=max_concurrent * pack)
+        budgets[study.id] = todo
+    if not searchers:
+        return None
+    if any(s.attacks for s in studies) and pack > 1:
         raise ConfigError("--objective worst-case runs each trial over several attacks, one after the other; "
                           "it does not pack: use --pack 1")
-    trials = -(-todo // pack)
-    callbacks = [ParquetSink(root, lambda t: {"sweep": sweep, "study": study, "stage": "search", "trial_id": t.trial_id}),
-                 Progress(study, trials, lambda t: t.trial_id, progress_every_s, unit=" packs" if pack > 1 else "")]
-    # A seeded sampler told the same rows would draw the points of the run it continues again,
-    # some of them the restarting trials': each run of a study samples with its own seed.
-    earlier_runs = len(list(tune_dir.glob("run-*"))) if tune_dir.is_dir() else 0
-    searcher = make_searcher(space, sampler, seed + earlier_runs, f"{sweep}/{study}", storage, points,
-                             budget=num_samples, concurrent=max_concurrent * pack)
-    if pack > 1:
-        from .pack import PackSearcher
-
-        searcher = PackSearcher(searcher, pack, todo)
-        print(f"[{study}] {todo} trials in {trials} packs of up to {pack}", flush=True)
+    plan = RunPlan(sweep, SEARCH, studies={s.id: s for s in studies}, resume=restarts, checkpoints=checkpoints, pack=pack,
+                   epoch_metrics=evaluated_epochs(scheduler(studies[0]) if scheduler else None),
+                   **shape.plan_fields(tune_dir))
+    trials = sum(-(-todo // pack) for todo in budgets.values())
+    unit = " packs" if pack > 1 else ""
+    print(f"[{sweep}] {sum(budgets.values())} trials of {len(searchers)} studies, as one Tune run of {trials}"
+          f"{unit or ' trials'}{f' (packs of up to {pack})' if pack > 1 else ''}, up to {max_concurrent} at a time",
+          flush=True)
+    callbacks = [ParquetSink(root, plan),
+                 Progress(sweep, trials, lambda t: plan.label(t.trial_id, t.config), progress_every_s, unit=unit),
+                 *(loggers or [])]
+    by_id = {s.id: s for s in studies}
     tuner = tune.Tuner(
-        tune.with_resources(trainable, resources), param_space=consts,
-        tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_concurrent),
-                                    scheduler=scheduler, num_samples=trials, reuse_actors=True),
+        tune.with_resources(tune.with_parameters(trainable, plan=plan), shape.resources()),
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(StudiesSearcher(searchers, budgets, pack), max_concurrent=max_concurrent),
+            scheduler=StudiesScheduler(lambda s: scheduler(by_id[s])) if scheduler else None,
+            num_samples=trials, reuse_actors=True),
         # a new Tune experiment per run, beside the earlier ones (which resume.py reads, as data)
         run_config=run_config(run_name(), tune_dir, callbacks, retries=shape.retries))
     return tuner.fit()
@@ -170,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "default, again at N fresh seeds (--seed + 1 ... + N, each its own backdoored model and "
                         "teacher, the same for every point), and print the front confirmed over them "
                         "(sweep/confirm.py); rows say stage = confirm")
+    p.add_argument("--checkpoint-every", type=cli.count, default=None, metavar="N",
+                   help="write a trial's epoch checkpoint every N epochs (default: by time, --checkpoint-s)")
+    p.add_argument("--checkpoint-s", type=float, default=None, metavar="S",
+                   help="write a trial's epoch checkpoint once S seconds of training have passed since its last "
+                        "(default 120; inf: none): what a spot retry or --resume may lose of a trial, against "
+                        "the copy and write each checkpoint costs")
     cli.add_config_flags(p)
     p.add_argument("--points", default=None,
                    help="JSON file: a list of points ({parameter: value}) to evaluate after the default")
@@ -204,23 +235,25 @@ def with_selection_split(cfg: dict[str, Any], val_size: Optional[int]) -> dict[s
     return {**cfg, "data": data}
 
 
-def plan(args: argparse.Namespace, space) -> list[tuple[str, dict[str, Any], list[str]]]:
-    """(study id, base config, attacks of each trial) per study, every trial config checked."""
+def plan(args: argparse.Namespace, space) -> list[StudyPlan]:
+    """The sweep's studies (sweep/plan.py), every trial config checked."""
     base = cli.base_config(args, shared_cache=True)
     sets = cli.user_set(args)
     worst = args.objective == "worst-case"
     if worst and len(args.attack) < 2:
         raise ConfigError("--objective worst-case needs two or more --attack names")
     studies, checked = [], []
+    default = space.default_point()
     for cf in args.clean_fraction:
         per_attack = [with_selection_split(cli.trial_config(
             base, {"defense": args.defense, "seed": args.seed}, space.fixed, {"attack": a, "clean_fraction": cf},
             sets, preset=args.preset, keep_sections=worst), args.val_size) for a in args.attack]
         checked += [merge(cli.drop_unused_sections(c), nest(space.default_config())) for c in per_attack]
         if worst:  # one study per clean fraction, its trials over every attack
-            studies.append((study_id("worst-" + "+".join(args.attack), cf), per_attack[0], list(args.attack)))
+            studies.append(StudyPlan(study_id("worst-" + "+".join(args.attack), cf), per_attack[0], default,
+                                     tuple(args.attack)))
         else:
-            studies += [(study_id(a, cf), c, [a]) for a, c in zip(args.attack, per_attack)]
+            studies += [StudyPlan(study_id(a, cf), c, default) for a, c in zip(args.attack, per_attack)]
     cli.check_run(checked, sets)
     return studies
 
@@ -293,18 +326,13 @@ def read_points(path: str, space) -> list[dict[str, Any]]:
     return [{k: cast[params[k].type](v) for k, v in p.items()} for p in points]
 
 
-def check_packable(defense: str, space) -> None:
-    """Refused before Ray starts: a defense that cannot pack, or a space that samples what a
-    pack's members must share (their batches)."""
-    from ..defenses import get_defense
-    from ..defenses.base import cannot_pack
-
-    if not get_defense(defense).packable:
-        raise ConfigError(cannot_pack(defense, "--pack: "))
-    shared = [p.name for p in space.params if p.name.split(".")[-1] in ("epochs", "batch_size", "augment")]
-    if shared:
-        raise ConfigError(f"--pack: {space.path} samples {shared[0]}, which a pack's members share (their batches); "
-                          f"fix it with --set or use --pack 1")
+def checkpoint_policy(args: argparse.Namespace) -> CheckpointPolicy:
+    """`--checkpoint-every N` epochs and/or `--checkpoint-s S` seconds (default: every 120 s)."""
+    if args.checkpoint_s is not None and args.checkpoint_s <= 0:
+        raise ConfigError(f"--checkpoint-s {args.checkpoint_s:g}: give a number of seconds > 0, or 'inf' for none")
+    every_s = args.checkpoint_s if args.checkpoint_s is not None else (
+        math.inf if args.checkpoint_every else CHECKPOINTS.every_s)
+    return CheckpointPolicy(args.checkpoint_every or 0, every_s)
 
 
 def search_space(args: argparse.Namespace):
@@ -346,22 +374,25 @@ def run(args: argparse.Namespace) -> int:
     check_storage(args.storage)
     studies = plan(args, space)
     if args.print_config:  # each study's trial at the search space's default point (the rest samples)
-        cli.print_configs([(f"{study}, {a}, at the search space's default point", at_default(base, a, space))
-                           for study, base, attacks in studies for a in attacks])
+        cli.print_configs([(f"{s.id}, {a}, at the search space's default point", at_default(s.base, a, space))
+                           for s in studies for a in s.each_attack()])
         return 0
     points = read_points(args.points, space) if args.points else None
     if args.scheduler != "none" and args.objective == "worst-case":
         raise ConfigError("--scheduler asha needs per-epoch results, and a worst-case trial runs its attacks one after "
                           "another without them: use --objective per-attack, or no scheduler")
-    for _, base, _ in studies:
-        make_scheduler(args, base)  # its budget checked before Ray starts
+    for s in studies:
+        make_scheduler(args, s.base)  # its budget checked before Ray starts
     if args.pack > 1:
-        check_packable(args.defense, space)
+        from ..spec import check_packable
+
+        check_packable(args.defense, [p.name for p in space.params])
+    checkpoints = checkpoint_policy(args)
     from .confirm import check as check_confirm
 
     check_confirm(args)
 
-    from .execution import prebuild, start_ray, weak_backdoors
+    from .execution import logger_callbacks, prebuild, start_ray, weak_backdoors
     from .results import load, plot, print_pareto
     from .store import driver_lock, parquet_files
     from .study import JOURNAL, open_storage
@@ -374,20 +405,21 @@ def run(args: argparse.Namespace) -> int:
         if args.storage != "memory":
             where = root / JOURNAL if args.storage == "journal" else args.storage
             print(f"Optuna studies ({name}/<study>) in {where}: optuna-dashboard {where}", flush=True)
-        for study, base, attacks in studies:
-            # Before the trials, rather than in the first of them while the others wait on its lock.
-            built = prebuild(study, [at_default(base, a, space) for a in attacks], args.address)
-            weak = weak_backdoors(built, min_backdoor_asr(args))
-            if weak:
-                raise ConfigError(
-                    f"[{study}] the backdoored model of {', '.join(weak)} is under --min-backdoor-asr "
-                    f"{min_backdoor_asr(args):.0%}: there is no backdoor to remove, and every trial would look like "
-                    f"a success; implant it (a larger budget, a higher poison rate; Refool: docs/FIDELITY.md "
-                    f"section 4) or pass --min-backdoor-asr 0 to sweep anyway")
-            run_study(base, space, root=root, sweep=name, study=study, num_samples=num_samples,
-                      max_concurrent=max_concurrent, shape=shape, sampler=args.sampler, seed=args.seed,
-                      resume=args.resume, attacks=attacks if args.objective == "worst-case" else None,
-                      pack=args.pack, scheduler=make_scheduler(args, base), extra_points=points, storage=storage)
+        # Every distinct artifact of every study before the trials, rather than in the first of
+        # them while the others wait on its lock.
+        built = prebuild(name, [at_default(s.base, a, space) for s in studies for a in s.each_attack()], args.address)
+        weak = weak_backdoors(built, min_backdoor_asr(args))
+        if weak:
+            raise ConfigError(
+                f"[{name}] the backdoored model of {', '.join(weak)} is under --min-backdoor-asr "
+                f"{min_backdoor_asr(args):.0%}: there is no backdoor to remove, and every trial would look like "
+                f"a success; implant it (a larger budget, a higher poison rate; Refool: docs/FIDELITY.md "
+                f"section 4) or pass --min-backdoor-asr 0 to sweep anyway")
+        run_studies(studies, space, root=root, sweep=name, num_samples=num_samples, max_concurrent=max_concurrent,
+                    shape=shape, sampler=args.sampler, seed=args.seed, resume=args.resume, pack=args.pack,
+                    scheduler=(lambda s: make_scheduler(args, s.base)) if args.scheduler != "none" else None,
+                    extra_points=points, storage=storage, checkpoints=checkpoints,
+                    loggers=logger_callbacks(args.callback, root, name))
         if args.confirm:
             from . import confirm
 
@@ -398,6 +430,11 @@ def run(args: argparse.Namespace) -> int:
     png = root / "_pareto.png"
     plot(load(root), ["attack", "clean_fraction"], str(png))
     print(f"front plot: {png}\nthe rows: python -m nba_scale.results {root}", flush=True)
+    from .curves import plot_dir
+
+    if plot_dir(root, str(root / "_curves.png")):
+        print(f"how each trial trained (loss terms per epoch): {root / '_curves.png'}; "
+              f"python -m nba_scale.results {root} --curves", flush=True)
     if args.confirm:
         from .confirm import report
 

@@ -1,9 +1,9 @@
 """Look at an attack: a grid of clean vs poisoned training images (the NBA paper's Fig. 5), or
 every attack with its defaults.
 
-    python -m nba_scale.attacks.show --list
-    python -m nba_scale.attacks.show --attack all --dataset synthetic --preset smoke --out attacks.png
-    python -m nba_scale.attacks.show --attack refool --dataset npz:~/.cache/nba_scale/cifar10_jpeg.npz --out r.png
+    python -m nba_scale.show --list
+    python -m nba_scale.show --attack all --dataset synthetic --preset smoke --out attacks.png
+    python -m nba_scale.show --attack refool --dataset npz:~/.cache/nba_scale/cifar10_jpeg.npz --out r.png
 
 TrojanNN and CLA learn from a clean model: the first call trains one (the backdoor recipe,
 `--preset`/`--set backdoor.epochs=N` to shorten it) and caches it with the attack's outputs.
@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-from .. import cli
-from ..config import ConfigError
+from . import cli
+from .config import ConfigError
 
 
 def describe_all() -> str:
-    from . import ATTACKS
+    from .attacks import ATTACKS
 
     lines = []
     for name in ATTACKS.names():
@@ -38,7 +38,7 @@ def describe_all() -> str:
 
 def poisoned_examples(config: dict, n: int = 6):
     """(attack name, clean images, poisoned images) for `n` of the training images it poisons."""
-    from ..trial import poison_only
+    from .trial import poison_only
 
     _, ds, attack, p, _ = poison_only(config)
     idx = p.poison_index[:n]
@@ -51,7 +51,7 @@ def draw(rows: list[tuple[str, "torch.Tensor", "torch.Tensor"]], out: str) -> No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..atomic import save_figure
+    from .atomic import save_figure
 
     n = max(len(c) for _, c, _ in rows)
     fig, axes = plt.subplots(2 * len(rows), n, figsize=(1.1 * n, 2.3 * len(rows)), squeeze=False)
@@ -69,7 +69,7 @@ def draw(rows: list[tuple[str, "torch.Tensor", "torch.Tensor"]], out: str) -> No
 
 
 def run(args) -> int:
-    from . import ATTACKS
+    from .attacks import ATTACKS
 
     if args.list:
         print(describe_all())
@@ -89,7 +89,7 @@ def run(args) -> int:
 
 
 def build_parser():
-    ap = cli.parser("python -m nba_scale.attacks.show", __doc__)
+    ap = cli.parser("python -m nba_scale.show", __doc__)
     ap.add_argument("--list", action="store_true", help="print every attack with its defaults")
     ap.add_argument("--attack", nargs="+", default=["all"], help="names, or all")
     cli.add_trial_flags(ap, dataset="synthetic")
