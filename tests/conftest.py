@@ -40,6 +40,25 @@ def small_config(cache_dir, **overrides):
     return cfg
 
 
+class LocalSession:
+    """A Tune session stand-in for a trial run in this process (`sweep.trainable.Session`'s
+    interface): keeps every report, and a copy of each epoch checkpoint in `keep` (a folder)."""
+    is_main = True
+
+    def __init__(self, keep=None):
+        self.reports, self.checkpoints, self.keep = [], {}, keep
+
+    def get_checkpoint(self):
+        return None
+
+    def report(self, metrics, checkpoint_dir=None):
+        import shutil
+
+        self.reports.append(metrics)
+        if checkpoint_dir and self.keep is not None:
+            self.checkpoints[metrics["epoch"]] = shutil.copytree(checkpoint_dir, self.keep / f"ck{metrics['epoch']}")
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("artifacts")

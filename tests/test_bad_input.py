@@ -238,25 +238,17 @@ def test_an_unwritable_plot_path_is_one_line(tmp_path):
 def trial_reports(sampled, resume=None):
     """What a Tune trial of an NBA sweep on synthetic data reports, run in this process, with the
     searcher's `sampled` point (and the checkpoint `resume` it goes on from: plan.ResumeFrom)."""
+    from conftest import LocalSession
+
     from nba_scale.sweep.plan import RunPlan, StudyPlan, resume_key
     from nba_scale.sweep.trainable import trial_loop
 
-    reports = []
-
-    class Session:
-        is_main = True
-
-        def get_checkpoint(self):
-            return None
-
-        def report(self, metrics, checkpoint_dir=None):
-            reports.append(metrics)
-
+    session = LocalSession()
     base = {"dataset": "synthetic", "attack": "badnets", "defense": "nba", "clean_fraction": 0.1, "seed": 0}
     plan = RunPlan("s", "search", studies={"st": StudyPlan("st", base, {})},
                    resume={resume_key("st", sampled): resume} if resume else {})
-    trial_loop(plan, {"study": "st", "points": [sampled]}, Session())
-    return [json.loads(r["__rows__"])[0] if "__rows__" in r else r for r in reports]
+    trial_loop(plan, {"study": "st", "points": [sampled]}, session)
+    return [json.loads(r["__rows__"])[0] if "__rows__" in r else r for r in session.reports]
 
 
 def test_a_config_error_inside_a_trial_keeps_the_error_and_the_sampled_parameters():

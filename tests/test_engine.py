@@ -2,7 +2,6 @@
 reads (sweep/plan.py), the curves it keeps, and epoch checkpoints by need, packs' included."""
 import json
 import math
-import shutil
 import sys
 
 import pytest
@@ -60,29 +59,18 @@ def test_the_checkpoint_policy_writes_by_time_or_epochs_and_never_when_told_not_
 def _pack_run(cache_dir, tmp_path, name, points, policy, resume=None):
     """A pack of `points` of an NBA study on synthetic data, as a Tune trial runs it, in this process;
     returns (its rows, its epoch reports, the checkpoints it wrote: {epoch: folder})."""
-    from conftest import small_config
+    from conftest import LocalSession, small_config
 
     from nba_scale.config import nest
     from nba_scale.sweep.trainable import trial_loop
 
-    reports, saved = [], {}
-
-    class Session:
-        is_main = True
-
-        def get_checkpoint(self):
-            return None
-
-        def report(self, metrics, checkpoint_dir=None):
-            reports.append(metrics)
-            if checkpoint_dir:
-                saved[metrics["epoch"]] = shutil.copytree(checkpoint_dir, tmp_path / f"{name}-ck{metrics['epoch']}")
-
+    (tmp_path / name).mkdir()
+    session = LocalSession(keep=tmp_path / name)
     base = nest(small_config(cache_dir, **{"nba.optim.epochs": 3}))
     plan = RunPlan("s", "search", studies={"st": StudyPlan("st", base, {})}, checkpoints=policy, pack=2,
                    resume=resume or {})
-    trial_loop(plan, {"study": "st", "points": points}, Session())
-    return json.loads(reports[-1]["__rows__"]), reports[:-1], saved
+    trial_loop(plan, {"study": "st", "points": points}, session)
+    return json.loads(session.reports[-1]["__rows__"]), session.reports[:-1], session.checkpoints
 
 
 def test_a_pack_checkpoints_every_member_and_goes_on_from_its_checkpoint_as_if_never_stopped(cache_dir, tmp_path):
