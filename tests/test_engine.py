@@ -158,11 +158,16 @@ def test_the_trial_worker_never_imports_the_command_line():
     assert out.strip() == "False"
 
 
-def test_a_checkpoint_interval_that_cannot_work_is_one_line(tmp_path, capsys):
-    from nba_scale.sweep import tune
+@pytest.mark.parametrize("extra, needle", [
+    (["--attack", "badnets", "--checkpoint-s", "0"], "--checkpoint-s 0: give a number of seconds > 0"),
+    (["--attack", "badnets", "blend", "--objective", "worst-case", "--pack", "2"], "it does not pack: use --pack 1"),
+])
+def test_sweep_settings_that_cannot_work_are_one_line_before_ray_starts(tmp_path, capsys, monkeypatch, extra, needle):
+    from nba_scale.sweep import execution, tune
 
-    argv = ["--attack", "badnets", "--dataset", "synthetic", "--preset", "smoke", "--results", str(tmp_path)]
-    assert tune.main([*argv, "--checkpoint-s", "0"]) == 2
+    monkeypatch.setattr(execution, "start_ray", lambda address=None: pytest.fail("Ray started"))
+    argv = ["--dataset", "synthetic", "--preset", "smoke", "--results", str(tmp_path)]
+    assert tune.main([*argv, *extra]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--checkpoint-s 0: give a number of seconds > 0" in err
+    assert err.count("\n") == 1 and needle in err
     assert not any(tmp_path.iterdir())  # refused before anything was written

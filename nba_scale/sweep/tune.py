@@ -133,9 +133,6 @@ def run_studies(studies: list[StudyPlan], space, *, root: Path, sweep: str, num_
         budgets[study.id] = todo
     if not searchers:
         return None
-    if any(s.attacks for s in studies) and pack > 1:
-        raise ConfigError("--objective worst-case runs each trial over several attacks, one after the other; "
-                          "it does not pack: use --pack 1")
     plan = RunPlan(sweep, SEARCH, studies={s.id: s for s in studies}, resume=restarts, checkpoints=checkpoints, pack=pack,
                    epoch_metrics=evaluated_epochs(scheduler(studies[0]) if scheduler else None),
                    **shape.plan_fields(tune_dir))
@@ -387,6 +384,9 @@ def run(args: argparse.Namespace) -> int:
         from ..spec import check_packable
 
         check_packable(args.defense, [p.name for p in space.params])
+        if args.objective == "worst-case":  # refused before Ray starts and the models are built
+            raise ConfigError("--objective worst-case runs each trial over several attacks, one after the other; "
+                              "it does not pack: use --pack 1")
     checkpoints = checkpoint_policy(args)
     from .confirm import check as check_confirm
 
