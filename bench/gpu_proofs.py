@@ -53,7 +53,7 @@ def main() -> int:
 
     @check("default_gpus_per_trial")
     def _():
-        from nba_scale.sweep.execution import Shape
+        from nba_scale.sweep.resources import Shape
 
         shape = Shape.from_args(argparse.Namespace(gpus_per_trial=None, cpus_per_trial=1.0, workers_per_trial=None,
                                                    address=None))

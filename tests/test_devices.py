@@ -7,7 +7,7 @@ import torch
 
 from nba_scale.attacks.badnets import BadNets
 from nba_scale.config import ConfigError
-from nba_scale.sweep.execution import Shape
+from nba_scale.sweep.resources import Shape
 from nba_scale.trial import check_config
 from nba_scale.training import make_accelerator
 

@@ -81,6 +81,7 @@ def test_a_trial_scores_only_the_epochs_it_is_asked_for(cache_dir):
 def test_the_rungs_scored_are_the_rungs_ray_asha_reads():
     """Every rung before the last epoch; none at it (Ray would stop a trial that trained every
     epoch before its final report)."""
+    pytest.importorskip("ray.tune", reason="Ray is not installed (the GPU image of bench/gpu_check.sh)")
     from ray.tune.schedulers import ASHAScheduler
 
     from nba_scale.sweep.tune import asha_rungs

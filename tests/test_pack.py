@@ -4,13 +4,19 @@ import math
 
 import pytest
 
-from conftest import small_config
+from conftest import DEVICE, small_config
 from nba_scale.config import ConfigError
 from nba_scale.trial import run_pack, run_trial
 
 pytestmark = pytest.mark.slow  # on the session's synthetic BadNets model (built once, ~40 s)
 
 VARIANTS = [{"nba.beta": 0.2}, {"nba.lambda1": 0.5, "nba.T": 2.0, "nba.pgd_eps": 0.02}, {"nba.alpha": 3.0}]
+
+
+def same(packed: tuple, alone: tuple) -> bool:
+    """Equal on the CPU; on a GPU (`pytest --device cuda`, bench/gpu_check.sh) within the proofs'
+    0.02 (bench/gpu_proofs.py: cuDNN may pick other kernels for a member's batch than alone)."""
+    return packed == alone if DEVICE["name"] == "cpu" else all(abs(p - a) <= 0.02 for p, a in zip(packed, alone))
 
 
 def test_a_member_of_a_pack_ends_exactly_as_it_would_alone(cache_dir):
@@ -23,7 +29,7 @@ def test_a_member_of_a_pack_ends_exactly_as_it_would_alone(cache_dir):
     alone = [run_trial(c) for c in configs]
     for k, (p, a) in enumerate(zip(packed, alone)):
         assert p["status"] == a["status"] == "ok", (p["error"], a["error"])
-        assert (p["asr"], p["ba"], p["ra"]) == (a["asr"], a["ba"], a["ra"]), k
+        assert same((p["asr"], p["ba"], p["ra"]), (a["asr"], a["ba"], a["ra"])), k
         assert p["member"] == k and p["pack_size"] == 3
         assert {n: e["key"] for n, e in p["artifacts"].items()} == {n: e["key"] for n, e in a["artifacts"].items()}
         assert p["config"] == a["config"]
@@ -39,7 +45,7 @@ def test_a_member_that_diverges_fails_alone(cache_dir):
     assert "NonFiniteLoss" in packed[1]["error"] and "epoch 1/2" in packed[1]["error"] and "asr" not in packed[1]
     for k in (0, 2):  # the others are untouched by their neighbour's NaN
         alone = run_trial(configs[k])
-        assert (packed[k]["asr"], packed[k]["ba"]) == (alone["asr"], alone["ba"])
+        assert same((packed[k]["asr"], packed[k]["ba"]), (alone["asr"], alone["ba"]))
     assert math.isfinite(packed[0]["ba_before"])
 
 
