@@ -1,76 +1,107 @@
 #!/usr/bin/env bash
-# The first thing to run on a lent GPU machine: at most ~8 minutes on one H100, every figure as
-# JSON under $OUT (default ./gpu_check_out). Each step has its own time limit and a failed step
-# does not stop the others.
+# The first thing to run on a lent GPU machine: at most 6 minutes of steps on one H100, every
+# figure in three files under $OUT (default ./gpu_check_out): gpu_check.json (each step's exit
+# status, seconds and figures), gpu_check.log (every step's output, in order) and tests.xml
+# (JUnit). Each step has its own time limit; a failed step does not stop the others, and the
+# benchmarks write their figures after each size, so a step cut short keeps what it measured.
 #
-#   bash bench/gpu_check.sh                 # on the GPU machine, from the repository root
+#   bash bench/gpu_check.sh              # on the GPU machine, from the repository root
+#   bash bench/gpu_check.sh --dry-run    # the same steps on the CPU at toy sizes (a few minutes)
 #
-# Written for an image with `python3` (no `python`) and no Ray: the tests of step 2 import no Ray
-# (nba_scale/sweep/resources.py; the one that needs it skips), and compare packs to float
-# tolerance on CUDA, as the proofs do. Checked with Ray unimportable on the CPU (16 passed, 1
-# skipped). What it needs beyond the GPU image (torch, accelerate, pyarrow, pillow): nothing for the core
-# (its other imports come with accelerate); pytest for step 2, from `.wheels/` if the image lacks
-# it (`pip download pytest -d .wheels` here, then carry `.wheels`); Ray and Optuna only for step 5,
-# which is skipped without them. Real data: `.gpu_data/cifar10_10k.npz` if carried (make it with
-# `python bench/subset_npz.py`), else synthetic images.
+# Written for the image the device machines have: `python3` (no `python`), torch, accelerate,
+# pyarrow, safetensors, pytest, and no Ray and no Optuna (Ray cannot be carried there). Nothing
+# here needs them: the tests of step 2 import no Ray (nba_scale/sweep/resources.py; the one test
+# that needs Ray skips) and compare packs to the proofs' float tolerance on CUDA; the
+# fractional-GPU figures come from N trial processes sharing the device (bench/shared_device.py), as
+# `tune --gpus-per-trial 1/N` would run them under Ray. Real data: `.gpu_data/cifar10_10k.npz`
+# if carried (make it with `python3 bench/subset_npz.py`), else synthetic images.
 set -u
+DRY=0
+[ "${1:-}" = "--dry-run" ] && DRY=1
 OUT=${OUT:-gpu_check_out}
 mkdir -p "$OUT"
+WORK=$(mktemp -d)  # each step's own JSON, merged into $OUT/gpu_check.json at the end
+trap 'rm -rf "$WORK"' EXIT
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-step() {  # step NAME LIMIT_S COMMAND...: stdout+stderr to $OUT/NAME.log, status to $OUT/steps.jsonl
+LOG="$OUT/gpu_check.log"
+: >"$LOG"
+step() {  # step NAME LIMIT_S COMMAND...: output appended to the log, status to $WORK/steps.jsonl
   local name=$1 limit=$2; shift 2
   local t0=$SECONDS
-  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  echo "===== $name (limit ${limit}s): $*" >>"$LOG"
+  timeout "$limit" "$@" >>"$LOG" 2>&1
   local rc=$?
-  echo "{\"step\": \"$name\", \"rc\": $rc, \"s\": $((SECONDS - t0))}" | tee -a "$OUT/steps.jsonl"
+  echo "{\"step\": \"$name\", \"rc\": $rc, \"s\": $((SECONDS - t0)), \"limit_s\": $limit}" | tee -a "$WORK/steps.jsonl"
 }
 
+if [ "$DRY" = 1 ]; then  # the same steps, on the CPU, at toy sizes: the script cannot rot unseen
+  DEVICE=cpu; T=(20 150 30 30 20 40 40)
+  TRIAL=(--images 256 --clean 128 --epochs 2 --repeats 1 --only backdoor nad nba); PRECISION=(--batch 8 --steps 1)
+  DATA=synthetic; SETS=(--set data.synthetic_train=600 --set data.synthetic_test=200 --set backdoor.epochs=1
+                        --set teacher.epochs=1 --set nba.optim.epochs=1 --preset smoke)
+  PACKS=(--packs 1 2 --num-samples 2); PROCS=(--processes 1 2 --num-samples 2)
+  TESTS=(tests/test_pack.py::test_a_member_that_diverges_fails_alone tests/test_devices.py)
+else  # limits summing to 6 minutes
+  DEVICE=cuda; T=(20 100 80 50 20 50 40)
+  TRIAL=(--images 8192 --epochs 3 --repeats 1 --only backdoor nad nba nba-pgd-bf16); PRECISION=(--batch 128)
+  DATA=synthetic; SETS=(--set data.synthetic_train=20000 --set data.synthetic_test=2000)
+  if [ -f .gpu_data/cifar10_10k.npz ]; then DATA=npz:.gpu_data/cifar10_10k.npz; SETS=(); fi
+  PACKS=(--packs 1 8 32 --num-samples 32); PROCS=(--processes 1 4 8 --num-samples 16)
+  TESTS=(tests/test_pack.py::test_a_member_of_a_pack_ends_exactly_as_it_would_alone
+         tests/test_pack.py::test_a_member_that_diverges_fails_alone tests/test_devices.py tests/test_end_to_end.py)
+fi
+
 # 1. The machine.
-step env 60 python3 - <<'EOF'
+step env "${T[0]}" python3 - <<EOF
 import json, torch, platform
 info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
         "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "memory_gib": [round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1)
-                       for i in range(torch.cuda.device_count())]}
+                       for i in range(torch.cuda.device_count())], "dry_run": bool($DRY)}
 for mod in ("accelerate", "pyarrow", "safetensors", "yaml", "ray", "optuna", "pytest"):
     try:
         info[mod] = __import__(mod).__version__
     except Exception as e:
         info[mod] = f"missing ({type(e).__name__})"
+open("$WORK/env.json", "w").write(json.dumps(info))
 print(json.dumps(info))
 EOF
-cp "$OUT/env.log" "$OUT/env.json"
-python3 -c "import pytest" 2>/dev/null || { [ -d .wheels ] && python3 -m pip install -q --no-index --find-links .wheels pytest >"$OUT/pip.log" 2>&1; }
+python3 -c "import pytest" 2>/dev/null || { [ -d .wheels ] && python3 -m pip install -q --no-index --find-links .wheels pytest >>"$LOG" 2>&1; }
 
-# 2. The tests that build trials, on the GPU (Ray-driven sweeps are skipped without Ray).
-step tests 150 python3 -m pytest -q -x --device cuda tests/test_pack.py::test_a_member_of_a_pack_ends_exactly_as_it_would_alone \
-    tests/test_pack.py::test_a_member_that_diverges_fails_alone tests/test_devices.py tests/test_end_to_end.py \
-    -p no:cacheprovider --junitxml="$OUT/tests.xml"
+# 2. The tests that build trials, on the device.
+step tests "${T[1]}" python3 -m pytest -q -x --device "$DEVICE" "${TESTS[@]}" -p no:cacheprovider --junitxml="$OUT/tests.xml"
 
-# 3. The GPU paths the CPU cannot exercise (defaults, reused processes, resume, precision, packs).
-step proofs 120 python3 bench/gpu_proofs.py
-grep '^{' "$OUT/proofs.log" >"$OUT/proofs.jsonl"
-
-# 4. Hot loops against the NAD-style reference loop, and packed trials without Ray.
-step trial 90 python3 bench/trial.py --device cuda --images 8192 --epochs 3 --repeats 1 --only backdoor nad nba nba-pgd-bf16 --json "$OUT/trial.json"
-step precision 60 python3 bench/precision.py --device cuda --batch 128 --json "$OUT/precision.json"
-DATA=synthetic; SETS=(--set data.synthetic_train=20000 --set data.synthetic_test=2000)
-if [ -f .gpu_data/cifar10_10k.npz ]; then DATA=npz:.gpu_data/cifar10_10k.npz; SETS=(); fi
-step pack 150 python3 bench/pack.py --dataset "$DATA" "${SETS[@]}" --device cuda --packs 1 8 32 --num-samples 32 \
-    --json "$OUT/pack.json"
-
-# 5. The sweep through Ray Tune: fractional trials (1, 1/4, 1/8 of the GPU) and packs of 1, 8, 32.
-if python3 -c "import ray, optuna" 2>/dev/null; then
-  for frac in 1 0.25 0.125; do
-    step "sweep_gpu$frac" 60 python3 bench/sweep.py --dataset "$DATA" "${SETS[@]}" --train-subset 0 --test-subset 0 \
-        --device cuda --gpus-per-trial "$frac" --slots "$(python3 -c "print(int(1 / $frac))")" --packs 1 \
-        --asha-packs --num-samples 16 --results "$OUT/sweep_gpu$frac" --json "$OUT/sweep_gpu$frac.json"
-  done
-  step sweep_packs 90 python3 bench/sweep.py --dataset "$DATA" "${SETS[@]}" --train-subset 0 --test-subset 0 \
-      --device cuda --gpus-per-trial 1 --slots 1 --packs 8 32 --asha-packs --num-samples 32 \
-      --results "$OUT/sweep_packs" --json "$OUT/sweep_packs.json"
+# 3. The GPU paths the CPU cannot exercise (defaults, reused processes, resume, precision, packs);
+#    a dry run checks that the proofs load and list themselves.
+if [ "$DRY" = 1 ]; then
+  step proofs "${T[2]}" python3 bench/gpu_proofs.py --list
 else
-  echo '{"step": "sweep", "skipped": "ray or optuna missing on this machine"}' | tee -a "$OUT/steps.jsonl"
+  step proofs "${T[2]}" python3 bench/gpu_proofs.py --json "$WORK/proofs.json"
 fi
-rm -rf "$OUT"/sweep_*/*/  # the rows stay in the JSON figures; the folders would not come back anyway
-echo "figures in $OUT"
+
+# 4. Hot loops against the NAD-style reference loop; packed trials and concurrent trial processes
+#    (the fractional GPU) without Ray.
+step trial "${T[3]}" python3 bench/trial.py --device "$DEVICE" "${TRIAL[@]}" --json "$WORK/trial.json"
+step precision "${T[4]}" python3 bench/precision.py --device "$DEVICE" "${PRECISION[@]}" --json "$WORK/precision.json"
+step pack "${T[5]}" python3 bench/pack.py --dataset "$DATA" "${SETS[@]}" --device "$DEVICE" "${PACKS[@]}" --json "$WORK/pack.json"
+step shared_device "${T[6]}" python3 bench/shared_device.py --dataset "$DATA" "${SETS[@]}" --device "$DEVICE" "${PROCS[@]}" \
+    --json "$WORK/shared_device.json"
+
+python3 - "$WORK" "$OUT/gpu_check.json" "$DRY" <<'EOF'
+import json, pathlib, sys
+work, out, dry = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3] == "1"
+steps = [json.loads(line) for line in (work / "steps.jsonl").read_text().splitlines() if line.strip()]
+figures = {}
+for f in sorted(work.glob("*.json")):
+    try:
+        figures[f.stem] = json.loads(f.read_text())
+    except ValueError as e:
+        figures[f.stem] = {"unreadable": str(e)}
+out.write_text(json.dumps({"steps": steps, "figures": figures}, indent=1))
+print(f"{sum(s['rc'] == 0 for s in steps)}/{len(steps)} steps ok, {sum(s['s'] for s in steps)}s")
+# A dry run (CI) fails when a step does: the script must not rot. On the GPU every figure comes back.
+sys.exit(1 if dry and any(s["rc"] != 0 for s in steps) else 0)
+EOF
+rc=$?
+echo "figures in $OUT: gpu_check.json, gpu_check.log, tests.xml"
+exit $rc

@@ -22,8 +22,14 @@ import time
 import traceback
 
 
+OPTS = {"list": False, "json": None, "results": []}
+
+
 def check(name):
     def wrap(fn):
+        if OPTS["list"]:  # --list: the checks this script holds, none run
+            print(json.dumps({"check": name}), flush=True)
+            return fn
         t0 = time.time()
         try:
             out = {"check": name, "ok": True, **(fn() or {})}
@@ -32,6 +38,10 @@ def check(name):
                    "trace": traceback.format_exc()[-1500:]}
         out["s"] = round(time.time() - t0, 1)
         print(json.dumps(out), flush=True)
+        OPTS["results"].append(out)
+        if OPTS["json"]:  # after each check: a run cut short keeps what it checked
+            with open(OPTS["json"], "w") as f:
+                json.dump(OPTS["results"], f, indent=1)
         return fn
     return wrap
 
@@ -45,10 +55,14 @@ def small(cache, **over):
 
 
 def main() -> int:
-    argparse.ArgumentParser(description=__doc__).parse_args()
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--list", action="store_true", help="list the checks without running them (gpu_check.sh --dry-run)")
+    ap.add_argument("--json", default=None, help="also write the checks' results to this file, after each")
+    args = ap.parse_args()
+    OPTS.update(list=args.list, json=args.json)
     import torch
 
-    assert torch.cuda.is_available(), "no CUDA device"
+    assert args.list or torch.cuda.is_available(), "no CUDA device"
     cache = tempfile.mkdtemp(prefix="nba_gpu_cache_")
 
     @check("default_gpus_per_trial")

@@ -91,6 +91,8 @@ def main() -> int:
                      "hypervolume": round(hypervolume([r["asr"] for r in ok], [r["ba"] for r in ok]), 4),
                      "device": results[0].get("device"), "errors": sorted({r["error"] for r in results if r["status"] != "ok"})})
         print(json.dumps(runs[-1]), flush=True)
+        if args.json:  # after each K: a run cut short by its time limit keeps what it measured
+            Path(args.json).write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1))
 
     base_rate = next((r["trials_per_hour"] for r in runs if r["pack"] == 1), None)
     print(f"\n{len(configs)} NBA trials, {args.attack}, --preset {args.preset}, {args.dataset}, {' '.join(args.set)}\n")
@@ -100,8 +102,6 @@ def main() -> int:
         ratio = f"{r['trials_per_hour'] / base_rate:.2f}x" if base_rate else "-"
         print(f"| {r['pack']} | {r['wall_s']:.0f} | {r['ok']}/{len(configs)} | {r['trials_per_hour']:.0f} | {ratio} | "
               f"{r['defense_s_per_trial']:.2f} | {r['hypervolume']:.4f} |")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1))
     return 0
 
 
