@@ -49,33 +49,48 @@ def draw(space, n: int, seed: int) -> list[dict]:
     return points
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default="npz:~/.cache/nba_scale/cifar10_jpeg.npz")
+def nba_parser(doc: str, dataset: str, num_samples: int) -> argparse.ArgumentParser:
+    """The flags of the NBA trial benchmarks without Ray (this one, bench/shared_device.py)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default=dataset)
     ap.add_argument("--attack", default="badnets")
-    ap.add_argument("--packs", type=int, nargs="+", default=[1, 8, 32])
-    ap.add_argument("--num-samples", type=int, default=32)
+    ap.add_argument("--num-samples", type=int, default=num_samples)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="no")
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--clean-fraction", type=float, default=0.05)
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--json", default=None)
-    args = ap.parse_args()
+    return ap
 
+
+def nba_configs(args: argparse.Namespace) -> list[dict]:
+    """`--num-samples` NBA trial configs: the paper default, then random points (`draw`)."""
     space = load_search_space(REPO / "search_spaces" / "nba.yaml")
     base = with_preset(merge(nest({"dataset": args.dataset, "attack": args.attack, "defense": "nba",
                                    "device": args.device, "precision": args.precision,
                                    "clean_fraction": args.clean_fraction, **space.fixed}),
                              parse_set(args.set)), args.preset)
-    configs = [merge(base, nest({k: decode(v) for k, v in p.items()})) for p in draw(space, args.num_samples, 0)]
+    return [merge(base, nest({k: decode(v) for k, v in p.items()})) for p in draw(space, args.num_samples, 0)]
+
+
+def prepared(configs: list[dict]) -> list[dict]:
+    """`configs`, their artifacts built (or found in the cache) before any timing; exits 1 if not."""
     t0 = time.time()
     got = prepare_artifacts(configs[0])
     if got["status"] != "ok":
         print(f"artifacts failed: {got['error']}", file=sys.stderr)
-        return 1
+        sys.exit(1)
     print(f"artifacts in {time.time() - t0:.0f}s: backdoored BA {got['ba_before']:.1%} ASR {got['asr_before']:.1%}",
           flush=True)
+    return configs
+
+
+def main() -> int:
+    ap = nba_parser(__doc__, "npz:~/.cache/nba_scale/cifar10_jpeg.npz", 32)
+    ap.add_argument("--packs", type=int, nargs="+", default=[1, 8, 32])
+    args = ap.parse_args()
+    configs = prepared(nba_configs(args))
 
     runs = []
     for k in args.packs:

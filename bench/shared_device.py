@@ -12,18 +12,13 @@ by its time limit still brings back what it measured.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import sys
 import time
 from pathlib import Path
 
-from pack import REPO, draw  # bench/pack.py (this folder is on sys.path when run as a script)
-
-from nba_scale.config import merge, nest, parse_set
-from nba_scale.sweep.search_space import decode, load_search_space
-from nba_scale.trial import prepare_artifacts, with_preset
+from pack import nba_configs, nba_parser, prepared  # bench/pack.py (this folder is on sys.path when run as a script)
 
 
 def worker(configs: list[dict], out, go) -> None:
@@ -38,29 +33,10 @@ def worker(configs: list[dict], out, go) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default="synthetic")
-    ap.add_argument("--attack", default="badnets")
+    ap = nba_parser(__doc__, "synthetic", 16)
     ap.add_argument("--processes", type=int, nargs="+", default=[1, 4, 8])
-    ap.add_argument("--num-samples", type=int, default=16)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--preset", default="quick")
-    ap.add_argument("--clean-fraction", type=float, default=0.05)
-    ap.add_argument("--set", action="append", default=[])
-    ap.add_argument("--json", default=None)
     args = ap.parse_args()
-
-    space = load_search_space(REPO / "search_spaces" / "nba.yaml")
-    base = with_preset(merge(nest({"dataset": args.dataset, "attack": args.attack, "defense": "nba",
-                                   "device": args.device, "clean_fraction": args.clean_fraction, **space.fixed}),
-                             parse_set(args.set)), args.preset)
-    configs = [merge(base, nest({k: decode(v) for k, v in p.items()})) for p in draw(space, args.num_samples, 0)]
-    t0 = time.time()
-    got = prepare_artifacts(configs[0])
-    if got["status"] != "ok":
-        print(f"artifacts failed: {got['error']}", file=sys.stderr)
-        return 1
-    print(f"artifacts in {time.time() - t0:.0f}s", flush=True)
+    configs = prepared(nba_configs(args))
 
     ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
     runs = []
