@@ -407,7 +407,11 @@ def _train_pack(members, batches, accelerator, fmt, desc, on_epoch_end, start_ep
             print(f"  {desc}: epoch {epoch + 1}/{cfg.epochs}, loss {shown}, {last_line - t0:.0f}s",
                   file=sys.stderr, flush=True)
         if _loss_recorder is not None and live:
-            sums = {k: {name: v.item() / max(1, n) for name, v in term_sums[k].items()} for k in live}
+            names = [(k, name) for k in live for name in term_sums[k]]
+            values = (torch.stack([term_sums[k][name] for k, name in names]) / max(1, n)).tolist() if names else []
+            sums: dict[int, dict[str, float]] = {k: {} for k in live}
+            for (k, name), value in zip(names, values):  # one sync for every term of every member
+                sums[k][name] = value
             for k in live:
                 _loss_recorder(epoch, k, {"loss": means[k], **sums[k]})
         if on_epoch_end is not None:

@@ -167,7 +167,7 @@ class ParquetSink(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if result.get("final") or "epoch" not in result:
             return
-        for k in range(len(self.plan.members(trial.config))):
+        for k in range(self.plan.size(trial.config)):
             tag = f"_m{k}"
             values = {key[:-len(tag)]: v for key, v in result.items() if key.endswith(tag)}
             if values:  # a retried trial reports its epochs again: the last report of an epoch wins

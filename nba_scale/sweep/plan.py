@@ -82,10 +82,13 @@ class CheckpointPolicy:
 NO_CHECKPOINTS = CheckpointPolicy(0, math.inf)
 
 
+def config_hash(cfg: dict) -> str:
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def resume_key(study: str, point: dict[str, Any]) -> str:
     """What names a point of a study in `RunPlan.resume` (two studies may try the same point)."""
-    return hashlib.sha256(json.dumps({"study": study, "point": point}, sort_keys=True, default=str).encode()
-                          ).hexdigest()[:16]
+    return config_hash({"study": study, "point": point})
 
 
 @dataclasses.dataclass
@@ -111,29 +114,39 @@ class RunPlan:
         from .search_space import decode
 
         if "unit" in config:
-            return [Member(cell["config"], {}, dict(cell["row"])) for cell in self.units[int(config["unit"])]]
+            return [Member(cell["config"], {}, self._names(config, k))
+                    for k, cell in enumerate(self.units[int(config["unit"])])]
         study = self.studies[config["study"]]
         return [Member(merge(study.base, nest({k: decode(v) for k, v in point.items()})), dict(point),
-                       {"sweep": self.sweep, "study": study.id, "stage": self.stage,
-                        "is_default": point == study.default}, study)
-                for point in config["points"]]
+                       self._names(config, i), study) for i, point in enumerate(config["points"])]
+
+    def size(self, config: dict[str, Any]) -> int:
+        """How many members the trial trains."""
+        return len(config["points"]) if "points" in config else len(self.units[int(config["unit"])])
+
+    def _names(self, config: dict[str, Any], k: int) -> dict[str, Any]:
+        """Member k's row names known before it runs, without building its config."""
+        if "unit" in config:
+            return dict(self.units[int(config["unit"])][k]["row"])
+        study = self.studies[config["study"]]
+        return {"sweep": self.sweep, "study": study.id, "stage": self.stage,
+                "is_default": config["points"][k] == study.default}
 
     def identity(self, trial_id: str, config: dict[str, Any], k: int) -> dict[str, Any]:
         """Member k's row names: the plan's, its trial id (a pack member's: the pack's id + `-m<k>`,
         with `pack_id` and `member`)."""
-        members = self.members(config)
-        own = dict(members[k].identity)
+        own = self._names(config, k)
         if not self.packed(config):
             return {"trial_id": trial_id, **own} if "unit" not in config else own
         if "unit" in config:  # a cell keeps its own id; the pack is named beside it
-            return {**own, "pack_id": trial_id, "member": k, "pack_size": len(members)}
-        return {**own, "trial_id": f"{trial_id}-m{k}", "pack_id": trial_id, "member": k, "pack_size": len(members)}
+            return {**own, "pack_id": trial_id, "member": k, "pack_size": self.size(config)}
+        return {**own, "trial_id": f"{trial_id}-m{k}", "pack_id": trial_id, "member": k,
+                "pack_size": self.size(config)}
 
     def packed(self, config: dict[str, Any]) -> bool:
         """The trial's rows name their pack and member: a pack of several, or any trial of a
         sweep that packs (its last pack may hold one point)."""
-        return len(config["points"] if "points" in config else self.units[int(config["unit"])]) > 1 or (
-            "points" in config and self.pack > 1)
+        return self.size(config) > 1 or ("points" in config and self.pack > 1)
 
     def label(self, trial_id: str, config: dict[str, Any]) -> str:
         """How the progress lines name a trial."""

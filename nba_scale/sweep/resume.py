@@ -27,7 +27,7 @@ from typing import Any, Optional
 
 from .search_space import SearchSpace, encode
 from .store import column_name, is_confirm, read_table, selected
-from .trainable import config_hash
+from .plan import config_hash
 
 def study_rows(root: Path, study: str) -> list[dict[str, Any]]:
     """The study's search rows (a `--confirm` stage's rows share its study but are no trials of

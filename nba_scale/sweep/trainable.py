@@ -24,7 +24,6 @@ that trial holds NaN instead (sweep/store.py): the worst values are for the sear
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import tempfile
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..config import ConfigError, flatten, merge, nest
-from .plan import Member, RunPlan
+from .plan import Member, RunPlan, config_hash
 from .search_space import decode
 from .store import selected, trial_row
 
@@ -74,10 +73,6 @@ class Session:
 
         return cls(train.get_checkpoint, train.report, train.Checkpoint,
                    is_main=train.get_context().get_world_rank() == 0)
-
-
-def config_hash(cfg: dict) -> str:
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def axes(member: Member) -> dict[str, Any]:
