@@ -59,6 +59,53 @@ def fraction(text: str) -> float:
     return value
 
 
+def clean_count(text: str) -> int | str:
+    """`--clean-images`: a whole number of images, or `paper` (5 % of the full training set)."""
+    if text == "paper":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number of images (>= 1) or 'paper', got {text!r}")
+    return value
+
+
+CLEAN_IMAGES_HELP = ("the defender's clean set in images, drawn (stratified, seeded) from the attacker's training set, "
+                     "or 'paper': 5 %% of the full training set (2,500 CIFAR-10 images), the paper's count; "
+                     "resolved to the clean fraction of that set that rows, studies and teachers are keyed by")
+
+
+def clean_axis(args: argparse.Namespace, given: Optional[Sequence[float]], default: Sequence[float],
+               config: Optional[dict[str, Any]] = None) -> list[float]:
+    """The run's clean fractions: `--clean-images` resolved against the attacker's training set
+    (`data.clean_fraction_for`), else `given` (--clean-fraction, or --set clean_fraction), else the
+    preset's clean set (`PRESET_CLEAN_IMAGES`), else `default`. `config`: a trial config with the
+    run's dataset, data section and seed (default: built from the flags)."""
+    from .spec import PRESET_CLEAN_IMAGES, clean_fractions
+
+    images = getattr(args, "clean_images", None)
+    sets = user_set(args)
+    if given is None and "clean_fraction" in sets:
+        given = [sets["clean_fraction"]]
+    if images is not None and given is not None:
+        raise ConfigError("--clean-images and --clean-fraction (or --set clean_fraction) both set the defender's "
+                          "clean set: give one")
+    if images is None and given is None and args.preset in PRESET_CLEAN_IMAGES:
+        images = PRESET_CLEAN_IMAGES[args.preset]
+    if images is None:
+        return list(given if given is not None else default)
+    images = list(images) if isinstance(images, (list, tuple)) else [images]
+    seed = args.seeds[0] if hasattr(args, "seeds") else args.seed
+    resolved = clean_fractions(images, config or trial_config(base_config(args), {"seed": seed}, sets,
+                                                              preset=args.preset))
+    print("clean set: " + ", ".join(f"{asked if asked == 'paper' else ''}{' = ' if asked == 'paper' else ''}{n} images"
+                                    f" = {f:.4g} of the attacker's training set"
+                                    for asked, (n, f) in zip(images, resolved)), file=sys.stderr, flush=True)
+    return [f for _, f in resolved]
+
+
 def add_trial_flags(p: argparse.ArgumentParser, *, dataset: str, preset: Optional[str] = None,
                     seeds: bool = False) -> None:
     """The flags of every command that runs trials."""
@@ -69,7 +116,7 @@ def add_trial_flags(p: argparse.ArgumentParser, *, dataset: str, preset: Optiona
     else:
         p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preset", default=preset,
-                   help="smoke | quick | paper (budgets; --set overrides them; default: "
+                   help="smoke | quick | cpu-paper | paper (budgets; --set overrides them; default: "
                         + (preset or "none, the paper's budgets") + ")")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a trial-config key, e.g. nba.lambda1=1.0 (repeatable)")

@@ -64,6 +64,7 @@ class Dataset:
     x_val: Optional[torch.Tensor] = None  # the selection split (DataConfig.val_size), None without one
     y_val: Optional[torch.Tensor] = None
     val_source: str = ""  # where it came from: synthetic-draw | train-pool | test-spare | test-held-out
+    n_train_full: int = 0  # training images before `data.train_subset` (the paper counts the defender's in these)
 
 
 @dataclasses.dataclass
@@ -334,6 +335,26 @@ def stratified_indices(y: torch.Tensor, fraction: float | None = None, count: in
     return torch.sort(torch.cat(keep)).values
 
 
+# The paper's defender holds 5 % of the training data: 2,500 of CIFAR-10's 50,000 images.
+PAPER_CLEAN_SHARE = 0.05
+
+
+def clean_fraction_for(ds: Dataset, images: int | str) -> float:
+    """The clean fraction of the attacker's training set (after `data.train_subset`) that gives the
+    defender `images` clean images, or `"paper"`: 5 % of the dataset's full training set, the
+    paper's count (2,500 for CIFAR-10 whatever subset the attacker trained on). The clean set is
+    then drawn as every clean set is (`stratified_indices`, seeded), so the teacher, the study and
+    the Parquet partition stay keyed by a clean fraction; rows say how many images it was
+    (`n_clean`: per-class rounding may move it by a few on unbalanced classes)."""
+    n = len(ds.y_train)
+    count = int(round(PAPER_CLEAN_SHARE * (ds.n_train_full or n))) if images == "paper" else int(images)
+    require(count >= ds.num_classes,
+            f"clean images {count}: fewer than the {ds.num_classes} classes; give at least {ds.num_classes}")
+    require(count <= n, f"clean images {count}: the attacker's training set holds {n}; give at most {n} "
+                        f"or raise data.train_subset")
+    return count / n
+
+
 @functools.lru_cache(maxsize=4)
 def _load_cached(name: str, cfg_key: tuple, seed: int) -> Dataset:
     cfg = DataConfig(**dict(cfg_key))
@@ -360,6 +381,7 @@ def _load_cached(name: str, cfg_key: tuple, seed: int) -> Dataset:
     else:
         raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(SYNTHETIC_STYLES)}, cifar10, gtsrb, npz:PATH")
     train_all, test_all = (ds.x_train, ds.y_train), (ds.x_test, ds.y_test)
+    ds.n_train_full = len(ds.y_train)
     train_kept = test_kept = None
     if cfg.train_subset:
         train_kept = stratified_indices(ds.y_train, count=cfg.train_subset, seed=seed)

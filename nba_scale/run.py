@@ -22,6 +22,7 @@ import json
 import sys
 
 from . import cli
+from .spec import TrialConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack", default="badnets")
     p.add_argument("--defense", default="nba", help="nba | ft | fp | mcr | nad | argd | none")
     p.add_argument("--clean-fraction", type=float, default=None, help="defender's clean subset (default 0.05)")
+    p.add_argument("--clean-images", type=cli.clean_count, default=None, help=cli.CLEAN_IMAGES_HELP)
     p.add_argument("--arch", default=None, help="wrn-DEPTH-WIDTH (default wrn-16-1), preact-resnet18 or vgg16-bn")
     p.add_argument("--model", default=None, help="defend these weights (.safetensors or state_dict .pt)")
     p.add_argument("--save", default=None, help="write the repaired model to this .safetensors file")
@@ -49,6 +51,8 @@ def config_from_args(args: argparse.Namespace) -> dict:
             trial[key] = value
     sets = cli.user_set(args)
     cfg = cli.trial_config(cli.base_config(args), trial, sets, preset=args.preset)
+    cfg["clean_fraction"] = cli.clean_axis(args, None if args.clean_fraction is None else [args.clean_fraction],
+                                           [cfg.get("clean_fraction", TrialConfig.clean_fraction)], cfg)[0]
     cli.check_run([cfg], sets)
     return cfg
 
@@ -57,7 +61,8 @@ def format_summary(r: dict) -> str:
     def pct(v):
         return "   n/a" if v is None else f"{100 * v:6.2f}"
 
-    lines = [f"{r['dataset']} / {r['attack']} / {r['defense']}  clean_fraction={r['clean_fraction']} seed={r['seed']}"]
+    lines = [f"{r['dataset']} / {r['attack']} / {r['defense']}  clean_fraction={r['clean_fraction']:g}"
+             + (f" ({r['n_clean']} images)" if r.get("n_clean") else "") + f" seed={r['seed']}"]
     if r["status"] != "ok":
         return "\n".join(lines + [f"FAILED: {r['error']}"])
     lines += ["            BA %    ASR %    RA %",

@@ -72,8 +72,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {"data.synthetic_train": 1000, "data.synthetic_test": 300, "backdoor.epochs": 4,
               "teacher.epochs": 2, "defense.optim.epochs": 2, "clean_fraction": 0.1},
     "quick": {"backdoor.epochs": 30, "teacher.epochs": 10, "defense.optim.epochs": 10},
+    # The paper's defender on a CPU: quick's backdoored models (the same cache keys as `quick` with
+    # these subsets) and the paper's defender budget, its 20 defense epochs and 5 % of the full
+    # training set (PRESET_CLEAN_IMAGES: 2,500 CIFAR-10 images) whatever subset the attacker used.
+    "cpu-paper": {"backdoor.epochs": 30, "teacher.epochs": 10, "data.train_subset": 10000, "data.test_subset": 2000},
     "paper": {},
 }
+
+# The defender's clean set a preset fixes, in images (`data.clean_fraction_for`); it replaces the
+# default clean fraction (and a campaign's clean-fraction axis) unless --clean-images or
+# --clean-fraction is given.
+PRESET_CLEAN_IMAGES: dict[str, int | str] = {"cpu-paper": "paper"}
 
 
 # Learning rates for the architectures whose training diverges at the WRN recipe's, applied to every
@@ -220,6 +229,17 @@ def trial_config(*layers: dict[str, Any], preset: Optional[str] = None, keep_sec
     cfg = with_preset(cfg, preset)
     return cfg if keep_sections else drop_unused_sections(cfg)
 
+
+
+def clean_fractions(images: Sequence[int | str], config: dict[str, Any]) -> list[tuple[int, float]]:
+    """Clean-set sizes in images (or "paper") as (images, clean fraction) of the training set the
+    trials of `config` (a trial config: dataset, data section, seed) train their backdoored models on."""
+    from .data import clean_fraction_for, load_dataset
+
+    cfg = parse_config(config)
+    ds = load_dataset(cfg.dataset, cfg.data, cfg.seed)
+    fractions = [clean_fraction_for(ds, n) for n in images]
+    return [(round(f * len(ds.y_train)), f) for f in fractions]
 
 
 def check_run(configs: Sequence[dict[str, Any]], sets: dict[str, Any],

@@ -82,6 +82,17 @@ def test_a_bad_set_through_the_cli_is_one_line(tmp_path):
     one_line_exit_2(cli("nba_scale.run", "--set", "nba.lambda1=[1", "--cache-dir", tmp_path), "not plain YAML")
 
 
+@pytest.mark.parametrize("args, fragment", [
+    (["--clean-images", "0"], "argument --clean-images: must be a number of images (>= 1) or 'paper'"),
+    (["--clean-images", "5000"], "clean images 5000: the attacker's training set holds 4000; give at most 4000"),
+    (["--clean-images", "200", "--clean-fraction", "0.1"], "--clean-images and --clean-fraction"),
+    (["--preset", "smoke", "--clean-images", "5"], "fewer than the 10 classes"),
+])
+def test_a_bad_clean_set_in_images_is_one_line(tmp_path, args, fragment):
+    one_line_exit_2(cli("nba_scale.run", "--dataset", "synthetic", *args, "--cache-dir", tmp_path, "--print-config"),
+                    fragment)
+
+
 @pytest.mark.parametrize("flag, value", [("--max-concurrent", "-1"), ("--cpus-per-trial", "-1"),
                                          ("--num-samples", "-1"), ("--num-samples", "0"),
                                          ("--workers-per-trial", "0"), ("--gpus-per-trial", "nan")])

@@ -354,3 +354,17 @@ def test_a_campaign_run_seed_by_seed_records_every_seed_and_command(tmp_path):
         plan.write_manifest(args, f"python -m nba_scale.campaign table2 --seeds {seed}")
     meta = json.loads((tmp_path / "campaign.json").read_text())
     assert meta["seeds"] == [0, 1] and len(meta["commands"]) == 2
+
+
+def test_a_table_per_clean_fraction_names_the_defenders_images():
+    from nba_scale.sweep.tables import grouped_tables
+
+    rows = [{"attack": "sig", "defense": d, "clean_fraction": cf, "seed": s, "variant": "default", "status": "ok",
+             "asr": 0.1, "ba": 0.7, "asr_before": 0.9, "ba_before": 0.75, "n_clean": n}
+            for d in ("nad", "nba") for cf, n in ((0.05, 500), (0.25, 2500)) for s in (0, 1)]
+    heads = [ln for ln in grouped_tables(rows, "attack", "defense", {}) if ln.startswith("###")]
+    assert heads == ["### clean_fraction 0.05 (500 clean images)", "### clean_fraction 0.25 (2,500 clean images)"]
+    for r in rows:  # rows from before n_clean was recorded keep the bare heading
+        del r["n_clean"]
+    assert [ln for ln in grouped_tables(rows, "attack", "defense", {}) if ln.startswith("###")][0] == \
+        "### clean_fraction 0.05"

@@ -115,7 +115,9 @@ def test_a_sweep_on_the_local_cluster_survives_a_lost_worker_node(tmp_path):
     assert "artifacts: 1 to build or load, as Ray tasks" in out  # built before the trials, on the cluster
     assert "its process died; starting it again" in out, out[-4000:]
     rows = read_table(results / "cluster").to_pylist()
-    assert len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4 and len(parquet_files(results / "cluster")) == 4
+    assert len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4
+    # compacted when the sweep ended: its one partition's four one-row files are one file
+    assert [Path(f).name[:5] for f in parquet_files(results / "cluster")] == ["rows-"]
     assert all(r["status"] == "ok" for r in rows) and sum(bool(r["is_default"]) for r in rows) == 1
     points = {tuple(r[c] for c in ("nba_lambda1", "nba_lambda2", "nba_lambda3", "nba_T", "nba_beta")) for r in rows}
     assert len(points) == 4  # no trial ran twice under two ids
@@ -157,6 +159,68 @@ def test_the_aws_cluster_pins_ray_guards_its_api_and_ships_only_code():
     init = " ".join(c["initialization_commands"])
     assert "${EFS_DNS" not in init and "REPLACE-ME" in init and "exit 1" in init  # refuses to start unset
     assert "-v /mnt/shared:/mnt/shared" in c["docker"]["run_options"]
+    assert "nfs-common" in init and init.index("REPLACE-ME") < init.index("apt-get")  # the message comes first
+
+
+def test_every_node_gets_the_same_torch_build_and_spot_workers_several_zones():
+    import re
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    c = cluster_config("ray_cluster.yaml")
+    first = c["setup_commands"][0]  # before nba_scale, whose `torch>=` would otherwise pick PyPI's of the day
+    pins = dict(re.findall(r'"(torch|torchvision)==([0-9.]+)"', first))
+    assert set(pins) == {"torch", "torchvision"} and "--index-url https://download.pytorch.org/whl/cu" in first
+    deps = {Requirement(d).name: Requirement(d) for d in
+            tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]}
+    assert all(deps[name].specifier.contains(version) for name, version in pins.items())
+    assert len(c["provider"]["availability_zone"].split(",")) >= 2
+
+
+def test_a_cold_cluster_gives_trials_and_artifact_builds_the_gpus_its_autoscaler_can_start(tmp_path, monkeypatch,
+                                                                                           capsys):
+    """No GPU worker is up before the first trial asks for one (`min_workers: 0`): the GPUs per
+    trial come from the node types in the head's resolved cluster config, and the artifacts are
+    built by tasks that ask for a GPU, which is what makes the autoscaler start one."""
+    import ray
+
+    import nba_scale.trial
+    from nba_scale.sweep import execution, resources
+
+    c = cluster_config("ray_cluster.yaml")
+    # `ray up` fills each node type's resources in from its instance type (AWS): a g5.2xlarge's
+    c["available_node_types"]["gpu_worker"]["resources"] = {"CPU": 8, "GPU": 1}
+    bootstrap = tmp_path / "ray_bootstrap_config.yaml"
+    bootstrap.write_text(yaml.safe_dump(c))
+    monkeypatch.setenv("NBA_AUTOSCALING_CONFIG", str(bootstrap))
+    monkeypatch.setattr(resources, "start_ray", lambda address: None)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 0.0, resources.DRIVER_RESOURCE: 1000.0})  # the head
+    assert resources.launchable_gpus() == (1.0, "gpu_worker")
+    assert resources.default_gpus("auto") == 1.0
+    assert "1 GPU(s) on node type 'gpu_worker', which the autoscaler starts" in capsys.readouterr().out
+    c["available_node_types"]["gpu_worker"]["resources"] = {"CPU": 8}  # CPU workers only
+    bootstrap.write_text(yaml.safe_dump(c))
+    assert resources.default_gpus("auto") == 0.0
+    monkeypatch.setenv("NBA_AUTOSCALING_CONFIG", str(tmp_path / "absent.yaml"))
+    assert resources.launchable_gpus() == (0.0, "")
+
+    asked = []  # what the prebuild's Ray tasks reserve, on a cluster with no GPU up yet
+
+    def remote(**kw):
+        asked.append(kw)
+        return lambda fn: type("Task", (), {"remote": staticmethod(lambda cfg: lambda: fn(cfg))})  # a "ref"
+
+    monkeypatch.setattr(ray, "remote", remote)
+    monkeypatch.setattr(ray, "wait", lambda refs, num_returns: (refs[:1], refs[1:]))
+    monkeypatch.setattr(ray, "get", lambda ref: ref())
+    monkeypatch.setattr(nba_scale.trial, "prepare_artifacts",
+                        lambda cfg: {"status": "ok", "ba_before": 0.9, "asr_before": 1.0})
+    cfg = {"attack": "badnets", "defense": "nba", "clean_fraction": 0.05, "seed": 0}
+    for trial_gpus, task_gpus in ((1.0, 1), (0.25, 1), (0.0, 0)):
+        asked.clear()
+        assert len(execution.prebuild("cold", [cfg], "auto", trial_gpus)) == 1
+        assert asked == [{"num_cpus": 1, "num_gpus": task_gpus, "max_retries": 3}]
 
 
 def test_an_unset_efs_name_stops_the_node_with_a_message():

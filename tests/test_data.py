@@ -134,3 +134,21 @@ def test_real_dataset_offline_says_where_to_put_files(tmp_path, monkeypatch):
     assert "cifar-10-batches-py" in msg and str(tmp_path) in msg and "npz:PATH" in msg and "\n" not in msg
     with pytest.raises(ConfigError, match="unknown dataset 'mnist'; known: synthetic, synthetic-hard, cifar10, gtsrb, npz:PATH"):
         load_dataset("mnist")
+
+
+def test_the_defenders_clean_set_in_images_counts_against_the_attackers_set_and_paper_against_the_full(tmp_path):
+    from nba_scale.data import clean_fraction_for
+
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "toy.npz", x_train=rng.integers(0, 255, (400, 32, 32, 3), dtype=np.uint8),
+             y_train=np.arange(400) % 10, x_test=rng.integers(0, 255, (50, 32, 32, 3), dtype=np.uint8),
+             y_test=np.arange(50) % 10)
+    ds = load_dataset(f"npz:{tmp_path / 'toy.npz'}", DataConfig(train_subset=200), seed=3)
+    assert (ds.n_train_full, len(ds.y_train)) == (400, 200)
+    assert clean_fraction_for(ds, "paper") == 20 / 200  # 5 % of the 400, not of the attacker's 200
+    f = clean_fraction_for(ds, 50)
+    assert f == 0.25 and len(stratified_indices(ds.y_train, fraction=f, seed=3)) == 50
+    with pytest.raises(ConfigError, match="holds 200; give at most 200 or raise data.train_subset"):
+        clean_fraction_for(ds, 201)
+    with pytest.raises(ConfigError, match="fewer than the 10 classes"):
+        clean_fraction_for(ds, 9)

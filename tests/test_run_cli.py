@@ -104,6 +104,37 @@ def test_list_keys_names_every_key_the_trial_resolves_and_print_config_shows_the
     assert typo.returncode == 2 and "nba.bta" in typo.stderr
 
 
+def test_clean_images_resolve_to_the_clean_fraction_of_the_attackers_set_and_the_cpu_paper_preset_to_5pc_of_all(
+        tmp_path):
+    def shown(*args):
+        r = subprocess.run([sys.executable, "-m", "nba_scale.run", "--dataset", "synthetic", *args, "--print-config"],
+                           capture_output=True, text=True, env=ENV)
+        assert r.returncode == 0, r.stderr
+        return r, [ln for ln in r.stdout.splitlines() if ln.startswith("clean_fraction=")]
+
+    r, lines = shown("--preset", "smoke", "--clean-images", "250")  # smoke: 1,000 synthetic training images
+    assert lines == ["clean_fraction=0.25"] and "250 images = 0.25 of the attacker's training set" in r.stderr
+    r, lines = shown("--preset", "cpu-paper")  # 5 % of the 4,000 synthetic training images
+    assert lines == ["clean_fraction=0.05"] and "paper = 200 images" in r.stderr
+    assert "nba.optim.epochs=20" in r.stdout and "backdoor.epochs=30" in r.stdout
+    r, lines = shown("--preset", "cpu-paper", "--clean-fraction", "0.1")  # an explicit fraction wins
+    assert lines == ["clean_fraction=0.1"] and "clean set" not in r.stderr
+    camp = subprocess.run([sys.executable, "-m", "nba_scale.campaign", "table2", "--dataset", "synthetic", "--preset",
+                           "smoke", "--clean-images", "100", "400", "--only", "defense=nba", "--only", "attack=sig",
+                           "--results", str(tmp_path), "--print-config"], capture_output=True, text=True, env=ENV)
+    assert camp.returncode == 0, camp.stderr
+    assert [ln for ln in camp.stdout.splitlines() if ln.startswith("# ")] == [
+        "# sig-nba-cf0.1-s0", "# sig-nba-cf0.4-s0 (keys that differ from sig-nba-cf0.1-s0)"]
+
+
+@pytest.mark.slow
+def test_a_trial_given_clean_images_defends_with_that_many(tmp_path):
+    r = cli("--preset", "smoke", "--defense", "ft", "--clean-images", "150", "--set", "ft.optim.epochs=1", "--json",
+            cache=tmp_path)
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert r.returncode == 0 and out["n_clean"] == 150 and out["clean_fraction"] == 0.15, r.stderr
+
+
 def test_tune_and_campaign_print_their_trials_configs_without_running_them(tmp_path):
     import subprocess
     import sys

@@ -136,7 +136,9 @@ class Plan:
         write_json(path, {"campaign": camp.name, "file": camp.path, "title": camp.title, "paper": camp.paper,
                           "report": camp.report, "published": camp.published, "dataset": args.dataset,
                           "preset": args.preset, "seeds": sorted(set(old.get("seeds", [])) | set(args.seeds)),
-                          "set": args.set, "commands": commands})
+                          "set": args.set, "clean_images": list(dict.fromkeys(
+                              (old.get("clean_images") or []) + list(getattr(args, "clean_images", None) or []))),
+                          "commands": commands})
 
 
 def command_line(prog: str, argv: list[str]) -> str:
@@ -198,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_sweep_flags(p)
     p.add_argument("--only", action="append", default=[], metavar="AXIS=V1,V2",
                    help="restrict an axis (attack, defense, clean_fraction, variant)")
+    p.add_argument("--clean-images", nargs="+", type=cli.clean_count, default=None,
+                   help=cli.CLEAN_IMAGES_HELP + "; replaces the campaign's clean fractions (so does the preset's "
+                        "clean set: cpu-paper's 'paper')")
     p.add_argument("--name-suffix", default="", help="results go to DIR/<campaign><suffix>")
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     cli.add_config_flags(p)
@@ -225,6 +230,11 @@ def run(args: argparse.Namespace) -> int:
     if args.list_keys:
         cli.print_keys(camp.attacks, camp.defenses)
         return 0
+    fractions = cli.clean_axis(args, None, camp.clean_fractions)
+    if fractions != camp.clean_fractions:
+        print(f"{camp.name}: clean fractions {', '.join(f'{f:g}' for f in fractions)} in place of the campaign's "
+              f"{', '.join(f'{f:g}' for f in camp.clean_fractions)}", flush=True)
+        camp = dataclasses.replace(camp, clean_fractions=fractions)
     cells = camp.cells(args.seeds, parse_only(args.only))
     plan = Plan.make(camp, cells, args, Path(args.results) / f"{camp.name}{args.name_suffix}")
     if args.print_config:
@@ -258,19 +268,20 @@ def run(args: argparse.Namespace) -> int:
             print(f"nothing to run; report: python -m nba_scale.report {root} --out report/")
         return 0
     from .execution import logger_callbacks, prebuild, start_ray, weak_backdoors
-    from .store import driver_lock
+    from .store import compact, driver_lock
     from .tune import MIN_BACKDOOR_ASR
 
     t0 = time.time()
     with driver_lock(root):
         plan.write_manifest(args, command_line("nba_scale.campaign", args.argv))
         start_ray(args.address)
-        weak = weak_backdoors(prebuild(camp.name, [cfg for _, cfg in todo], args.address), MIN_BACKDOOR_ASR)
+        weak = weak_backdoors(prebuild(camp.name, [cfg for _, cfg in todo], args.address, shape.gpus), MIN_BACKDOOR_ASR)
         if weak:  # a campaign keeps its grid: said here, and the report's claims leave such attacks out
             print(f"[{camp.name}] note: the backdoored model of {', '.join(weak)} is under {MIN_BACKDOOR_ASR:.0%} ASR: "
                   f"its cells run, but there is little backdoor for their defenses to remove", flush=True)
         run_cells(camp.name, root, [{"id": c.id, "config": cfg, "row": cell_row(camp.name, c)} for c, cfg in todo],
                   shape, concurrency, args.pack, loggers=logger_callbacks(args.callback, root, camp.name))
+        compact(root)  # the cells have ended: one file per partition rather than one per row
     rows = finished_cells(root)
     missing = [c.id for c in cells if c.id not in rows]
     print(f"campaign {camp.name}: {len(cells) - len(missing)}/{len(cells)} cells ok in {time.time() - t0:.0f}s"

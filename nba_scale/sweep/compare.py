@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_trial_flags(p, dataset="synthetic", seeds=True)
     p.add_argument("--attack", nargs="+", default=["badnets"])
     p.add_argument("--defenses", nargs="+", default=["all"], help="all = the table2 grid's defenses")
-    p.add_argument("--clean-fraction", nargs="+", type=float, default=[0.05])
+    p.add_argument("--clean-fraction", nargs="+", type=float, default=None, help="default 0.05")
+    p.add_argument("--clean-images", nargs="+", type=cli.clean_count, default=None, help=cli.CLEAN_IMAGES_HELP)
     p.add_argument("--results", default="nba_results")
     p.add_argument("--name", default=None, help="default: compare_<dataset>")
     return p
@@ -50,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         get_defense(name)
     for name in args.attack:
         get_attack(name)
+    args.clean_fraction = cli.clean_axis(args, args.clean_fraction, [0.05])
     if not all(0 < cf <= 1 for cf in args.clean_fraction):
         raise ConfigError(f"--clean-fraction {args.clean_fraction}: each must be in (0, 1]")
     camp = dataclasses.replace(table2, attacks=list(args.attack), defenses=list(defenses),

@@ -107,7 +107,7 @@ def run(args, studies: list[StudyPlan], space, root: Path, sweep: str, shape,
               f"front, {'the paper default among them' if default_on else 'and the paper default'}) "
               f"at seeds {seeds}: {len(mine)} trials, {len(mine) - len(left)} done already", flush=True)
         if left:
-            built = prebuild(f"{study} confirm", [c["config"] for c in left], args.address)
+            built = prebuild(f"{study} confirm", [c["config"] for c in left], args.address, shape.gpus)
             weak = weak_backdoors(built, min_backdoor_asr(args))
             if weak:  # kept, as a campaign keeps its cells: the summary leaves such seeds out
                 print(f"[{study}] note: the backdoored model of {', '.join(weak)} is under "

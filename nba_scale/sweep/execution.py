@@ -83,13 +83,15 @@ def run_config(name: str, storage: Path, callbacks: list, retries: int = 0) -> t
                           failure_config=tune.FailureConfig(max_failures=retries))
 
 
-def prebuild(label: str, configs: list[dict[str, Any]], address: str | None = None
+def prebuild(label: str, configs: list[dict[str, Any]], address: str | None = None, gpus: float = 0.0
              ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """Every distinct backdoored model, and a teacher where some trial's defense needs one, once,
     before the trials start: otherwise the first trials build them while the others wait on the
     cache's lock, holding their share of a CPU or GPU idle. Here (no `address`) with every core;
-    on a cluster as Ray tasks, in parallel, each with a whole GPU where the cluster has GPUs
-    (retried on another node if theirs is lost), into the shared `--cache-dir`. Returns each
+    on a cluster as Ray tasks, in parallel, each with a whole GPU where the trials get GPUs
+    (`gpus`, a trial's share) or the cluster has some up (retried on another node if theirs is
+    lost), into the shared `--cache-dir`. On a cold cluster the GPU tasks are what make the
+    autoscaler start the GPU workers: asking for none would build every model on a CPU. Returns each
     distinct artifact set's config with what `prepare_artifacts` said of it (its `asr_before`...)."""
     from ..trial import prepare_artifacts
 
@@ -104,7 +106,7 @@ def prebuild(label: str, configs: list[dict[str, Any]], address: str | None = No
         return built
     import ray
 
-    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    gpus = 1 if gpus > 0 or ray.cluster_resources().get("GPU", 0) >= 1 else 0
     task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=CLUSTER_RETRIES)(prepare_artifacts)
     print(f"[{label}] artifacts: {len(groups)} to build or load, as Ray tasks ({gpus} GPU, 1 CPU each) ...", flush=True)
     t0, pending = time.time(), {task.remote(cfg): cfg for cfg in groups}

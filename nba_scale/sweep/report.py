@@ -259,10 +259,11 @@ def campaign_section(root: Path, out: Path) -> list[str]:
 def claims_section(rows: list[dict], spec: dict) -> list[str]:
     """The paper's claims, checked per clean fraction (each its own budget)."""
     from .claims import claim_lines
+    from .tables import clean_images
 
     cfs = sorted({r["clean_fraction"] for r in rows})
-    return [ln for cf in cfs for ln in claim_lines([r for r in rows if r["clean_fraction"] == cf], spec,
-                                                   f", clean fraction {cf:g}" if len(cfs) > 1 else "")]
+    return [ln for cf in cfs for sel in [[r for r in rows if r["clean_fraction"] == cf]]
+            for ln in claim_lines(sel, spec, f", clean fraction {cf:g}{clean_images(sel)}" if len(cfs) > 1 else "")]
 
 
 def _orders(meta: dict) -> dict[str, list]:

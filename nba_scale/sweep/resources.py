@@ -75,8 +75,11 @@ def driver_resources() -> dict[str, float]:
 
 def default_gpus(address: str | None) -> float:
     """GPUs per trial when --gpus-per-trial is not given: one where there are GPUs (this machine's,
-    or the cluster's), else none. Ray hides the GPUs from a trial that asks for none, so a default
-    of 0 would run every trial of a GPU machine on its CPU."""
+    the cluster's, or a node type's the cluster's autoscaler can start), else none. Ray hides the
+    GPUs from a trial that asks for none, so a default of 0 would run every trial of a GPU machine
+    on its CPU; and a cluster whose GPU workers are not up yet (every cold start: `min_workers: 0`)
+    would then ask the autoscaler for CPUs alone and train on the GPU workers' CPUs for hours."""
+    where = "found"
     if address is None:
         import torch
 
@@ -86,10 +89,38 @@ def default_gpus(address: str | None) -> float:
 
         start_ray(address)
         n = ray.cluster_resources().get("GPU", 0)
+        if not n:
+            n, node_type = launchable_gpus()
+            where = f"on node type {node_type!r}, which the autoscaler starts when trials ask for it"
     if n:
-        print(f"{n:g} GPU(s) found: each trial gets one (--gpus-per-trial 0.25 shares one between four "
+        print(f"{n:g} GPU(s) {where}: each trial gets one (--gpus-per-trial 0.25 shares one between four "
               f"trials; 0 runs them on the CPU)", flush=True)
     return 1.0 if n else 0.0
+
+
+# Where `ray up` leaves the cluster's resolved config on the head (its `--autoscaling-config`), the
+# node types' CPUs and GPUs filled in from the instance types; the driver of `ray job submit`
+# runs there. NBA_AUTOSCALING_CONFIG names another file (a KubeRay or hand-started head).
+AUTOSCALING_CONFIG = "~/ray_bootstrap_config.yaml"
+
+
+def launchable_gpus(path: str | None = None) -> tuple[float, str]:
+    """The most GPUs one node of a type the autoscaler may start offers, and that type's name:
+    (0, "") without the file or without such a type."""
+    import yaml
+
+    file = Path(os.path.expanduser(path or os.environ.get("NBA_AUTOSCALING_CONFIG") or AUTOSCALING_CONFIG))
+    try:
+        doc = yaml.safe_load(file.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return 0.0, ""
+    best = (0.0, "")
+    for name, node in (doc.get("available_node_types") or {}).items():
+        node = node or {}
+        gpus = float((node.get("resources") or {}).get("GPU", 0) or 0)
+        if name != doc.get("head_node_type") and node.get("max_workers", doc.get("max_workers", 0)) and gpus > best[0]:
+            best = (gpus, name)
+    return best
 
 
 def start_ray(address: str | None) -> None:

@@ -2,7 +2,9 @@
 
 Layout: `DIR/dataset=D/attack=A/defense=F/clean_fraction=C/trial-<trial_id>.parquet`. One file
 per trial makes a row's write atomic (temp file + rename) and idempotent: a trial written again
-after a resume replaces its own file, so a sweep never holds duplicate rows. Config keys become
+after a resume replaces its own file, so a sweep never holds duplicate rows. When a sweep or a
+campaign ends, each partition's files become one `rows-<ns>.parquet` (`compact`); a row written
+later (a retried cell) wins over its compacted copy. Config keys become
 columns by one rule, `column_name`: dots become underscores (`nba.lambda1` -> `nba_lambda1`).
 Files may differ in columns (a new hyper-parameter, a new metric): readers unify schemas by name.
 
@@ -161,28 +163,90 @@ def read_curves(root: str | os.PathLike) -> pa.Table:
     return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
 
 
-def read_table(root: str | os.PathLike) -> pa.Table:
-    """All rows under `root` (one sweep, or a folder of sweeps), schemas unified by column name,
-    with the partition columns recovered from each file's path."""
-    tables, bad = [], []
-    for f in parquet_files(root):
+# A partition's rows compacted into one file (`compact`): `rows-<time ns>.parquet` beside, or in
+# place of, the one-row `trial-<id>.parquet` files.
+COMPACTED = "rows-"
+
+
+def _by_precedence(files: list[str]) -> list[str]:
+    """Row files in the order their rows win when two hold the same trial (`_read_rows`): within a
+    folder, one-row files first (the newest write of a trial: a cell retried after compaction),
+    then compacted files, newest first. Only a compaction interrupted between its write and its
+    removals leaves a trial in two files, and then both hold the same row."""
+    def key(f: str) -> tuple:
+        name = Path(f).name
+        stamp = name[len(COMPACTED):-len(".parquet")]
+        compacted = name.startswith(COMPACTED)
+        return str(Path(f).parent), compacted, -int(stamp) if compacted and stamp.isdigit() else 0, name
+    return sorted(files, key=key)
+
+
+def _read_rows(files: list[str], where: str | os.PathLike) -> list[tuple[str, pa.Table]]:
+    """Each readable file's table, each trial's row once per folder (`_by_precedence`)."""
+    import pyarrow.compute as pc
+
+    out, bad, seen = [], [], {}
+    for f in _by_precedence(files):
         try:
             t = pq.read_table(f)
         except (pa.ArrowException, OSError) as e:  # one damaged file must not hide every other row
             bad.append(f"{f} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
             continue
+        ids = seen.setdefault(str(Path(f).parent), set())
+        if "trial_id" in t.column_names and len(t):
+            if ids:
+                t = t.filter(pc.invert(pc.is_in(t["trial_id"], value_set=pa.array(sorted(ids), pa.string()))))
+            ids.update(str(i) for i in t["trial_id"].to_pylist())
+        out.append((f, t))
+    if bad:
+        print(f"warning: skipped {len(bad)} unreadable Parquet file(s) under {where}: {'; '.join(bad[:3])}"
+              f"{' ...' if len(bad) > 3 else ''}", file=sys.stderr, flush=True)
+    return out
+
+
+def read_table(root: str | os.PathLike) -> pa.Table:
+    """All rows under `root` (one sweep, or a folder of sweeps), schemas unified by column name,
+    with the partition columns recovered from each file's path."""
+    tables = []
+    for f, t in _read_rows(parquet_files(root), root):
         parts = dict(seg.split("=", 1) for seg in Path(f).parent.parts if "=" in seg)
         for key in PARTITIONS:
             if key in parts and key not in t.column_names:
                 value = float(parts[key]) if key == "clean_fraction" else parts[key]
                 t = t.append_column(key, pa.array([value] * len(t)))
         tables.append(t)
-    if bad:
-        print(f"warning: skipped {len(bad)} unreadable Parquet file(s) under {root}: {'; '.join(bad[:3])}"
-              f"{' ...' if len(bad) > 3 else ''}", file=sys.stderr, flush=True)
     if not tables:
         return pa.table({})
     return pa.concat_tables(tables, promote_options="permissive")
+
+
+def compact(root: str | os.PathLike) -> int:
+    """Each partition folder under `root` with more than one row file gets one `rows-<ns>.parquet`
+    holding all its rows, and loses the files it was made from: a study of thousands of trials
+    is thousands of one-row files, which every read lists and opens one by one (slow on EFS/NFS).
+    The new file is complete before any old one goes (`atomic_write`), and readers keep each
+    trial's row once, so an interrupted compaction loses nothing and counts nothing twice. Run by
+    a driver when its trials have ended (it holds the folder's `driver_lock`: no row is being
+    written); a damaged file is left where it is. Returns how many files were folded in."""
+    import time
+
+    folders: dict[Path, list[str]] = {}
+    for f in parquet_files(root):
+        folders.setdefault(Path(f).parent, []).append(f)
+    folded = 0
+    for folder, files in sorted(folders.items()):
+        if len(files) < 2:
+            continue
+        read = _read_rows(files, folder)
+        tables = [t for _, t in read if len(t)]
+        if not tables:
+            continue
+        with atomic_write(folder / f"{COMPACTED}{time.time_ns()}.parquet") as tmp:
+            pq.write_table(pa.concat_tables(tables, promote_options="permissive"), tmp)
+        for f, _ in read:
+            os.unlink(f)
+        folded += len(read)
+    return folded
 
 
 def pareto_mask(asr: Iterable[float], ba: Iterable[float]) -> list[bool]:

@@ -70,6 +70,13 @@ def pivot(rows: list[dict], row_axis: str, col_axis: str, orders: dict[str, list
     return lines
 
 
+def clean_images(rows: list[dict]) -> str:
+    """" (2,500 clean images)": how many images the defender held in `rows` (their `n_clean`), the
+    count the paper's budgets are stated in; "" for rows from before it was recorded."""
+    n = sorted({int(r["n_clean"]) for r in rows if r.get("n_clean")})
+    return "" if not n else f" ({n[0]:,} clean images)" if len(n) == 1 else f" ({n[0]:,}-{n[-1]:,} clean images)"
+
+
 def grouped_tables(rows: list[dict], row_axis: str, col_axis: str, orders: dict[str, list]) -> list[str]:
     """`pivot` per value of the axes that are neither rows nor columns and take several values
     (a `### clean_fraction 0.1` heading above each)."""
@@ -80,8 +87,8 @@ def grouped_tables(rows: list[dict], row_axis: str, col_axis: str, orders: dict[
     for key in sorted({tuple(r[a] for a in groups) for r in rows}, key=str):
         sel = [r for r in rows if tuple(r[a] for a in groups) == key]
         if groups:
-            lines += ["### " + ", ".join(f"{a} {v:g}" if isinstance(v, float) else f"{a} {v}"
-                                          for a, v in zip(groups, key)), ""]
+            lines += ["### " + ", ".join(f"{a} {v:g}" + (clean_images(sel) if a == "clean_fraction" else "")
+                                          if isinstance(v, float) else f"{a} {v}" for a, v in zip(groups, key)), ""]
         lines += pivot(sel, row_axis, col_axis, orders) + [""]
     return lines
 

@@ -162,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_trial_flags(p, dataset="cifar10", preset="quick")
     cli.add_sweep_flags(p)
     p.add_argument("--defense", default="nba")
-    p.add_argument("--clean-fraction", nargs="+", type=float, default=[0.05])
+    p.add_argument("--clean-fraction", nargs="+", type=float, default=None,
+                   help="the defender's clean subset(s) of the training set, one study each (default 0.05)")
+    p.add_argument("--clean-images", nargs="+", type=cli.clean_count, default=None, help=cli.CLEAN_IMAGES_HELP)
     p.add_argument("--space", default=None, help="search space YAML (default search_spaces/<defense>.yaml)")
     p.add_argument("--num-samples", type=cli.count, default=None, help="trials per study (preset default)")
     p.add_argument("--name", default=None)
@@ -355,6 +357,7 @@ def run(args: argparse.Namespace) -> int:
         cli.print_keys(args.attack, [args.defense])
         return 0
     space = search_space(args)
+    args.clean_fraction = cli.clean_axis(args, args.clean_fraction, [0.05])
     from .execution import Shape
 
     shape = Shape.from_args(args)
@@ -394,7 +397,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .execution import logger_callbacks, prebuild, start_ray, weak_backdoors
     from .results import load, plot, print_pareto
-    from .store import driver_lock, parquet_files
+    from .store import compact, driver_lock, read_table
     from .study import JOURNAL, open_storage
 
     t0 = time.time()
@@ -407,7 +410,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"Optuna studies ({name}/<study>) in {where}: optuna-dashboard {where}", flush=True)
         # Every distinct artifact of every study before the trials, rather than in the first of
         # them while the others wait on its lock.
-        built = prebuild(name, [at_default(s.base, a, space) for s in studies for a in s.each_attack()], args.address)
+        built = prebuild(name, [at_default(s.base, a, space) for s in studies for a in s.each_attack()], args.address,
+                         shape.gpus)
         weak = weak_backdoors(built, min_backdoor_asr(args))
         if weak:
             raise ConfigError(
@@ -424,7 +428,8 @@ def run(args: argparse.Namespace) -> int:
             from . import confirm
 
             confirm.run(args, studies, space, root, name, shape, max_concurrent)
-    print(f"done in {time.time() - t0:.0f}s: {len(parquet_files(root))} rows in {root}", flush=True)
+        compact(root)  # the trials have ended: one file per partition rather than one per row
+    print(f"done in {time.time() - t0:.0f}s: {read_table(root).num_rows} rows in {root}", flush=True)
     print_pareto(root)
     # "_" first: Parquet readers of the folder (pyarrow.dataset, hive partitioning) skip it.
     png = root / "_pareto.png"
