@@ -11,7 +11,7 @@ Formats (docs/CONVERT.md lists the exact key patterns):
 - `nad`: the NAD authors' WideResNet (`block{1,2,3}.layer.{i}.{bn1,conv1,bn2,conv2,convShortcut}`,
   `conv1`, `bn1`, `fc`), fed raw [0, 1] pixels (mean 0, std 1); depth and width read from the keys.
 - `backdoorbench`: BackdoorBench's `attack_result.pt` (the state dict under `model`, the
-  architecture under `model_name`: preactresnet18 or vgg16_bn) or a bare state dict of those
+  architecture under `model_name`: preactresnet18 or vgg19_bn) or a bare state dict of those
   layouts; their inputs are normalised outside the model with the dataset's statistics
   (`--dataset cifar10 | gtsrb`, or `--mean/--std`).
 - `torchvision`: a plain `model.state_dict()` whose names are already ours (`--arch`), trained
@@ -26,6 +26,7 @@ its source on our [0, 1] inputs.
 from __future__ import annotations
 
 import argparse
+import codecs
 import collections
 import json
 import os
@@ -47,7 +48,10 @@ FORMATS = ("nad", "backdoorbench", "torchvision")
 # get_dataset_normalization; torchvision's ImageNet default).
 STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)), "gtsrb": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
          "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), "raw": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))}
-BACKDOORBENCH_ARCHS = {"preactresnet18": "preact-resnet18", "vgg16_bn": "vgg16-bn", "vgg16": "vgg16-bn"}
+# BackdoorBench's `model_name`s with a counterpart here. Their VGG is torchvision's vgg19_bn (a 7x7
+# pool, three linear layers); their "vgg16" is torchvision's vgg16 without BatchNorm, which
+# nothing here matches (our vgg16-bn is kuangliu's CIFAR VGG, for --from torchvision).
+BACKDOORBENCH_ARCHS = {"preactresnet18": "preact-resnet18", "vgg19_bn": "vgg19-bn"}
 
 
 class _Inert:
@@ -64,8 +68,11 @@ class _Inert:
         return type(self)(*args)
 
 
+# `_codecs.encode` (str -> bytes, nothing else) is how pickle protocol 2, torch.save's, writes bytes;
+# torch's own weights_only loader allows it too.
 _ALLOWED = {("collections", "OrderedDict"): collections.OrderedDict, ("builtins", "set"): set,
-            ("builtins", "frozenset"): frozenset, ("builtins", "slice"): slice, ("torch", "Size"): torch.Size}
+            ("builtins", "frozenset"): frozenset, ("builtins", "slice"): slice, ("torch", "Size"): torch.Size,
+            ("_codecs", "encode"): codecs.encode}
 
 
 class _TensorsOnly(pickle.Unpickler):
@@ -171,7 +178,7 @@ def convert(src: Path, fmt: str, arch: str | None = None, classes: int | None = 
             raise ConfigError(f"BackdoorBench model {name!r} has no counterpart here; supported: "
                               f"{', '.join(BACKDOORBENCH_ARCHS)}")
         if found is None:  # a bare state dict: recognise the layout by its keys
-            found = "vgg16-bn" if "features.0.weight" in state else "preact-resnet18"
+            found = "vgg19-bn" if "classifier.6.weight" in state else "preact-resnet18"
         default_stats = STATS.get(dataset or "cifar10")
         if default_stats is None:
             raise ConfigError(f"--dataset {dataset!r}: known {', '.join(STATS)}; or give --mean and --std")
@@ -185,11 +192,11 @@ def convert(src: Path, fmt: str, arch: str | None = None, classes: int | None = 
     # A file that already carries our buffers knows its own normalisation.
     carried = [tuple(state[k].flatten().tolist()) if k in state else None for k in ("mean", "std")]
     mean, std = mean or carried[0] or default_stats[0], std or carried[1] or default_stats[1]
-    head = state.get("fc.weight", state.get("linear.weight", state.get("classifier.weight")))
+    head = next((state[k] for k in ("fc.weight", "linear.weight", "classifier.weight", "classifier.6.weight")
+                 if k in state), None)
     if head is None or head.dim() != 2:
-        raise CheckpointError(f"{src}: no single linear classifier head (fc / linear / classifier.weight) among "
-                              f"its keys; torchvision's ImageNet-style heads (classifier.0 ... classifier.6) are not "
-                              f"a layout here")
+        raise CheckpointError(f"{src}: no linear classifier head (fc / linear / classifier / classifier.6 .weight) "
+                              f"among its keys")
     classes = classes or head.shape[0]
     model = build_model(arch, classes, mean, std)
     ours = model.state_dict()
@@ -208,6 +215,66 @@ def convert(src: Path, fmt: str, arch: str | None = None, classes: int | None = 
     sidecar = {"arch": arch, "classes": classes, "mean": list(mean), "std": list(std), "source": fmt,
                "from_file": str(src)}
     return state, sidecar
+
+
+def _plain_int(v: Any) -> int | None:
+    """An int from a pickle read by `_TensorsOnly`: a Python int, or a NumPy integer scalar, which
+    arrives inert as numpy's `scalar(dtype, raw bytes)` and is decoded from its bytes here (never
+    by running NumPy's reconstructor); None for anything else."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    args = getattr(v, "args", ())
+    if isinstance(v, _Inert) and type(v).__name__.endswith("multiarray.scalar]") and len(args) == 2 \
+            and isinstance(args[1], bytes) and len(args[1]) in (1, 2, 4, 8):
+        dtype = getattr(args[0], "args", ("",))[0]
+        if isinstance(dtype, str) and dtype[:1] in ("i", "u"):
+            return int.from_bytes(args[1], "little", signed=dtype[0] == "i")
+    return None
+
+
+def read_backdoorbench_test(folder: Path) -> dict[str, Any]:
+    """BackdoorBench's triggered test set as `data.load_poisoned_test` takes it: {"x" (uint8 N x H x
+    W x 3), "target", "y"}. Their attacks write it as `RECORD/bd_test_dataset/<true label>/<test
+    index>.png` (utils/bd_dataset_v2.py, `poisonedCLSDataContainer`) and the label each image is
+    scored against in `RECORD/attack_result.pt` (`bd_test` -> `bd_data_container` -> `data_dict`:
+    {index: {"path", "other_info": [target, true label]}}), read here tensors-only like their
+    models. `folder`: the record folder or its `bd_test_dataset/`."""
+    import numpy as np
+    from PIL import Image
+
+    folder = Path(folder).expanduser()
+    images = folder / "bd_test_dataset" if (folder / "bd_test_dataset").is_dir() else folder
+    record = images.parent
+    files = sorted((p for p in images.glob("*/*.png") if p.parent.name.isdigit() and p.stem.isdigit()),
+                   key=lambda p: int(p.stem))
+    if not files:
+        raise ConfigError(f"--poisoned-test {folder}: no BackdoorBench test images (bd_test_dataset/<label>/<index>.png)"
+                          f"; give their attack's record folder or an .npz with x and target")
+    result = record / "attack_result.pt"
+    if not result.is_file():
+        raise ConfigError(f"--poisoned-test {folder}: {result} is missing; BackdoorBench keeps each image's target "
+                          f"label there: copy the record folder whole")
+    try:
+        obj = read_checkpoint(result)
+        entries = obj["bd_test"]["bd_data_container"]["data_dict"].values()
+    except (CheckpointError, KeyError, TypeError, AttributeError):
+        raise ConfigError(f"--poisoned-test {folder}: {result} holds no bd_test data_dict (BackdoorBench's "
+                          f"attack_result.pt of bd_dataset_v2); give an .npz with x and target instead") from None
+    targets: dict[tuple[int, int], int] = {}
+    for e in entries:
+        info = e.get("other_info") if isinstance(e, dict) else None
+        path = Path(str(e.get("path", ""))) if isinstance(e, dict) else Path()
+        target = _plain_int(info[0]) if isinstance(info, (list, tuple)) and info else None
+        if target is not None and path.stem.isdigit() and path.parent.name.isdigit():
+            targets[(int(path.parent.name), int(path.stem))] = target
+    missing = [f for f in files if (int(f.parent.name), int(f.stem)) not in targets]
+    if missing:
+        raise ConfigError(f"--poisoned-test {folder}: {len(missing)} image(s) have no target label in {result} "
+                          f"(first: {missing[0].relative_to(record)}); the folder and the file are of different runs")
+    x = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files]).astype(np.uint8)
+    y = np.array([int(f.parent.name) for f in files], dtype=np.int64)
+    target = np.array([targets[(int(f.parent.name), int(f.stem))] for f in files], dtype=np.int64)
+    return {"x": x, "target": target, "y": y}
 
 
 def writable_target(path: Path, name: str) -> None:

@@ -87,20 +87,27 @@ class PoisonedData:
 
 def load_poisoned_test(path: str | os.PathLike, num_classes: int, image_shape: tuple[int, ...] = (3, 32, 32)
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """An attacker's own triggered test set (`--poisoned-test`): an .npz with `x` (uint8 images,
+    """An attacker's own triggered test set (`--poisoned-test`): BackdoorBench's record folder
+    (`convert.read_backdoorbench_test`), or an .npz with `x` (uint8 images,
     N x H x W x 3 or N x 3 x H x W, the dataset's size), `target` (the label ASR counts: one int,
     or one per image) and optionally `y` (the images' true labels, for RA; without it RA is NaN).
     Returns (x, y_target, y_true) with y_true -1 where unknown. Anything else is a ConfigError
     naming the fix: a set the model cannot be scored on is never scored."""
     path = Path(path).expanduser()
     where = f"--poisoned-test {path}"
-    require(path.is_file(), f"--poisoned-test {str(path)!r} is not a file; give an .npz with x (uint8) and target")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as e:  # noqa: BLE001 -- a truncated zip raises BadZipFile, EOFError or zlib.error, not OSError
-        raise ConfigError(f"cannot read {where} ({type(e).__name__}: {str(e)[:120]}); "
-                          f"give an .npz written by numpy.savez with x (uint8) and target") from None
+    require(path.exists(), f"--poisoned-test {str(path)!r} is not a file; give an .npz with x (uint8) and target, "
+                           f"or a BackdoorBench record folder")
+    if path.is_dir():  # BackdoorBench's own: RECORD/bd_test_dataset/<label>/<index>.png + attack_result.pt
+        from .convert import read_backdoorbench_test
+
+        arrays = read_backdoorbench_test(path)
+    else:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except Exception as e:  # noqa: BLE001 -- a truncated zip raises BadZipFile, EOFError or zlib.error, not OSError
+            raise ConfigError(f"cannot read {where} ({type(e).__name__}: {str(e)[:120]}); "
+                              f"give an .npz written by numpy.savez with x (uint8) and target") from None
     require("x" in arrays and "target" in arrays,
             f"{where} holds {sorted(arrays)}; it needs x (uint8 images) and target (the label)")
     x = arrays["x"]

@@ -50,3 +50,12 @@ def score(model: torch.nn.Module, x_test: torch.Tensor, y_test: torch.Tensor, po
         "ra": (pred == poisoned.y_test_true).float().mean().item()
         if len(pred) and bool((poisoned.y_test_true >= 0).all()) else float("nan"),
     }
+
+
+def der(asr_before: float, ba_before: float, asr: float, ba: float) -> float:
+    """BackdoorBench's defense effectiveness rating (Wu et al., NeurIPS 2022 Datasets and
+    Benchmarks, section 4): [max(0, ΔASR) - max(0, ΔBA) + 1] / 2 with ΔASR = ASR before - after
+    and ΔBA = BA before - after, in [0, 1]; 0.5 for a defense that changes neither, 1 for one that
+    removes the whole backdoor at no cost in accuracy. It rewards the ASR removed and charges the
+    accuracy lost one for one, and ignores gains in accuracy."""
+    return (max(0.0, asr_before - asr) - max(0.0, ba_before - ba) + 1) / 2

@@ -5,8 +5,10 @@ Built in (CIFAR-sized inputs; `--set arch=...` or `--set model.arch=...`):
   the paper's. Taps: the three group outputs (B,16W,32,32), (B,32W,16,16), (B,64W,8,8).
 - `preact-resnet18`: pre-activation ResNet-18, BackdoorBench's layout and parameter names (no
   BN before the pooling). Taps: `layer2`, `layer3`, `layer4` (the last three stages).
-- `vgg16-bn`: the CIFAR VGG-16 with BatchNorm that BackdoorBench and kuangliu/pytorch-cifar use
-  (`features.N`, one linear `classifier`). Taps: its last three stages, before their pooling.
+- `vgg16-bn`: the CIFAR VGG-16 with BatchNorm of kuangliu/pytorch-cifar (`features.N`, one
+  linear `classifier`). Taps: its last three stages, before their pooling.
+- `vgg19-bn`: torchvision's `vgg19_bn`, as BackdoorBench trains it on 32-px images (a 7x7 pool
+  and three linear layers). Taps as `vgg16-bn`'s.
 
 Every model takes floats in [0, 1] and normalises them itself (buffers `mean`, `std`), so
 triggers and PGD budgets are in pixel space. `model(x, features=True)` returns (logits, taps):
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 
 from .config import ConfigError
 
-__all__ = ["ARCHS", "Classifier", "PreActResNet18", "Tapped", "VGG16BN", "WideResNet", "build_model", "head",
+__all__ = ["ARCHS", "Classifier", "PreActResNet18", "Tapped", "VGG16BN", "VGG19BN", "WideResNet", "build_model", "head",
            "last_conv", "parse_arch"]
 
 
@@ -193,14 +195,47 @@ class VGG16BN(Classifier):
         return self.classifier(torch.flatten(F.adaptive_avg_pool2d(o, 1), 1))
 
 
-ARCHS = ("wrn-DEPTH-WIDTH", "preact-resnet18", "vgg16-bn")
+VGG19 = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
+
+
+class VGG19BN(Classifier):
+    """torchvision's `vgg19_bn` layout, which BackdoorBench trains on 32-px images (their
+    `model_name: vgg19_bn`, utils/aggregate_block/model_trainer_generate.py): the same parameter
+    names (`features.N`, `classifier.0/3/6`), a 7x7 adaptive average pool (on 32-px inputs the
+    last stage's 1x1 map repeated 49 times) and a three-layer classifier, 139 M parameters. Taps
+    as VGG16BN's. Its head reads 4,096 hidden units rather than pooled channels, so the defenses
+    and attacks that work on those channels (Fine-Pruning, TrojanNN) refuse it (`reads_channels`)."""
+    reads_channels = False
+
+    def __init__(self, num_classes: int = 10, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)):
+        super().__init__(mean, std)
+        layers: list[nn.Module] = []
+        cin, pools = 3, []
+        for v in VGG19:
+            if v == "M":
+                pools.append(len(layers))
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(cin, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
+                cin = v
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+        self.classifier = nn.Sequential(nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(),
+                                        nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(), nn.Linear(4096, num_classes))
+        self.taps = tuple(f"features.{i - 1}" for i in pools[-3:])
+
+    def logits(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+ARCHS = ("wrn-DEPTH-WIDTH", "preact-resnet18", "vgg16-bn", "vgg19-bn")
 
 
 def parse_arch(arch: str) -> tuple[int, int]:
     m = re.fullmatch(r"wrn-(\d+)-(\d+)", arch.lower())
     if not m:
         raise ConfigError(f"unknown arch {arch!r}; use wrn-DEPTH-WIDTH (e.g. wrn-16-1, the default), "
-                          f"preact-resnet18 or vgg16-bn")
+                          f"preact-resnet18, vgg16-bn or vgg19-bn")
     return int(m.group(1)), int(m.group(2))
 
 
@@ -210,6 +245,8 @@ def build_model(arch: str, num_classes: int, mean, std, taps: Sequence[str] | No
         model: Classifier = PreActResNet18(num_classes, mean, std)
     elif name == "vgg16-bn":
         model = VGG16BN(num_classes, mean, std)
+    elif name == "vgg19-bn":
+        model = VGG19BN(num_classes, mean, std)
     else:
         depth, widen = parse_arch(arch)
         model = WideResNet(depth, widen, num_classes, mean, std)
@@ -219,9 +256,14 @@ def build_model(arch: str, num_classes: int, mean, std, taps: Sequence[str] | No
     return model
 
 
-def head(model: nn.Module) -> nn.Linear:
+def head(model: nn.Module, who: str = "") -> nn.Linear:
     """The linear layer that makes the logits from the pooled last-stage channels (the last
-    `nn.Linear` in the model)."""
+    `nn.Linear` in the model). `who` (a plug-in that works on those channels) is refused in one
+    line on a model whose head reads something else (VGG19BN's hidden units)."""
+    if who and not getattr(model, "reads_channels", True):
+        raise ConfigError(f"{who} works on the pooled last-stage channels the classifier reads; "
+                          f"{type(model).__name__}'s head reads hidden units of a three-layer classifier: use "
+                          f"another defense or attack with this architecture")
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise ConfigError(f"{type(model).__name__} has no nn.Linear classifier head")

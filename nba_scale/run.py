@@ -67,7 +67,9 @@ def format_summary(r: dict) -> str:
         return "\n".join(lines + [f"FAILED: {r['error']}"])
     lines += ["            BA %    ASR %    RA %",
               f"before   {pct(r['ba_before'])}  {pct(r['asr_before'])}  {pct(r['ra_before'])}",
-              f"after    {pct(r['ba'])}  {pct(r['asr'])}  {pct(r['ra'])}",
+              f"after    {pct(r['ba'])}  {pct(r['asr'])}  {pct(r['ra'])}"
+              + (f"   DER {pct(r['der'])} (BackdoorBench's rating: 50 no change, 100 all removed, no BA lost)"
+                 if r.get("der") is not None else ""),
               f"wall {r['wall_s']:.1f}s  artifacts: " + ", ".join(
                   f"{k} {'cached' if v['cached'] else 'built'}" for k, v in r.get("artifacts", {}).items())]
     return "\n".join(lines)

@@ -47,7 +47,7 @@ class TrialConfig:
     cache_dir: Optional[str] = None  # artifact cache (default $NBA_CACHE_DIR or ~/.cache/nba_scale/artifacts)
     model_path: Optional[str] = None  # defend these weights (safetensors / state_dict) instead of training one
     save_path: Optional[str] = None  # write the repaired model here (.safetensors)
-    poisoned_test: Optional[str] = None  # the attacker's own triggered test set (.npz, data.load_poisoned_test)
+    poisoned_test: Optional[str] = None  # the attacker's own triggered test set (.npz or BackdoorBench's record folder)
     eval_exclude_target: bool = False  # NAD's clean accuracy drops target-class test images
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     backdoor: OptimConfig = dataclasses.field(default_factory=backdoor_optim)
@@ -57,8 +57,9 @@ class TrialConfig:
 
     def validate(self) -> None:
         require(0 < self.clean_fraction <= 1, f"clean_fraction={self.clean_fraction} must be in (0, 1]")
-        require(self.poisoned_test is None or Path(self.poisoned_test).expanduser().is_file(),
-                f"poisoned_test={self.poisoned_test!r} is not a file; give an .npz with x (uint8) and target")
+        require(self.poisoned_test is None or Path(self.poisoned_test).expanduser().exists(),
+                f"poisoned_test={self.poisoned_test!r} is not a file; give an .npz with x (uint8) and target, "
+                f"or a BackdoorBench record folder (bd_test_dataset/ and attack_result.pt)")
         require(self.precision != "bf16" or "no" not in (self.backdoor.precision, self.teacher.precision),
                 FP32_STAGE_REFUSED)
         require(self.model_path is None or Path(self.model_path).is_file(),

@@ -43,7 +43,7 @@ from .checkpoints import load_into, save_weights
 from .config import ConfigError, build, key_fields
 from .data import Dataset, PoisonedData, load_dataset, load_poisoned_test, stratified_indices
 from .defenses import Defense, DefenseContext, get_defense
-from .metrics import score
+from .metrics import der, score
 from .models import build_model
 from .provenance import code_version, device_name
 # The spec, re-exported: `from nba_scale.trial import TrialConfig, PRESETS, with_preset, ...` keeps working.
@@ -451,6 +451,8 @@ def run_pack(configs: list[dict[str, Any]], report: Optional[Callable[..., None]
     results = []
     for k, (cfg, d) in enumerate(zip(cfgs, defenses)):
         mine = {**outcome, **per[k]} if outcome["status"] == "ok" else outcome
+        if mine.get("status") == "ok" and mine.get("asr_before") is not None:
+            mine = {**mine, "der": der(mine["asr_before"], mine["ba_before"], mine["asr"], mine["ba"])}
         pack = {"pack_size": len(cfgs), "member": k} if len(cfgs) > 1 else {}
         results.append({**_identity(cfg, params["attack"], d.cfg), **mine, **pack, "wall_s": wall})
     return results

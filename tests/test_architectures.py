@@ -13,6 +13,7 @@ ARCHS = {  # arch -> (tap shapes on a 32-px image, classifier width)
     "wrn-16-1": ([(16, 32, 32), (32, 16, 16), (64, 8, 8)], 64),
     "preact-resnet18": ([(128, 16, 16), (256, 8, 8), (512, 4, 4)], 512),
     "vgg16-bn": ([(256, 8, 8), (512, 4, 4), (512, 2, 2)], 512),
+    "vgg19-bn": ([(256, 8, 8), (512, 4, 4), (512, 2, 2)], 4096),  # torchvision's: three linear layers
 }
 
 
@@ -44,7 +45,7 @@ def test_taps_can_be_chosen_by_name_and_a_wrong_name_is_one_line():
     with pytest.raises(ConfigError, match="model.taps=.*lacks; its top-level modules: conv1, groups") as e:
         check_config({"model.taps": ["groups.0", "layer9"]})
     assert "\n" not in str(e.value)
-    with pytest.raises(ConfigError, match="unknown arch 'resnet50'.*preact-resnet18 or vgg16-bn"):
+    with pytest.raises(ConfigError, match="unknown arch 'resnet50'.*preact-resnet18, vgg16-bn or vgg19-bn"):
         check_config({"model.arch": "resnet50"})
 
 

@@ -368,3 +368,21 @@ def test_a_table_per_clean_fraction_names_the_defenders_images():
         del r["n_clean"]
     assert [ln for ln in grouped_tables(rows, "attack", "defense", {}) if ln.startswith("###")][0] == \
         "### clean_fraction 0.05"
+
+
+def test_der_rewards_asr_removed_charges_ba_lost_and_every_table_shows_it():
+    from nba_scale.metrics import der
+    from nba_scale.sweep.tables import grouped_tables
+
+    assert der(0.9, 0.8, 0.1, 0.7) == pytest.approx((0.8 - 0.1 + 1) / 2)
+    assert der(0.9, 0.8, 0.9, 0.8) == 0.5 and der(1.0, 0.8, 0.0, 0.8) == 1.0
+    assert der(0.1, 0.8, 0.3, 0.9) == 0.5  # ASR up, BA up: neither counts (BackdoorBench's max(0, .))
+    rows = [{"attack": "sig", "defense": d, "clean_fraction": 0.05, "seed": s, "variant": "default", "status": "ok",
+             "asr": a, "ba": 0.7, "asr_before": 0.9, "ba_before": 0.75, "der": der(0.9, 0.75, a, 0.7)}
+            for d, a in (("nad", 0.1), ("nba", 0.3)) for s in (0, 1)]
+    lines = grouped_tables(rows, "attack", "defense", {})
+    at = next(i for i, ln in enumerate(lines) if ln.startswith("DER %"))
+    assert lines[at + 2] == "| attack | nad | nba |" and lines[at + 4] == "| sig | 87.5±0.0 | 77.5±0.0 |"
+    for r in rows:  # rows written before DER was: no DER table, nothing made up
+        del r["der"]
+    assert not any(ln.startswith("DER") for ln in grouped_tables(rows, "attack", "defense", {}))

@@ -138,3 +138,85 @@ def test_a_nad_style_checkpoint_is_converted_defended_by_nba_and_scored_on_its_o
     r2 = run_trial({**small_config(cache_dir, attack="badnets", defense="none"), "model_path": str(out),
                     "poisoned_test": str(tmp_path / "no_labels.npz")})
     assert r2["asr_before"] == r["asr_before"] and np.isnan(r2["ra_before"])  # no labels: no RA, not 0
+
+
+def test_backdoorbenchs_vgg19_bn_is_torchvisions_and_maps_name_for_name():
+    """BackdoorBench's `vgg19_bn` is torchvision's (a 7x7 pool, three linear layers) trained on
+    32-px images: its state dict loads into vgg19-bn key for key and gives the same logits."""
+    import torchvision
+
+    assert convert.BACKDOORBENCH_ARCHS["vgg19_bn"] == "vgg19-bn" and "vgg16_bn" not in convert.BACKDOORBENCH_ARCHS
+    torch.manual_seed(0)
+    theirs = torchvision.models.vgg19_bn(num_classes=10).eval()
+    ours = build_model("vgg19-bn", 10, (0.0,) * 3, (1.0,) * 3).eval()
+    assert set(theirs.state_dict()) == set(ours.state_dict()) - {"mean", "std"}
+    ours.load_state_dict({**theirs.state_dict(), "mean": ours.mean, "std": ours.std})
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(ours(x), theirs(x), atol=1e-5)
+    with pytest.raises(ConfigError, match="fp works on the pooled last-stage channels"):
+        from nba_scale.models import head
+
+        head(ours, "fp")
+
+
+def backdoorbench_record(root, net, model_name, images, labels, target):
+    """A miniature of what a BackdoorBench attack leaves (attack/badnet.py, utils/bd_dataset_v2.py):
+    RECORD/attack_result.pt (the state dict, `bd_test` as `prepro_cls_DatasetBD_v2.retrieve_state()`,
+    NumPy arrays and NumPy integer keys included) and RECORD/bd_test_dataset/<label>/<index>.png."""
+    from PIL import Image
+
+    folder = root / "record" / "badnet_demo"
+    data_dict = {}
+    for i, (img, label) in enumerate(zip(images, labels)):
+        index = np.int64(3 * i + 1)  # test-set indices, as their subset keeps them
+        path = folder / "bd_test_dataset" / str(int(label)) / f"{index}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(path)
+        # the target as their label transforms return it: a Python int, or a NumPy one (all-to-all)
+        data_dict[index] = {"path": f"/their/machine/{path.relative_to(root)}",
+                            "other_info": [np.int64(target) if i % 2 else target, int(label)]}
+    state = {k: v for k, v in net.state_dict().items() if k not in ("mean", "std")}
+    torch.save({"model_name": model_name, "num_classes": 10, "model": state, "data_path": "../data/cifar10",
+                "img_size": (32, 32, 3), "clean_data": "cifar10", "bd_train": None,
+                "bd_test": {"bd_data_container": {"save_folder_path": "/their/machine/bd_test_dataset",
+                                                  "data_dict": data_dict, "save_file_format": ".png"},
+                            "getitem_all": True, "getitem_all_switch": False,
+                            "original_index_array": np.array(sorted(data_dict), dtype=np.int64),
+                            "poison_indicator": np.ones(3 * len(images) + 1), "save_folder_path": None}},
+               folder / "attack_result.pt")
+    return folder
+
+
+@pytest.mark.slow
+def test_a_backdoorbench_record_folder_is_converted_and_scored_on_its_own_triggered_test_set(cache_dir, tmp_path):
+    """BackdoorBench's model zoo end to end: their record folder (model + bd_test_dataset/), the
+    model converted, scored here on their own triggered images with their own target labels; DER
+    beside ASR/BA/RA."""
+    from nba_scale.data import load_dataset, load_poisoned_test
+    from nba_scale.metrics import predict
+    from nba_scale.trial import run_trial
+
+    ds = load_dataset("synthetic", parse_config(small_config(cache_dir)).data, 0)
+    torch.manual_seed(1)
+    net = build_model("preact-resnet18", 10, (0.0,) * 3, (1.0,) * 3).eval()
+    images = ds.x_test[:40].permute(0, 2, 3, 1).numpy().copy()
+    images[:, -4:, -4:] = 255  # their trigger, whatever it is: the PNGs carry it
+    record = backdoorbench_record(tmp_path, net, "preactresnet18", images, ds.y_test[:40].numpy(), target=2)
+    x, target, true = load_poisoned_test(record, 10)
+    assert x.shape == (40, 3, 32, 32) and set(target.tolist()) == {2}
+    assert torch.equal(true, ds.y_test[:40]) and torch.equal(x, torch.from_numpy(images).permute(0, 3, 1, 2))
+    assert torch.equal(load_poisoned_test(record / "bd_test_dataset", 10)[0], x)  # either folder
+    out = tmp_path / "zoo.safetensors"
+    assert convert.main([str(record / "attack_result.pt"), str(out), "--from", "backdoorbench",
+                         "--dataset", "raw"]) == 0
+    r = run_trial({**small_config(cache_dir, defense="none"), "arch": "preact-resnet18", "model_path": str(out),
+                   "poisoned_test": str(record)})
+    assert r["status"] == "ok", r["error"]
+    expected = (predict(net, x.float() / 255, "cpu") == 2).float().mean().item()  # their model on their images
+    assert r["asr_before"] == pytest.approx(expected, abs=1e-6) and r["n_poison_test"] == 40
+    assert r["der"] == 0.5  # no defense: nothing removed, nothing lost
+    # A folder whose file lacks an image's target is refused in one line, not scored wrongly.
+    extra = record / "bd_test_dataset" / "0" / "999.png"
+    extra.write_bytes((record / "bd_test_dataset" / str(int(ds.y_test[0])) / "1.png").read_bytes())
+    with pytest.raises(ConfigError, match="1 image.s. have no target label"):
+        load_poisoned_test(record, 10)

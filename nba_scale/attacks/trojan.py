@@ -75,7 +75,7 @@ def optimise_trigger(model, x_train, neuron: int, p: TrojanParams, seed: int, de
     opt = torch.optim.Adam([logits], lr=p.lr)
     acts = {}
     # The neuron's activation as the classifier reads it: its pooled channel.
-    hook = head(model).register_forward_pre_hook(lambda m, i: acts.__setitem__("o", i[0].flatten(1)))
+    hook = head(model, "trojan").register_forward_pre_hook(lambda m, i: acts.__setitem__("o", i[0].flatten(1)))
     s = p.patch_size
     try:
         for step in range(p.steps):

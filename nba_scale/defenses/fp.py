@@ -48,7 +48,7 @@ class FPConfig:
 def final_activations(model, x: torch.Tensor, device, batch_size: int = 500) -> torch.Tensor:
     """(N, C): the pooled last-stage channels the classifier reads."""
     acts = []
-    hook = head(model).register_forward_pre_hook(lambda m, i: acts.append(i[0].flatten(1)))
+    hook = head(model, "fp").register_forward_pre_hook(lambda m, i: acts.append(i[0].flatten(1)))
     was = model.training
     model.eval()
     try:

@@ -36,7 +36,7 @@ from .store import has_selection, is_confirm, pareto_mask, read_table, selected
 
 # Each figure beside its 95 % interval (nba_scale/stats.py; rows written before 2026-12-05 have none).
 SHOW = ["sweep", "study", "stage", "trial_id", "attack", "clean_fraction", "seed", "status", "val_asr", "val_ba", "asr", "asr_lo",
-        "asr_hi", "ba", "ba_lo", "ba_hi", "ra", "asr_before", "ba_before", "wall_s"]
+        "asr_hi", "ba", "ba_lo", "ba_hi", "ra", "der", "asr_before", "ba_before", "wall_s"]
 
 
 def load(root: str | Path) -> pa.Table:

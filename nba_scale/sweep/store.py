@@ -30,7 +30,7 @@ from ..atomic import atomic_write
 from ..provenance import code_version
 
 PARTITIONS = ("dataset", "attack", "defense", "clean_fraction")
-METRICS = ("asr", "ba", "ra")  # a trial's results after the defense: NaN unless it finished
+METRICS = ("asr", "ba", "ra", "der")  # a trial's results after the defense: NaN unless it finished
 
 
 def selected(row: dict[str, Any], metric: str) -> Any:

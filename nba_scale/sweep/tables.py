@@ -1,6 +1,7 @@
 """Campaign tables in Markdown, shared by the report and `compare`: cells "ASR / BA" in %, the mean
 over seeds ± the half-width of its 95 % t interval (stats.t_halfwidth), a "before" column (the backdoored model) where the columns are defenses, a mean
-line over the rows, one table per value of any other axis that varies."""
+line over the rows, then the same cells' DER, one pair of tables per value of any other axis that
+varies."""
 from __future__ import annotations
 
 import statistics
@@ -70,6 +71,25 @@ def pivot(rows: list[dict], row_axis: str, col_axis: str, orders: dict[str, list
     return lines
 
 
+def der_pivot(rows: list[dict], row_axis: str, col_axis: str, orders: dict[str, list]) -> list[str]:
+    """BackdoorBench's defense effectiveness rating (`metrics.der`) in %, laid out as `pivot`'s
+    table (mean over seeds ± the 95 % t half-width); [] where no row has one (rows from before
+    2026-12-06: `python -m nba_scale.results` recomputes nothing, a missing figure stays missing)."""
+    rows = [r for r in rows if isinstance(r.get("der"), (int, float)) and r["der"] == r["der"]]
+    if not rows:
+        return []
+    rvals = axis_values(rows, row_axis, orders.get(row_axis))
+    cvals = axis_values(rows, col_axis, orders.get(col_axis))
+    lines = ["DER % (BackdoorBench's defense effectiveness rating: [max(0, ΔASR) − max(0, ΔBA) + 1] / 2; 50 = "
+             "no change, 100 = the whole backdoor removed at no accuracy lost):", "",
+             "| " + " | ".join([row_axis, *map(str, cvals)]) + " |", "|" + "---|" * (len(cvals) + 1)]
+    for rv in rvals:
+        mine = [r for r in rows if r[row_axis] == rv]
+        lines.append("| " + " | ".join([str(rv), *(pct([r["der"] for r in mine if r[col_axis] == cv])
+                                                    for cv in cvals)]) + " |")
+    return lines
+
+
 def clean_images(rows: list[dict]) -> str:
     """" (2,500 clean images)": how many images the defender held in `rows` (their `n_clean`), the
     count the paper's budgets are stated in; "" for rows from before it was recorded."""
@@ -90,6 +110,8 @@ def grouped_tables(rows: list[dict], row_axis: str, col_axis: str, orders: dict[
             lines += ["### " + ", ".join(f"{a} {v:g}" + (clean_images(sel) if a == "clean_fraction" else "")
                                           if isinstance(v, float) else f"{a} {v}" for a, v in zip(groups, key)), ""]
         lines += pivot(sel, row_axis, col_axis, orders) + [""]
+        der = der_pivot(sel, row_axis, col_axis, orders)
+        lines += der + ([""] if der else [])
     return lines
 
 
