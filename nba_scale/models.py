@@ -172,23 +172,28 @@ class PreActResNet18(Classifier):
 VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
 
+def vgg_features(config: Sequence) -> tuple[nn.Sequential, tuple[str, ...]]:
+    """A VGG's `features` (conv 3x3 + BN + ReLU per number, max-pool per "M", torchvision's and
+    kuangliu's indices) and its taps: the last three stages' outputs before their pooling (8x8,
+    4x4, 2x2 on 32-px inputs: after the pooling the last one is 1x1, where a Gram matrix or an
+    attention map says nothing)."""
+    layers: list[nn.Module] = []
+    cin, pools = 3, []
+    for v in config:
+        if v == "M":
+            pools.append(len(layers))
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(cin, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
+            cin = v
+    return nn.Sequential(*layers), tuple(f"features.{i - 1}" for i in pools[-3:])
+
+
 class VGG16BN(Classifier):
     def __init__(self, num_classes: int = 10, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)):
         super().__init__(mean, std)
-        layers: list[nn.Module] = []
-        cin, pools = 3, []
-        for v in VGG16:
-            if v == "M":
-                pools.append(len(layers))
-                layers.append(nn.MaxPool2d(2, 2))
-            else:
-                layers += [nn.Conv2d(cin, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
-                cin = v
-        self.features = nn.Sequential(*layers)
+        self.features, self.taps = vgg_features(VGG16)
         self.classifier = nn.Linear(512, num_classes)
-        # The last three stages' outputs before their pooling (8x8, 4x4, 2x2 on 32-px inputs: after
-        # the pooling the last one is 1x1, where a Gram matrix or an attention map says nothing).
-        self.taps = tuple(f"features.{i - 1}" for i in pools[-3:])
 
     def logits(self, x):
         o = self.features(x)
@@ -209,20 +214,10 @@ class VGG19BN(Classifier):
 
     def __init__(self, num_classes: int = 10, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)):
         super().__init__(mean, std)
-        layers: list[nn.Module] = []
-        cin, pools = 3, []
-        for v in VGG19:
-            if v == "M":
-                pools.append(len(layers))
-                layers.append(nn.MaxPool2d(2, 2))
-            else:
-                layers += [nn.Conv2d(cin, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
-                cin = v
-        self.features = nn.Sequential(*layers)
+        self.features, self.taps = vgg_features(VGG19)
         self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
         self.classifier = nn.Sequential(nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(),
                                         nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(), nn.Linear(4096, num_classes))
-        self.taps = tuple(f"features.{i - 1}" for i in pools[-3:])
 
     def logits(self, x):
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
