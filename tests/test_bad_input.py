@@ -476,7 +476,7 @@ def test_a_sweep_over_a_model_without_a_backdoor_stops_once_it_is_built(tmp_path
 
     monkeypatch.setattr(execution, "start_ray", lambda address=None: None)
     monkeypatch.setattr(execution, "prebuild",
-                        lambda label, cfgs, address=None: [(cfgs[0], {"asr_before": 0.096, "ba_before": 0.75})])
+                        lambda label, cfgs, address=None, gpus=0.0: [(cfgs[0], {"asr_before": 0.096, "ba_before": 0.75})])
     studies = []
     monkeypatch.setattr(tune, "run_studies", lambda plans, *a, **k: studies.extend(s.id for s in plans))
     for name in ("print_pareto", "plot", "load"):

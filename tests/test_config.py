@@ -33,7 +33,7 @@ def test_bad_config_is_one_line_naming_the_key(config, fragment):
 def test_preset_is_overridden_by_user_values():
     cfg = parse_config(with_preset({"backdoor": {"epochs": 7}}, "smoke"))
     assert cfg.backdoor.epochs == 7 and cfg.teacher.epochs == 2 and cfg.defense_params["optim"]["epochs"] == 2
-    with pytest.raises(ConfigError, match="unknown preset 'fast'; known: smoke, quick, paper"):
+    with pytest.raises(ConfigError, match="unknown preset 'fast'; known: smoke, quick, cpu-paper, paper"):
         with_preset({}, "fast")
 
 

@@ -243,6 +243,8 @@ def plan(args: argparse.Namespace, space) -> list[StudyPlan]:
         raise ConfigError("--objective worst-case needs two or more --attack names")
     studies, checked = [], []
     default = space.default_point()
+    if args.clean_fraction is None:  # `run` resolves it first (the sweep's name needs it); a caller may not
+        args.clean_fraction = cli.clean_axis(args, None, [0.05])
     for cf in args.clean_fraction:
         per_attack = [with_selection_split(cli.trial_config(
             base, {"defense": args.defense, "seed": args.seed}, space.fixed, {"attack": a, "clean_fraction": cf},
