@@ -17,6 +17,7 @@ grep -q '^table2 ' "$work/campaigns.txt" || { echo "wheel check: the installed p
 "$work/venv/bin/nba-scale" tune --attack badnets --dataset synthetic --preset smoke --num-samples 2 \
     --clean-fraction 0.1 --device cpu --results "$work/empty/results" --name wheel --cache-dir "$work/cache" > "$work/tune.log" 2>&1 \
     || { tail -30 "$work/tune.log"; exit 1; }
-rows=$(find "$work/empty/results/wheel" -name 'trial-*.parquet' | wc -l)
+# The rows as every reader counts them (a finished sweep compacts its one-row files: sweep/store.py)
+rows=$("$work/venv/bin/python" -c "import sys; from nba_scale.sweep.store import read_table; print(read_table(sys.argv[1]).num_rows)" "$work/empty/results/wheel")
 [ "$rows" -eq 2 ] || { echo "wheel check: expected 2 rows, found $rows"; tail -30 "$work/tune.log"; exit 1; }
 echo "wheel check: built, installed outside the checkout, smoke sweep from an empty folder: $rows rows in $(( $(date +%s) - start ))s"
