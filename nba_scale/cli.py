@@ -64,12 +64,9 @@ def clean_count(text: str) -> int | str:
     if text == "paper":
         return text
     try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a number of images (>= 1) or 'paper', got {text!r}")
-    return value
+        return count(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a number of images (>= 1) or 'paper', got {text!r}") from None
 
 
 CLEAN_IMAGES_HELP = ("the defender's clean set in images, drawn (stratified, seeded) from the attacker's training set, "
