@@ -39,16 +39,17 @@ if [ "$DRY" = 1 ]; then  # the same steps, on the CPU, at toy sizes: the script 
   TRIAL=(--images 256 --clean 128 --epochs 2 --repeats 1 --only backdoor nad nba); PRECISION=(--batch 8 --steps 1)
   DATA=synthetic; SETS=(--set data.synthetic_train=600 --set data.synthetic_test=200 --set backdoor.epochs=1
                         --set teacher.epochs=1 --set nba.optim.epochs=1 --preset smoke)
-  PACKS=(--packs 1 2 --num-samples 2); PROCS=(--processes 1 2 --num-samples 2)
+  PACKS=(--packs 1 2 --modes stacked loop --num-samples 2); PROCS=(--processes 1 2 --num-samples 2)
   TESTS=(tests/test_pack.py::test_a_member_that_diverges_fails_alone tests/test_devices.py)
 else  # limits summing to 6 minutes
-  DEVICE=cuda; T=(20 100 80 50 20 50 40)
+  DEVICE=cuda; T=(20 100 70 40 20 80 30)
   TRIAL=(--images 8192 --epochs 3 --repeats 1 --only backdoor nad nba nba-pgd-bf16); PRECISION=(--batch 128)
   DATA=synthetic; SETS=(--set data.synthetic_train=20000 --set data.synthetic_test=2000)
   if [ -f .gpu_data/cifar10_10k.npz ]; then DATA=npz:.gpu_data/cifar10_10k.npz; SETS=(); fi
-  PACKS=(--packs 1 8 32 --num-samples 32); PROCS=(--processes 1 4 8 --num-samples 16)
+  PACKS=(--packs 1 32 8 --modes stacked loop --num-samples 32); PROCS=(--processes 1 4 8 --num-samples 16)
   TESTS=(tests/test_pack.py::test_a_member_of_a_pack_ends_exactly_as_it_would_alone
-         tests/test_pack.py::test_a_member_that_diverges_fails_alone tests/test_devices.py tests/test_end_to_end.py)
+         tests/test_pack.py::test_a_member_that_diverges_fails_alone tests/test_devices.py tests/test_end_to_end.py
+         tests/test_stacked.py)
 fi
 
 # 1. The machine.

@@ -1,11 +1,12 @@
 """Trials per hour of packed NBA trials in one process, without Ray: the torch path of `tune --pack`.
 
     python bench/pack.py --dataset npz:~/.cache/nba_scale/cifar10_jpeg.npz [--packs 1 8 32]
-        [--num-samples 32] [--device auto] [--set data.train_subset=10000 ...] [--json FILE]
+        [--modes stacked loop] [--num-samples 32] [--device auto] [--set data.train_subset=10000 ...] [--json FILE]
 
 `--num-samples` NBA configurations are drawn once (Optuna's random sampler over
 search_spaces/nba.yaml, seed 0, the paper default first) and run as packs of K (`trial.run_pack`)
-for each K, at `--preset quick` unless `--set` says otherwise. The artifacts are built (or found in
+for each K and each `--modes` (`--pack-mode`: stacked, one network for the K members; loop, one
+after another; K = 1 once), at `--preset quick` unless `--set` says otherwise. The artifacts are built (or found in
 the cache) before the timing. Per K it prints trials/hour, the ratio to K = 1, the defense seconds
 per trial and the hypervolume of the (ASR, BA) front: the members of a pack get the results they
 would get alone, so the front must not move with K. For a machine without Ray and Optuna (the GPU
@@ -89,19 +90,22 @@ def prepared(configs: list[dict]) -> list[dict]:
 def main() -> int:
     ap = nba_parser(__doc__, "npz:~/.cache/nba_scale/cifar10_jpeg.npz", 32)
     ap.add_argument("--packs", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--modes", nargs="+", choices=("stacked", "loop", "auto"), default=["stacked", "loop"],
+                    help="the pack modes to time at each K > 1, in this order")
     args = ap.parse_args()
     configs = prepared(nba_configs(args))
 
     runs = []
-    for k in args.packs:
+    for k, mode in [(k, m) for k in args.packs for m in (args.modes if k > 1 else ["-"])]:
         t0, results = time.time(), []
         for i in range(0, len(configs), k):
-            results += run_pack(configs[i:i + k])
-            print(f"  K={k}: {len(results)}/{len(configs)} trials, {time.time() - t0:.0f}s", flush=True)
+            results += run_pack(configs[i:i + k], pack_mode="loop" if mode == "-" else mode)
+            print(f"  K={k} {mode}: {len(results)}/{len(configs)} trials, {time.time() - t0:.0f}s", flush=True)
         wall = time.time() - t0
         ok = [r for r in results if r["status"] == "ok"]
         defense_s = sum(r["timings"].get("defense_s", 0.0) for r in results[::k])  # a pack's time, once
-        runs.append({"pack": k, "wall_s": round(wall, 1), "ok": len(ok), "trials_per_hour": round(len(ok) / wall * 3600, 1),
+        runs.append({"pack": k, "mode": mode, "ran": sorted({r.get("pack_mode", "-") for r in results}),
+                     "wall_s": round(wall, 1), "ok": len(ok), "trials_per_hour": round(len(ok) / wall * 3600, 1),
                      "defense_s_per_trial": round(defense_s / len(results), 3),
                      "hypervolume": round(hypervolume([r["asr"] for r in ok], [r["ba"] for r in ok]), 4),
                      "device": results[0].get("device"), "errors": sorted({r["error"] for r in results if r["status"] != "ok"})})
@@ -111,11 +115,11 @@ def main() -> int:
 
     base_rate = next((r["trials_per_hour"] for r in runs if r["pack"] == 1), None)
     print(f"\n{len(configs)} NBA trials, {args.attack}, --preset {args.preset}, {args.dataset}, {' '.join(args.set)}\n")
-    print("| K | wall (s) | ok | trials/hour | vs K=1 | defense s/trial | hypervolume |")
-    print("|---|---|---|---|---|---|---|")
+    print("| K | mode | wall (s) | ok | trials/hour | vs K=1 | defense s/trial | hypervolume |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in runs:
         ratio = f"{r['trials_per_hour'] / base_rate:.2f}x" if base_rate else "-"
-        print(f"| {r['pack']} | {r['wall_s']:.0f} | {r['ok']}/{len(configs)} | {r['trials_per_hour']:.0f} | {ratio} | "
+        print(f"| {r['pack']} | {r['mode']} | {r['wall_s']:.0f} | {r['ok']}/{len(configs)} | {r['trials_per_hour']:.0f} | {ratio} | "
               f"{r['defense_s_per_trial']:.2f} | {r['hypervolume']:.4f} |")
     return 0
 

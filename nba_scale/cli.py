@@ -182,6 +182,11 @@ def add_sweep_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pack", type=count, default=1,
                    help="configurations of one defense trained together in one trial (shared batches, one teacher "
                         "pass per batch, fixed costs paid once; one row each): nad, argd, nba")
+    p.add_argument("--pack-mode", choices=("auto", "stacked", "loop"), default="auto",
+                   help="how a pack trains: stacked (its members as one network, grouped convolutions, one kernel "
+                        "per layer for all: the GPU's way; nad, nba), loop (one member after another), auto (stacked "
+                        "on CUDA where the defense, architecture and members allow, else loop). The results are the "
+                        "same to float rounding; rows say which ran (pack_mode)")
 
 
 def base_config(args: argparse.Namespace, shared_cache: bool = False) -> dict[str, Any]:

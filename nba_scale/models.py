@@ -57,9 +57,12 @@ def run_tapped(net: nn.Module, names: Sequence[str], run: Callable[[], torch.Ten
 
 
 class Classifier(nn.Module, abc.ABC):
-    """Normalisation inside, taps by name. Subclasses build their layers and `logits(x)`."""
+    """Normalisation inside, taps by name. Subclasses build their layers and `logits(x)`.
+    `stackable`: its own code touches channels only through its layers, channel-wise pooling
+    and `torch.flatten(x, 1)`, so K of them stack into one network (nba_scale/stacking.py)."""
 
     default_taps: tuple[str, ...] = ()
+    stackable = False
 
     def __init__(self, mean, std):
         super().__init__()
@@ -82,6 +85,8 @@ class Tapped(Classifier):
     """Any classifier `net` (taking normalised images) with our normalisation and named taps;
     its parameters live under `net.`."""
 
+    stackable = True  # its `net` stacks where each of its modules does
+
     def __init__(self, net: nn.Module, taps: Sequence[str], mean, std):
         super().__init__(mean, std)
         self.net = net
@@ -94,6 +99,7 @@ class Tapped(Classifier):
 class BasicBlock(nn.Module):
     """Pre-activation basic block (WRN and PreAct-ResNet alike); the projection shortcut takes
     the pre-activated input, as in the reference WRN and BackdoorBench code."""
+    stackable = True  # (nba_scale/stacking.py) its code: layers, ReLU and a sum
 
     def __init__(self, cin: int, cout: int, stride: int, shortcut: str = "conv"):
         super().__init__()
@@ -117,6 +123,7 @@ class BasicBlock(nn.Module):
 
 class WideResNet(Classifier):
     default_taps = ("groups.0", "groups.1", "groups.2")
+    stackable = True
 
     def __init__(self, depth: int = 16, widen: int = 1, num_classes: int = 10,
                  mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)):
@@ -153,6 +160,7 @@ class WideResNet(Classifier):
 
 class PreActResNet18(Classifier):
     default_taps = ("layer2", "layer3", "layer4")
+    stackable = True
 
     def __init__(self, num_classes: int = 10, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)):
         super().__init__(mean, std)
@@ -190,6 +198,8 @@ def vgg_features(config: Sequence) -> tuple[nn.Sequential, tuple[str, ...]]:
 
 
 class VGG16BN(Classifier):
+    stackable = True
+
     def __init__(self, num_classes: int = 10, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)):
         super().__init__(mean, std)
         self.features, self.taps = vgg_features(VGG16)
@@ -211,6 +221,7 @@ class VGG19BN(Classifier):
     as VGG16BN's. Its head reads 4,096 hidden units rather than pooled channels, so the defenses
     and attacks that work on those channels (Fine-Pruning, TrojanNN) refuse it (`reads_channels`)."""
     reads_channels = False
+    stackable = True  # but for its dropout (stacking.why_not_stackable)
 
     def __init__(self, num_classes: int = 10, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)):
         super().__init__(mean, std)

@@ -192,15 +192,39 @@ def check_pack(cfgs: list[TrialConfig], defenses: list[Defense]) -> None:
                           f"{', '.join(PACK_SHARED)} must be equal in all of them, got {sorted(shape, key=str)}")
 
 
-def check_packable(defense: str, searched: Collection[str], flag: str = "--pack: ") -> None:
+def check_packable(defense: str, searched: Collection[str], flag: str = "--pack: ", pack_mode: str = "auto",
+                   arch: str = TrialConfig.arch) -> None:
     """Refused before any trial starts: a defense that cannot pack, or a search over what a pack's
-    members must share (`PACK_SHARED`: their batches)."""
-    if not get_defense(defense).packable:
+    members must share (`PACK_SHARED`: their batches); with `pack_mode` stacked, a defense or
+    architecture that does not stack, or a search over what a stacked pack's members share."""
+    cls = get_defense(defense)
+    if not cls.packable:
         raise ConfigError(cannot_pack(defense, flag))
     shared = [name for name in searched if name.split(".")[-1] in PACK_SHARED]
     if shared:
         raise ConfigError(f"{flag}the search samples {shared[0]}, which a pack's members share (their batches); "
                           f"fix it with --set or use --pack 1")
+    if pack_mode == "stacked":
+        from .stacking import OPTIM_SHARED, why_not_stacked
+
+        why = why_not_stacked([cls({})], build_model(arch, 10, (0.5,) * 3, (0.25,) * 3))
+        fields = {f"{defense}.{f}" for f in cls.stacked_shared or ()} | {f"{defense}.optim.{f}" for f in OPTIM_SHARED}
+        stacked = [name for name in searched if name in fields]
+        if why or stacked:
+            raise ConfigError(f"--pack-mode stacked: {why or f'the search samples {stacked[0]}, which the members of a stacked pack share'}"
+                              f"; use --pack-mode loop (or auto, which loops what cannot stack)")
+
+
+def check_stacked_packs(packs: list[list[dict[str, Any]]]) -> None:
+    """`--pack-mode stacked` over fixed packs (a campaign's, a confirmation's: each a list of trial
+    configs): refused in one line, before any model is built, where one of them cannot stack."""
+    from .stacking import resolve_pack_mode
+
+    for configs in (p for p in packs if len(p) > 1):
+        cfgs = [parse_config(c) for c in configs]
+        defenses = [get_defense(c.defense)(c.defense_params) for c in cfgs]
+        check_pack(cfgs, defenses)
+        resolve_pack_mode("stacked", defenses, build_model(cfgs[0].arch, 10, (0.5,) * 3, (0.25,) * 3), "cpu")
 
 
 

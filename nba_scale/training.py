@@ -253,6 +253,7 @@ class Member:
     loss_fn: LossFn = cross_entropy
     optimizer_state: Optional[dict] = None
     failed: Optional[str] = None
+    pack_mode: str = "loop"  # how `train_pack` trained it: "loop", or "stacked" (nba_scale/stacking.py)
 
 
 class _MemberRNG:
@@ -301,14 +302,16 @@ def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: OptimCo
 def train_pack(members: list[Member], x: torch.Tensor, y: torch.Tensor, accelerator, flip: bool = True,
                seed: int = 0, desc: str = "train",
                on_epoch_end: Optional[Callable[[int, int, torch.nn.Module, torch.optim.Optimizer], None]] = None,
-               start_epoch: int = 0) -> list[Member]:
+               start_epoch: int = 0, stacked: Optional[Callable] = None) -> list[Member]:
     """Train several models on the same batches, each with its own loss, optimiser, learning-rate
     schedule, gradient clipping and random stream: every member ends exactly as it would trained
     alone with the same seed. What the members share is paid once per batch: the data order and
     augmentation, and whatever their losses cache (a teacher's forward pass, `SharedForward`).
     A member whose loss turns non-finite stops with the reason in `member.failed`; the others go
     on. `on_epoch_end(epoch, k, model, optimizer)` runs after each epoch for every live member.
-    Returns `members`, each `model` unwrapped.
+    `stacked`: the members' loss on their stacked network (`stacking.StackedLoss`): they train as
+    one network (`stacking.StackedStep`), each to float rounding as it would alone; without it,
+    one after another. Returns `members`, each `model` unwrapped.
     """
     cfg = members[0].cfg
     for m in members[1:]:
@@ -326,7 +329,13 @@ def train_pack(members: list[Member], x: torch.Tensor, y: torch.Tensor, accelera
     with contextlib.ExitStack() as layouts:
         formats = [layouts.enter_context(fast_layout(m.model, accelerator.device)) for m in members]
         fmt = formats[0]  # the members share an architecture
-        return _train_pack(members, batches, accelerator, fmt, desc, on_epoch_end, start_epoch)
+        if stacked is not None:
+            from .stacking import StackedStep
+
+            stepper = StackedStep(members, accelerator, stacked, fmt)
+        else:
+            stepper = _LoopedStep(members, accelerator)
+        return _train_pack(members, batches, accelerator, fmt, desc, on_epoch_end, start_epoch, stepper)
 
 
 def stage_autocast(cfg: OptimConfig, accelerator):
@@ -342,16 +351,66 @@ def stage_autocast(cfg: OptimConfig, accelerator):
     return lambda: torch.autocast(device_type=device, dtype=torch.bfloat16)
 
 
-def _train_pack(members, batches, accelerator, fmt, desc, on_epoch_end, start_epoch):
+class _LoopedStep:
+    """`train_pack`'s step for a looped pack: each live member's forward, backward, clip and SGD
+    step in turn, each in its own random stream (several members) and autocast."""
+
+    def __init__(self, members: list[Member], accelerator):
+        self.members, self.acc = members, accelerator
+        self.autocasts = [stage_autocast(m.cfg, accelerator) for m in members]
+        self.optimizers = []
+        for m in members:
+            opt = make_optimizer(m.model, m.cfg)
+            if m.optimizer_state:
+                opt.load_state_dict(m.optimizer_state)
+            m.model, opt = accelerator.prepare(m.model, opt)
+            self.optimizers.append(opt)
+        self.rng: Optional[_MemberRNG] = None
+        self.term_sums: list[dict[str, torch.Tensor]] = []
+
+    def begin_epoch(self, epoch: int, live: list[int]) -> None:
+        members = self.members
+        self.rng = _MemberRNG(len(members), self.acc.device) if len(members) > 1 else None
+        for k in live:
+            members[k].model.train()
+            for group in self.optimizers[k].param_groups:
+                group["lr"] = members[k].cfg.lr_at(epoch)
+        self.term_sums = [{} for _ in members]  # summed on the device: no sync per step
+
+    def step(self, xb: torch.Tensor, yb: torch.Tensor, live: list[int], loss_sum: torch.Tensor) -> None:
+        for k in live:
+            m, opt = self.members[k], self.optimizers[k]
+            with self.rng(k) if self.rng else contextlib.nullcontext(), self.autocasts[k]():
+                loss = m.loss_fn(m.model, xb, yb)
+            if isinstance(loss, tuple):
+                loss, terms = loss
+                sums = self.term_sums[k]
+                for name, value in terms.items():
+                    value = value.detach().float()
+                    sums[name] = sums[name] + value if name in sums else value
+            opt.zero_grad(set_to_none=True)
+            self.acc.backward(loss)
+            if m.cfg.grad_clip is not None:
+                self.acc.clip_grad_norm_(m.model.parameters(), m.cfg.grad_clip)
+            opt.step()
+            loss_sum[k] += loss.detach().float()
+
+    def epoch_terms(self, live: list[int]) -> list[tuple[int, str, torch.Tensor]]:
+        return [(k, name, value) for k in live for name, value in self.term_sums[k].items()]
+
+    def fail(self, k: int) -> None:
+        pass  # it simply is not stepped again
+
+    def member(self, k: int):
+        return self.acc.unwrap_model(self.members[k].model), self.optimizers[k]
+
+    def finish(self) -> None:
+        for m in self.members:
+            m.model = self.acc.unwrap_model(m.model)
+
+
+def _train_pack(members, batches, accelerator, fmt, desc, on_epoch_end, start_epoch, stepper):
     cfg, world, seed = members[0].cfg, accelerator.num_processes, batches.seed
-    autocasts = [stage_autocast(m.cfg, accelerator) for m in members]
-    optimizers = []
-    for m in members:
-        opt = make_optimizer(m.model, m.cfg)
-        if m.optimizer_state:
-            opt.load_state_dict(m.optimizer_state)
-        m.model, opt = accelerator.prepare(m.model, opt)
-        optimizers.append(opt)
     steps = len(batches) * max(0, cfg.epochs - start_epoch)
     bar = tqdm(total=steps, desc=desc, disable=not (show_progress() and accelerator.is_main_process),
                leave=False, mininterval=1.0)
@@ -362,32 +421,12 @@ def _train_pack(members, batches, accelerator, fmt, desc, on_epoch_end, start_ep
         # boundary replays exactly what the uninterrupted run would have done.
         batches.set_epoch(epoch)
         torch.manual_seed(seed * 1_000_003 + epoch)
-        rng = _MemberRNG(len(members), accelerator.device) if len(members) > 1 else None
         live = [k for k, m in enumerate(members) if not m.failed]
-        for k in live:
-            members[k].model.train()
-            for group in optimizers[k].param_groups:
-                group["lr"] = members[k].cfg.lr_at(epoch)
+        stepper.begin_epoch(epoch, live)
         loss_sum = torch.zeros(len(members), device=accelerator.device)
-        term_sums: list[dict[str, torch.Tensor]] = [{} for _ in members]  # summed on the device: no sync per step
         n = 0
         for xb, yb in batches:
-            xb = xb.contiguous(memory_format=fmt)
-            for k in live:
-                m, opt = members[k], optimizers[k]
-                with rng(k) if rng else contextlib.nullcontext(), autocasts[k]():
-                    loss = m.loss_fn(m.model, xb, yb)
-                if isinstance(loss, tuple):
-                    loss, terms = loss
-                    for name, value in terms.items():
-                        value = value.detach().float()
-                        term_sums[k][name] = term_sums[k][name] + value if name in term_sums[k] else value
-                opt.zero_grad(set_to_none=True)
-                accelerator.backward(loss)
-                if m.cfg.grad_clip is not None:
-                    accelerator.clip_grad_norm_(m.model.parameters(), m.cfg.grad_clip)
-                opt.step()
-                loss_sum[k] += loss.detach().float()
+            stepper.step(xb.contiguous(memory_format=fmt), yb, live, loss_sum)
             n += 1
             bar.update(1)
         bad = ~torch.isfinite(loss_sum)
@@ -397,6 +436,7 @@ def _train_pack(members, batches, accelerator, fmt, desc, on_epoch_end, start_ep
         for k in live:
             if bad[k]:
                 members[k].failed = f"non-finite loss (NaN/inf) in {desc} epoch {epoch + 1}/{cfg.epochs}"
+                stepper.fail(k)
         live = [k for k in live if not bad[k]]
         means = (loss_sum / max(1, n)).tolist()
         shown = ", ".join(f"{means[k]:.3f}" for k in live) or "-"
@@ -407,20 +447,19 @@ def _train_pack(members, batches, accelerator, fmt, desc, on_epoch_end, start_ep
             print(f"  {desc}: epoch {epoch + 1}/{cfg.epochs}, loss {shown}, {last_line - t0:.0f}s",
                   file=sys.stderr, flush=True)
         if _loss_recorder is not None and live:
-            names = [(k, name) for k in live for name in term_sums[k]]
-            values = (torch.stack([term_sums[k][name] for k, name in names]) / max(1, n)).tolist() if names else []
+            terms = stepper.epoch_terms(live)
+            values = (torch.stack([v for _, _, v in terms]) / max(1, n)).tolist() if terms else []
             sums: dict[int, dict[str, float]] = {k: {} for k in live}
-            for (k, name), value in zip(names, values):  # one sync for every term of every member
+            for (k, name, _), value in zip(terms, values):  # one sync for every term of every member
                 sums[k][name] = value
             for k in live:
                 _loss_recorder(epoch, k, {"loss": means[k], **sums[k]})
         if on_epoch_end is not None:
             for k in live:
-                on_epoch_end(epoch, k, accelerator.unwrap_model(members[k].model), optimizers[k])
+                on_epoch_end(epoch, k, *stepper.member(k))
         if not live:
             break
     bar.close()
-    for m in members:
-        m.model = accelerator.unwrap_model(m.model)
+    stepper.finish()
     accelerator.free_memory()  # drop the Accelerator's references: trials reuse one process
     return members

@@ -293,10 +293,10 @@ class EpochState(Mapping):
         return 3
 
 
-def _defend(s: Setup, defenses: list[Defense], report, resume,
-            epoch_metrics: bool | Collection[int] = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _defend(s: Setup, defenses: list[Defense], report, resume, epoch_metrics: bool | Collection[int] = True,
+            pack_mode: str = "auto") -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Repair the backdoored model with each of `defenses` (one: `repair`; several: one pack,
-    `repair_pack`). Returns what the members share and each member's own results."""
+    `repair_pack`, in `pack_mode`). Returns what the members share and each member's own results."""
     cfg = s.cfg
     t0 = time.time()
     model, before, artifacts = _backdoored(s)
@@ -327,7 +327,8 @@ def _defend(s: Setup, defenses: list[Defense], report, resume,
     x_clean, y_clean = s.clean_subset
     t0 = time.time()
     ctx = DefenseContext(x_clean, y_clean, s.ds.num_classes, s.ds.flip, s.acc, cfg.seed, teacher, s.attack,
-                         lambda epoch, m, optimizer: on_epoch_end(epoch, 0, m, optimizer))
+                         lambda epoch, m, optimizer: on_epoch_end(epoch, 0, m, optimizer), pack_mode=pack_mode)
+    mode: dict[str, str] = {}  # a pack's: the mode it trained in
     with recording_losses(lambda epoch, k, values: losses.__setitem__(k, values)):
         if len(defenses) == 1:
             if resume and resume[0]:
@@ -342,6 +343,7 @@ def _defend(s: Setup, defenses: list[Defense], report, resume,
                 ctx.start_epoch, ctx.optimizer_states = int(resume[0]["epoch"]), [r.get("optimizer") for r in resume]
             members = type(defenses[0]).repair_pack(defenses, models, ctx, on_epoch_end)
             repaired, failed = [m.model for m in members], [m.failed for m in members]
+            mode["pack_mode"] = members[0].pack_mode
     s.timings["defense_s"] = time.time() - t0  # epoch_eval_s and epoch_report_s included
     t0 = time.time()
     n = s.counts()
@@ -351,7 +353,7 @@ def _defend(s: Setup, defenses: list[Defense], report, resume,
               "device": str(s.acc.device), "device_name": device_name(s.acc.device),
               "processes": s.acc.num_processes, "artifacts": artifacts,
               "n_val": 0 if s.val is None else len(s.ds.y_val),
-              "val_source": "" if s.val is None else s.ds.val_source, **val_before}
+              "val_source": "" if s.val is None else s.ds.val_source, **val_before, **mode}
     per = []
     for d, m, why in zip(defenses, repaired, failed):
         try:
@@ -419,13 +421,17 @@ def run_trial(config: dict[str, Any], report: Optional[Callable[..., None]] = No
 
 def run_pack(configs: list[dict[str, Any]], report: Optional[Callable[..., None]] = None,
              resume: Optional[list[Mapping[str, Any]]] = None,
-             epoch_metrics: bool | Collection[int] = True) -> list[dict[str, Any]]:
+             epoch_metrics: bool | Collection[int] = True, pack_mode: str = "auto") -> list[dict[str, Any]]:
     """Several configurations of one defense against the same backdoored model, trained together
     (`training.train_pack`): each member's result is the one it gets alone with the same seed,
     while the data, the artifacts, the teacher's forward pass and the trial's fixed costs are paid
     once. Returns one result per configuration, in order; a member that diverged is failed alone.
     `report(member=k, epoch=, ...)` after each epoch of each member (a pack of one: as `run_trial`).
-    `resume`: one epoch state per member (`run_trial`'s `state`), all after the same epoch.
+    `resume`: one epoch state per member (`run_trial`'s `state`), all after the same epoch; the
+    states are the same whichever `pack_mode` wrote them.
+    `pack_mode`: `loop` (one member after another), `stacked` (one network, nba_scale/stacking.py;
+    refused in one line where the defense, architecture or members cannot) or `auto` (stacked on
+    CUDA where it can); each member's result says which ran (`pack_mode`).
     `timings` and `wall_s` are the pack's, the same in every member's result."""
     t_start = time.time()
     cfgs = [parse_config(c) for c in configs]
@@ -443,7 +449,7 @@ def run_pack(configs: list[dict[str, Any]], report: Optional[Callable[..., None]
         s = _setup(cfgs[0], timings)
         timings["setup_s"] = time.time() - t0  # data, poisoning, device
         params["attack"] = s.attack.params  # resolved: the dataset may have chosen the target
-        shared, per[:] = _defend(s, defenses, report, resume, epoch_metrics)
+        shared, per[:] = _defend(s, defenses, report, resume, epoch_metrics, pack_mode)
         return shared
 
     outcome = _attempt(steps, timings)

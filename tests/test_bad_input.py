@@ -492,3 +492,14 @@ def test_a_sweep_over_a_model_without_a_backdoor_stops_once_it_is_built(tmp_path
     with pytest.raises(SystemExit) as e:  # argparse's refusal
         tune.main([*argv, "--name", "e", "--min-backdoor-asr", "1.5"])
     assert e.value.code == 2 and "must be a fraction in [0, 1]" in capsys.readouterr().err
+
+
+def test_a_campaign_whose_packs_cannot_stack_is_refused_before_its_models(tmp_path):
+    """ablation-losses packs NBA variants that differ in `losses`: one stacked network computes
+    one set of losses, so `--pack-mode stacked` is refused at once (auto would loop them)."""
+    r = cli("nba_scale.campaign", "ablation-losses", "--dataset", "synthetic", "--dry-run", "--results", tmp_path,
+            "--pack", "3", "--pack-mode", "stacked", "--seeds", "0")
+    one_line_exit_2(r, "--pack-mode stacked: a stacked pack's members must share nba.losses")
+    ok = cli("nba_scale.campaign", "ablation-losses", "--dataset", "synthetic", "--dry-run", "--results", tmp_path,
+             "--pack", "3", "--pack-mode", "auto", "--seeds", "0")
+    assert ok.returncode == 0, ok.stderr

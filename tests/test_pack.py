@@ -61,9 +61,11 @@ def test_what_cannot_be_packed_is_refused_in_one_line(cache_dir):
         assert "\n" not in str(e.value)
 
 
-def test_a_packed_sweep_writes_one_row_per_member_and_resumes_after_a_kill(tmp_path):
+@pytest.mark.parametrize("mode", ["loop", "stacked"])
+def test_a_packed_sweep_writes_one_row_per_member_and_resumes_after_a_kill(tmp_path, mode):
     """`tune --pack 2`, 5 trials: 3 packs (2, 2, 1). Killed once its first rows land, then resumed:
-    5 rows, 5 distinct points, the paper default once, every row naming its pack and member."""
+    5 rows, 5 distinct points, the paper default once, every row naming its pack and member (and,
+    a pack of several, the mode it trained in)."""
     import os
     import shutil
     import time
@@ -77,7 +79,7 @@ def test_a_packed_sweep_writes_one_row_per_member_and_resumes_after_a_kill(tmp_p
     ray_tmp = Path("/tmp") / f"nbapack{os.getpid()}"
     env = {"RAY_TMPDIR": str(ray_tmp)}
     cmd = tune_cmd(tmp_path, cache, "packed", "--num-samples", "5", "--pack", "2", "--max-concurrent", "1",
-                   "--clean-fraction", "0.1", "--set", "nba.optim.epochs=2")
+                   "--clean-fraction", "0.1", "--set", "nba.optim.epochs=2", "--pack-mode", mode)
     root = tmp_path / "packed"
     try:
         proc = start_tune(cmd, env)
@@ -100,6 +102,8 @@ def test_a_packed_sweep_writes_one_row_per_member_and_resumes_after_a_kill(tmp_p
                                                             if x["trial_id"] in {f["trial_id"] for f in first}}
     for x in rows:
         assert x["trial_id"] == f"{x['pack_id']}-m{x['member']}" and x["member"] < x["pack_size"] <= 2
+        # auto would loop on this CPU; a pack of one trains as a trial does
+        assert x.get("pack_mode") == (mode if x["pack_size"] > 1 else None)
     assert f"{len(first)} trials have rows ({len(first)} in the Optuna study" in r.stdout
     assert "packs of up to 2" in r.stdout and "pack of" in r.stdout
 
@@ -108,7 +112,9 @@ def test_a_sweep_refuses_what_cannot_pack_before_ray_starts(tmp_path):
     from test_tune import run_tune, tune_cmd
 
     for extra, fragment in ((["--defense", "ft"], "cannot train as a pack"),
-                            (["--workers-per-trial", "2"], "does not combine with data-parallel")):
+                            (["--workers-per-trial", "2"], "does not combine with data-parallel"),
+                            (["--defense", "argd", "--pack-mode", "stacked"], "packs only as a loop"),
+                            (["--pack-mode", "stacked", "--set", "arch=vgg19-bn"], "draws dropout masks")):
         r = run_tune(*tune_cmd(tmp_path, tmp_path / "c", "x", "--pack", "4", *extra))
         assert r.returncode == 2 and fragment in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 

@@ -31,6 +31,7 @@ class DefenseContext:
     start_epoch: int = 0
     optimizer_state: Optional[dict] = None
     optimizer_states: Optional[list] = None  # a pack's: one per member (`repair_pack`)
+    pack_mode: str = "auto"  # how a pack trains: auto, stacked or loop (nba_scale/stacking.py)
 
 
 class Defense(abc.ABC):
@@ -40,6 +41,9 @@ class Defense(abc.ABC):
     Config: ClassVar[type]
     needs_teacher: ClassVar[bool] = False
     packable: ClassVar[bool] = False  # several configurations can train together (`repair_pack`)
+    # The settings the members of a stacked pack share (one network, one loss: nba_scale/stacking.py);
+    # None: the defense packs only as a loop.
+    stacked_shared: ClassVar[Optional[tuple[str, ...]]] = None
 
     def __init__(self, params: dict[str, Any] | None = None):
         self.cfg = build(self.Config, params, self.name)

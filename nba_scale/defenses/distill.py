@@ -69,11 +69,22 @@ class TeacherDistillation(Defense):
                      optimizer_state=ctx.optimizer_state)
 
     @classmethod
+    def stacked_loss(cls, defenses: list["TeacherDistillation"], teacher, ctx: DefenseContext):
+        """The members' loss on their stacked network (`stacking.StackedLoss`): each member's
+        loss as a (K,) vector, its terms too; defenses that set `stacked_shared` give it."""
+        raise NotImplementedError
+
+    @classmethod
     def repair_pack(cls, defenses: list["TeacherDistillation"], models: list[torch.nn.Module],
                     ctx: DefenseContext, on_epoch_end=None) -> list[Member]:
+        from ..stacking import resolve_pack_mode
+
         teacher = cls.shared_teacher(ctx)
         states = ctx.optimizer_states or [None] * len(models)
         members = [Member(m, d.cfg.optim, d.distill_loss(teacher, ctx), state)
                    for d, m, state in zip(defenses, models, states)]
+        mode = resolve_pack_mode(ctx.pack_mode, defenses, models[0], ctx.accelerator.device)
+        stacked = cls.stacked_loss(defenses, teacher, ctx) if mode == "stacked" else None
         return train_pack(members, ctx.x_clean, ctx.y_clean, ctx.accelerator, flip=ctx.flip, seed=ctx.seed,
-                          desc=f"{cls.name} x{len(members)}", on_epoch_end=on_epoch_end, start_epoch=ctx.start_epoch)
+                          desc=f"{cls.name} x{len(members)}{' stacked' if stacked else ''}",
+                          on_epoch_end=on_epoch_end, start_epoch=ctx.start_epoch, stacked=stacked)

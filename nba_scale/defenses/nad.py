@@ -43,6 +43,7 @@ def nad_loss(feats_t, feats_s, p: float, betas) -> torch.Tensor:
 @register("nad")
 class NAD(TeacherDistillation):
     Config = NADConfig
+    stacked_shared = ("p",)  # a stacked pack's betas are the members' own
 
     def distill_loss(self, teacher, ctx):
         c = self.cfg
@@ -53,3 +54,26 @@ class NAD(TeacherDistillation):
             return ce + at, {"ce": ce.detach(), "at": at.detach()}  # the curves' terms (training.LossFn)
 
         return loss
+
+    @classmethod
+    def stacked_loss(cls, defenses: list["NAD"], teacher, ctx):
+        """`distill_loss` for all members of a stacked pack at once (nba_scale/stacking.py)."""
+        from ..stacking import member_cross_entropy
+
+        p = defenses[0].cfg.p
+        betas = torch.tensor([d.cfg.betas for d in defenses], device=ctx.accelerator.device)  # (K, 3)
+
+        def loss(net, x, y):
+            _, feats_t = teacher(x, features=True)
+            logits, feats_s = net(x, features=True)
+            ce = member_cross_entropy(logits, y)
+            at = sum(betas[:, i] * (member_attention(fs, p) - attention_map(ft, p).unsqueeze(1)).pow(2).mean((0, 2))
+                     for i, (ft, fs) in enumerate(zip(feats_t, feats_s)))
+            return ce + at, {"ce": ce.detach(), "at": at.detach()}
+
+        return loss
+
+
+def member_attention(f: torch.Tensor, p: float) -> torch.Tensor:
+    """`attention_map` of stacked taps (B, K, C, H, W): (B, K, H·W)."""
+    return F.normalize(f.float().abs().pow(p).mean(2).flatten(2), dim=2)

@@ -34,10 +34,10 @@ import torch.nn.functional as F
 
 from ..adversarial import pgd_untargeted
 from ..config import finite_positive, require
-from ..training import OptimConfig, nad_schedule
+from ..training import OptimConfig, memory_format, nad_schedule
 from .base import DefenseContext, register
 from .distill import TeacherDistillation, forward_both
-from .nba_losses import TERMS, behaviour_loss
+from .nba_losses import TERMS, behaviour_loss, member_behaviour_loss
 
 
 @dataclasses.dataclass
@@ -84,6 +84,10 @@ class NBAConfig:
 @register("nba")
 class NBA(TeacherDistillation):
     Config = NBAConfig
+    # a stacked pack's one loss and one PGD: the loss weights, T, alpha, beta and the PGD budget
+    # and step are the members' own (K-vectors); these are one for all
+    stacked_shared = ("terms", "losses", "representation", "udl_samples", "pgd_steps", "pgd_random_start",
+                      "pgd_precision")
 
     def distill_loss(self, teacher: torch.nn.Module, ctx: DefenseContext):
         c = self.cfg
@@ -118,3 +122,51 @@ class NBA(TeacherDistillation):
             return total, terms
 
         return loss
+
+    @classmethod
+    def stacked_loss(cls, defenses: list["NBA"], teacher, ctx: DefenseContext):
+        """`distill_loss` for all members of a stacked pack at once (nba_scale/stacking.py)."""
+        from ..stacking import member_cross_entropy, same_draw
+
+        cs = [d.cfg for d in defenses]
+        c, k = cs[0], len(cs)
+        require(c.udl_samples == "pseudo" or ctx.attack is not None,
+                "nba.udl_samples=poisoned needs the attack's trigger (an oracle); run through run_trial")
+        dev = ctx.accelerator.device
+        vec = lambda f: torch.tensor([float(f(x)) for x in cs], device=dev)  # noqa: E731
+        weights = {"rnb": vec(lambda x: x.lambda1), "lnb": vec(lambda x: x.lambda2), "pnb": vec(lambda x: x.lambda3)}
+        kw = dict(weights=weights, T=vec(lambda x: x.T), pnb_scale=vec(lambda x: x.T * x.T if x.kd_t2 else 1.0),
+                  terms=c.terms, representation=c.representation)
+        use = {"ldl": c.losses in ("both", "ldl"), "udl": c.losses in ("both", "udl")}
+        scale = {"ldl": vec(lambda x: x.alpha), "udl": vec(lambda x: x.alpha * x.beta)}
+        eps = [x.pgd_eps for x in cs]
+        channel = lambda v: torch.tensor(v, device=dev).repeat_interleave(3).view(1, 3 * k, 1, 1)  # noqa: E731
+        eps_c, step_c = channel(eps), channel([x.step_size for x in cs])
+        fmt = memory_format(dev)  # the pack's layout (training.fast_layout)
+
+        def unlearning_input(net, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            if c.udl_samples == "poisoned":  # the same triggered images for every member
+                return ctx.attack.apply_trigger((x * 255).round().to(torch.uint8)).float().div_(255)
+            start = same_draw(x, eps) if c.pgd_random_start else torch.zeros_like(x).repeat(1, k, 1, 1)
+            xs = x.repeat(1, k, 1, 1).contiguous(memory_format=fmt)
+            return pgd_untargeted(net, xs, y, eps_c, c.pgd_steps, step_c, bf16=c.pgd_precision == "bf16",
+                                  start=start.contiguous(memory_format=fmt))
+
+        def loss(net, x: torch.Tensor, y: torch.Tensor):
+            logits_t, feats_t = teacher(x, features=True)
+            logits_s, feats_s = net(x, features=True)
+            ce = member_cross_entropy(logits_s, y)
+            total, terms = ce, {"ce": ce.detach()}
+            for name in ("ldl", "udl"):
+                if not use[name]:
+                    continue
+                if name == "udl":
+                    logits_s, feats_s = net(unlearning_input(net, x, y), features=True)
+                value, parts = member_behaviour_loss(feats_t, logits_t, feats_s, logits_s, **kw)
+                total = total + scale[name] * value
+                terms[name] = (scale[name] * value).detach()
+                terms.update({f"{name}_{p}": (scale[name] * weights[p] * v).detach() for p, v in parts.items()})
+            return total, terms
+
+        return loss
+

@@ -119,3 +119,58 @@ def _weighted(feats_t, logits_t, feats_s, logits_s, weights, T, terms, represent
     for name, value in parts.items():
         total = total + weights[name] * value
     return total, parts
+
+
+# A stacked pack's members (nba_scale/stacking.py): the student taps are (B, K, C, H, W), its
+# logits (B, K, classes), the teacher's as above; each term comes back as a (K,) vector, member k's
+# value being the one the functions above give for member k alone.
+
+def member_rnb(feats_t, feats_s, representation: str = "gram") -> torch.Tensor:
+    total = feats_s[0].new_zeros(feats_s[0].shape[1], dtype=torch.float32)
+    for ft, fs in zip(feats_t, feats_s, strict=True):
+        b, k, c = fs.shape[:3]
+        hw = fs.shape[3] * fs.shape[4]
+        if representation == "gram":
+            diff = gram(ft).unsqueeze(1) - gram(fs.flatten(0, 1)).view(b, k, c, c)
+            total = total + diff.pow(2).sum((2, 3)).mean(0) / (4 * c * c * hw * hw)
+        else:
+            total = total + (ft.float().unsqueeze(1) - fs.float()).pow(2).sum((2, 3, 4)).mean(0) / (4 * c * hw)
+    return total
+
+
+def member_lnb(feats_t, feats_s, representation: str = "gram") -> torch.Tensor:
+    b, k = feats_s[0].shape[:2]
+    total = feats_s[0].new_zeros(k, dtype=torch.float32)
+    students = layer_changes([f.flatten(0, 1) for f in feats_s], representation)
+    for mt, ms in zip(layer_changes(feats_t, representation), students, strict=True):
+        total = total + (mt.unsqueeze(1) - ms.view(b, k)).pow(2).mean(0)
+    return total
+
+
+def member_pnb(logits_t: torch.Tensor, logits_s: torch.Tensor, T: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """`pnb` per member: temperatures T (K,), times scale (K,): T^2 where kd_t2, else 1."""
+    t = T.view(1, -1, 1)
+    p_t = F.softmax(logits_t.float().unsqueeze(1) / t, dim=2)
+    log_p_s = F.log_softmax(logits_s.float() / t, dim=2)
+    return -(p_t * log_p_s).sum(2).mean(0) * scale
+
+
+def member_behaviour_loss(feats_t, logits_t, feats_s, logits_s, *, weights: dict[str, torch.Tensor],
+                          T: torch.Tensor, pnb_scale: torch.Tensor, terms: Iterable[str] = TERMS,
+                          representation: str = "gram") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`behaviour_loss` for every member of a stacked pack at once: weights, T and the PNB scale
+    are (K,) vectors; returns the (K,) totals and each term's (K,) values, unweighted."""
+    with torch.autocast(device_type=logits_s.device.type, enabled=False):
+        feats_t, feats_s = [f.float() for f in feats_t], [f.float() for f in feats_s]
+        terms = set(terms)
+        parts: dict[str, torch.Tensor] = {}
+        if "rnb" in terms:
+            parts["rnb"] = member_rnb(feats_t, feats_s, representation)
+        if "lnb" in terms:
+            parts["lnb"] = member_lnb(feats_t, feats_s, representation)
+        if "pnb" in terms:
+            parts["pnb"] = member_pnb(logits_t, logits_s, T, pnb_scale)
+        total = logits_s.new_zeros(logits_s.shape[1], dtype=torch.float32)
+        for name, value in parts.items():
+            total = total + weights[name] * value
+        return total, parts

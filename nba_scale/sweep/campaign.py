@@ -176,6 +176,10 @@ def run_cells(name: str, root: Path, cells: list[dict[str, Any]], shape, concurr
 
     tune_dir = (tune_dir or root / "_tune").resolve()
     units = packs_of(cells, pack)
+    if shape.pack_mode == "stacked":  # a confirmation's packs (a campaign checked its own before its models)
+        from ..spec import check_stacked_packs
+
+        check_stacked_packs([[c["config"] for c in unit] for unit in units])
     if len(units) < len(cells):
         print(f"[{name}] {len(cells)} cells in {len(units)} trials (packs of up to {pack})", flush=True)
     # a campaign resumes by cell, from its rows: no epoch checkpoint to pay for
@@ -255,6 +259,11 @@ def run(args: argparse.Namespace) -> int:
                                           and not shape.gpus else 64)
     walls = mean_walls(Path(args.results), args.dataset)
     todo = longest_first(todo, walls)
+    if args.pack > 1 and args.pack_mode == "stacked":  # refused before any model is built
+        from ..spec import check_stacked_packs
+
+        check_stacked_packs([[u["config"] for u in unit]
+                             for unit in packs_of([{"id": c.id, "config": cfg} for c, cfg in todo], args.pack)])
     est = estimate_s([c for c, _ in todo], walls, concurrency)
     print(f"campaign {camp.name} ({camp.paper or 'beyond the paper'}): {camp.title}\n"
           f"  grid: {len(camp.attacks)} attacks x {len(camp.defenses)} defenses x {len(camp.clean_fractions)} "

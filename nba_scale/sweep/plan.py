@@ -102,6 +102,7 @@ class RunPlan:
     resume: dict[str, ResumeFrom] = dataclasses.field(default_factory=dict)  # resume_key -> checkpoint
     checkpoints: CheckpointPolicy = NO_CHECKPOINTS
     pack: int = 1  # `--pack K`: a sweep's trials are packs (their rows name pack and member, a pack of one too)
+    pack_mode: str = "auto"  # `--pack-mode`: how they train (trial.run_pack)
     # a data-parallel trial (sweep/execution.py Shape): its Ray Train workers and where they checkpoint
     workers: int = 1
     cpus: float = 1.0

@@ -24,6 +24,7 @@ class Shape:
     gpus: float
     workers: int
     retries: int = 0
+    pack_mode: str = "auto"  # `--pack-mode`: how a pack trains (nba_scale/stacking.py)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Shape":
@@ -42,7 +43,7 @@ class Shape:
                               "workers (--workers-per-trial, --gpus-per-trial above 1)")
         retries = args.max_failures if getattr(args, "max_failures", None) is not None else (
             CLUSTER_RETRIES if args.address else 0)
-        return cls(args.cpus_per_trial, gpus, workers, retries)
+        return cls(args.cpus_per_trial, gpus, workers, retries, getattr(args, "pack_mode", "auto"))
 
     def resources(self) -> dict[str, float]:
         """What Tune reserves per trial."""
@@ -57,7 +58,7 @@ class Shape:
     def plan_fields(self, storage: Path) -> dict[str, Any]:
         """The RunPlan's fields (sweep/plan.py) a data-parallel trial reads."""
         return {"workers": self.workers, "cpus": self.cpus, "gpus": self.gpus,
-                "train_storage": str(storage / "_train"), "max_failures": self.retries}
+                "train_storage": str(storage / "_train"), "max_failures": self.retries, "pack_mode": self.pack_mode}
 
 
 CLUSTER_RETRIES = 3  # --max-failures with --address: spot nodes come and go

@@ -189,7 +189,7 @@ def trial_loop(plan: RunPlan, config: dict[str, Any], session: Session) -> None:
             max_epochs = max(get_defense(c.defense)(c.defense_params).epochs for c in map(parse_config, (
                 m.config for m in members)))
             results = run_pack([m.config for m in members], report=report, resume=resume_states(),
-                               epoch_metrics=plan.epoch_metrics)
+                               epoch_metrics=plan.epoch_metrics, pack_mode=plan.pack_mode)
     except ConfigError as e:
         # A sampled value the trial rejects, or an epoch checkpoint it must not load (tampered,
         # truncated): a failed row per member with the reason and the parameters, so that the sweep

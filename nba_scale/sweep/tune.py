@@ -386,9 +386,10 @@ def run(args: argparse.Namespace) -> int:
     for s in studies:
         make_scheduler(args, s.base)  # its budget checked before Ray starts
     if args.pack > 1:
-        from ..spec import check_packable
+        from ..spec import check_packable, parse_config
 
-        check_packable(args.defense, [p.name for p in space.params])
+        check_packable(args.defense, [p.name for p in space.params], pack_mode=args.pack_mode,
+                       arch=parse_config(studies[0].base).arch)
         if args.objective == "worst-case":  # refused before Ray starts and the models are built
             raise ConfigError("--objective worst-case runs each trial over several attacks, one after the other; "
                               "it does not pack: use --pack 1")
