@@ -103,19 +103,20 @@ def behaviour_loss(feats_t, logits_t, feats_s, logits_s, *, weights: dict[str, f
     collapsed the weak smoke-preset model (BA 46 % -> 6.7 %, vs 31.7 % in fp32) with this in
     place, so the cause lies upstream (bf16 features); use fp32 for NBA until it is understood."""
     with torch.autocast(device_type=logits_s.device.type, enabled=False):
-        return _weighted(feats_t, logits_t, feats_s, logits_s, weights, T, set(terms), representation, kd_t2)
+        return _weighted(feats_t, logits_t, feats_s, logits_s, weights, set(terms), (),
+                         rnb=lambda ft, fs: rnb(ft, fs, representation), lnb=lambda ft, fs: lnb(ft, fs, representation),
+                         pnb=lambda lt, ls: pnb(lt, ls, T, kd_t2))
 
 
-def _weighted(feats_t, logits_t, feats_s, logits_s, weights, T, terms, representation, kd_t2):
+def _weighted(feats_t, logits_t, feats_s, logits_s, weights, terms, shape, **term_fns):
+    """The enabled terms (`term_fns[name](teacher's, student's)`: taps for RNB and LNB, logits for
+    PNB), in fp32, and their weighted sum of `shape` (() for one network, (K,) for a stack)."""
     feats_t, feats_s = [f.float() for f in feats_t], [f.float() for f in feats_s]
     parts: dict[str, torch.Tensor] = {}
-    if "rnb" in terms:
-        parts["rnb"] = rnb(feats_t, feats_s, representation)
-    if "lnb" in terms:
-        parts["lnb"] = lnb(feats_t, feats_s, representation)
-    if "pnb" in terms:
-        parts["pnb"] = pnb(logits_t, logits_s, T, kd_t2)
-    total = logits_s.new_zeros((), dtype=torch.float32)
+    for name in TERMS:
+        if name in terms:
+            parts[name] = term_fns[name](*((logits_t, logits_s) if name == "pnb" else (feats_t, feats_s)))
+    total = logits_s.new_zeros(shape, dtype=torch.float32)
     for name, value in parts.items():
         total = total + weights[name] * value
     return total, parts
@@ -161,16 +162,7 @@ def member_behaviour_loss(feats_t, logits_t, feats_s, logits_s, *, weights: dict
     """`behaviour_loss` for every member of a stacked pack at once: weights, T and the PNB scale
     are (K,) vectors; returns the (K,) totals and each term's (K,) values, unweighted."""
     with torch.autocast(device_type=logits_s.device.type, enabled=False):
-        feats_t, feats_s = [f.float() for f in feats_t], [f.float() for f in feats_s]
-        terms = set(terms)
-        parts: dict[str, torch.Tensor] = {}
-        if "rnb" in terms:
-            parts["rnb"] = member_rnb(feats_t, feats_s, representation)
-        if "lnb" in terms:
-            parts["lnb"] = member_lnb(feats_t, feats_s, representation)
-        if "pnb" in terms:
-            parts["pnb"] = member_pnb(logits_t, logits_s, T, pnb_scale)
-        total = logits_s.new_zeros(logits_s.shape[1], dtype=torch.float32)
-        for name, value in parts.items():
-            total = total + weights[name] * value
-        return total, parts
+        return _weighted(feats_t, logits_t, feats_s, logits_s, weights, set(terms), logits_s.shape[1],
+                         rnb=lambda ft, fs: member_rnb(ft, fs, representation),
+                         lnb=lambda ft, fs: member_lnb(ft, fs, representation),
+                         pnb=lambda lt, ls: member_pnb(lt, ls, T, pnb_scale))
