@@ -207,7 +207,7 @@ def check_packable(defense: str, searched: Collection[str], flag: str = "--pack:
     if pack_mode == "stacked":
         from .stacking import OPTIM_SHARED, why_not_stacked
 
-        why = why_not_stacked([cls({})], build_model(arch, 10, (0.5,) * 3, (0.25,) * 3))
+        why = why_not_stacked([cls({})], layer_probe(arch))
         fields = {f"{defense}.{f}" for f in cls.stacked_shared or ()} | {f"{defense}.optim.{f}" for f in OPTIM_SHARED}
         stacked = [name for name in searched if name in fields]
         if why or stacked:
@@ -216,15 +216,22 @@ def check_packable(defense: str, searched: Collection[str], flag: str = "--pack:
 
 
 def check_stacked_packs(packs: list[list[dict[str, Any]]]) -> None:
-    """`--pack-mode stacked` over fixed packs (a campaign's, a confirmation's: each a list of trial
-    configs): refused in one line, before any model is built, where one of them cannot stack."""
+    """`--pack-mode stacked` over a campaign's packs (each a list of trial configs): refused in one
+    line, before any model is trained, where one of them cannot stack. (A confirmation's packs
+    are points of one study: `check_packable` has refused a search over what stacking shares.)"""
     from .stacking import resolve_pack_mode
 
     for configs in (p for p in packs if len(p) > 1):
         cfgs = [parse_config(c) for c in configs]
         defenses = [get_defense(c.defense)(c.defense_params) for c in cfgs]
         check_pack(cfgs, defenses)
-        resolve_pack_mode("stacked", defenses, build_model(cfgs[0].arch, 10, (0.5,) * 3, (0.25,) * 3), "cpu")
+        resolve_pack_mode("stacked", defenses, layer_probe(cfgs[0].arch), "cpu")
+
+
+@functools.cache
+def layer_probe(arch: str) -> torch.nn.Module:
+    """An untrained model of `arch`, once per process: its layers are what stacking checks."""
+    return build_model(arch, 10, (0.5,) * 3, (0.25,) * 3)
 
 
 

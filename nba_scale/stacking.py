@@ -48,9 +48,19 @@ CHANNELWISE = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Ada
 OPTIM_SHARED = ("nesterov", "precision")
 
 
+def split_members(t: torch.Tensor, members: int) -> torch.Tensor:
+    """A stacked tensor (dim 0 member-major) as (K, *the member's shape): a view."""
+    return t.unflatten(0, (members, -1))
+
+
 def member_view(t: torch.Tensor, k: int, members: int) -> torch.Tensor:
-    """Member k's part of a stacked tensor (dim 0 member-major), in the member's shape."""
-    return t.unflatten(0, (members, -1))[k]
+    """Member k's part of a stacked tensor, in the member's shape."""
+    return split_members(t, members)[k]
+
+
+def per_member(v: torch.Tensor, split: torch.Tensor) -> torch.Tensor:
+    """A (K,) vector shaped to scale each member's slice of `split` (a `split_members` view)."""
+    return v.view(-1, *[1] * (split.dim() - 1))
 
 
 class StackedConv2d(nn.Module):
@@ -211,22 +221,16 @@ class StackedSGD:
         self.lr = torch.zeros(members, device=dev)
         self.bufs = [torch.zeros_like(p) for p in self.params]
 
-    def _split(self, t: torch.Tensor) -> torch.Tensor:
-        return t.unflatten(0, (self.members, -1))
-
-    def _per_member(self, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return v.view(self.members, *[1] * (t.dim() - 1))
-
     @torch.no_grad()
     def step(self) -> None:
         for p, buf in zip(self.params, self.bufs):
             if p.grad is None:
                 continue
-            pv, g, b = self._split(p), self._split(p.grad), self._split(buf)
-            m = self._per_member(self.momentum, pv)
-            d = g.addcmul(pv, self._per_member(self.weight_decay, pv))
+            pv, g, b = (split_members(t, self.members) for t in (p, p.grad, buf))
+            m = per_member(self.momentum, pv)
+            d = g.addcmul(pv, per_member(self.weight_decay, pv))
             b.mul_(m).add_(d)
-            pv.addcmul_(d.addcmul(b, m) if self.nesterov else b, self._per_member(self.lr, pv), value=-1)
+            pv.addcmul_(d.addcmul(b, m) if self.nesterov else b, per_member(self.lr, pv), value=-1)
 
     def load_member(self, k: int, buffers: Sequence[Optional[torch.Tensor]]) -> None:
         """Member k's momentum buffers (a torch SGD's, in parameter order; None: none yet)."""
@@ -243,11 +247,11 @@ def clip_members(params: Sequence[torch.nn.Parameter], members: int, max_norm: t
     """torch.nn.utils.clip_grad_norm_ per member: each member's gradient, over all its slices,
     scaled to at most max_norm[k] (inf: not clipped)."""
     grads = [p.grad for p in params if p.grad is not None]
-    split = [g.unflatten(0, (members, -1)) for g in grads]
+    split = [split_members(g, members) for g in grads]
     sq = torch.stack([s.float().pow(2).sum(dim=tuple(range(1, s.dim()))) for s in split]).sum(0)
     coef = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
     for s in split:
-        s.mul_(coef.view(members, *[1] * (s.dim() - 1)).to(s.dtype))
+        s.mul_(per_member(coef, s).to(s.dtype))
 
 
 class StackedStep:

@@ -399,7 +399,7 @@ class _LoopedStep:
         return [(k, name, value) for k in live for name, value in self.term_sums[k].items()]
 
     def fail(self, k: int) -> None:
-        pass  # it simply is not stepped again
+        """Nothing to copy out: a failed member's module is its own and is not stepped again."""
 
     def member(self, k: int):
         return self.acc.unwrap_model(self.members[k].model), self.optimizers[k]

@@ -72,7 +72,8 @@ class TeacherDistillation(Defense):
     def stacked_loss(cls, defenses: list["TeacherDistillation"], teacher, ctx: DefenseContext):
         """The members' loss on their stacked network (`stacking.StackedLoss`): each member's
         loss as a (K,) vector, its terms too; defenses that set `stacked_shared` give it."""
-        raise NotImplementedError
+        raise TypeError(f"{cls.__name__} sets stacked_shared but gives no stacked_loss: a plug-in that stacks "
+                        f"must give both (nba_scale/stacking.py)")
 
     @classmethod
     def repair_pack(cls, defenses: list["TeacherDistillation"], models: list[torch.nn.Module],

@@ -169,4 +169,3 @@ class NBA(TeacherDistillation):
             return total, terms
 
         return loss
-

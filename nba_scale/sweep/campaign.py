@@ -176,10 +176,6 @@ def run_cells(name: str, root: Path, cells: list[dict[str, Any]], shape, concurr
 
     tune_dir = (tune_dir or root / "_tune").resolve()
     units = packs_of(cells, pack)
-    if shape.pack_mode == "stacked":  # a confirmation's packs (a campaign checked its own before its models)
-        from ..spec import check_stacked_packs
-
-        check_stacked_packs([[c["config"] for c in unit] for unit in units])
     if len(units) < len(cells):
         print(f"[{name}] {len(cells)} cells in {len(units)} trials (packs of up to {pack})", flush=True)
     # a campaign resumes by cell, from its rows: no epoch checkpoint to pay for
