@@ -8,7 +8,8 @@ Writes `OUT/README.md` and PNGs beside it. Per campaign: a table (rows x columns
 `report` says; every cell "ASR / BA" in %, mean over seeds ± its 95 % t interval; "before" = the backdoored
 model where the columns are defenses), the mean over rows, the paper's published numbers where
 the campaign records them, bars per attack, Pareto fronts (ASR vs BA) per attack x clean
-fraction, clean-fraction curves where the grid has that axis, the leave-one-attack-out and
+fraction, clean-fraction curves where the grid has that axis, each variant against `default` and
+each defense against its own teacher (paired, sweep/versus.py), the leave-one-attack-out and
 worst-case tables for `transfer`, wall time per defense, and the commands that produced it
 (from the campaign folder's campaign.json). `--with-rows` also writes each campaign's
 campaign.json and all its rows, in one `rows.parquet`, to `OUT/rows/<campaign>/`: a folder that
@@ -231,6 +232,11 @@ def campaign_section(root: Path, out: Path) -> list[str]:
         lines.append("")
     if meta.get("claims") and "defense" in (ra, ca) and len({r["variant"] for r in rows}) == 1:
         lines += claims_section(rows, meta["claims"])
+    from .versus import teacher_lines, variant_lines
+
+    spec = meta.get("claims") or {}
+    margins = (spec.get("ba_margin", 0.05), spec.get("implanted_above", 0.5))
+    lines += variant_lines(rows, *margins) + teacher_lines(rows, *margins)
     if failed:
         lines += ["Failed cells: " + "; ".join(f"`{r['trial_id']}`: {r.get('error')}" for r in failed[:10]), ""]
     lines += wall_times(rows, ca)

@@ -15,6 +15,13 @@ search's front and plot leave the confirmation's rows (`stage = confirm`) out.
 
     python -m nba_scale.results nba_results/NAME --confirmed --plot confirmed.png
 
+`--versus X Y` compares two kinds of cell over the rows under DIR (campaigns together): X minus Y
+on the same backdoored models and clean sets, per clean fraction, the claims' interval and verdict
+(sweep/versus.py). X and Y: a defense, a defense's variant (`nba/l1_0.05`), or a defense's
+teacher (`nba@teacher`).
+
+    python -m nba_scale.results nba_results --versus nba/l1_0.05 nad
+
 `--curves` prints how each trial's defense trained (its loss and each term per epoch, kept in
 DIR/NAME/_curves/: sweep/curves.py), and with `--plot` draws them; `--sql` sees them as the view
 `curves` beside `trials`.
@@ -212,6 +219,17 @@ def run(args: argparse.Namespace) -> int:
                 raise ConfigError(f"cannot write --plot {args.plot} ({e.strerror}); give a path in a writable folder") from None
             print(f"wrote {args.plot}", file=sys.stderr)
         return 0
+    elif args.versus:
+        from . import versus
+
+        x, y = args.versus
+        rows = table.to_pylist()
+        if not any(got["paired"] for got in versus.compare(rows, x, y)):
+            raise ConfigError(f"--versus {x} {y}: no cell (same backdoored model and clean set, an attack that "
+                              f"implanted) has a row of both; labels: DEFENSE, DEFENSE/VARIANT, DEFENSE@teacher "
+                              f"(defenses here: {', '.join(sorted({str(r.get('defense')) for r in rows}))})")
+        print("\n".join(versus.table(rows, [(x, y)], x_name=x, y_name=y)))
+        return 0
     elif args.confirmed:
         from .confirm import report
 
@@ -239,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the front confirmed over seeds (tune --confirm N): means, intervals, each point vs the default")
     p.add_argument("--curves", action="store_true",
                    help="how each trial's defense trained: its loss and each loss term per epoch (--plot draws them)")
+    p.add_argument("--versus", nargs=2, metavar=("X", "Y"), default=None,
+                   help="X minus Y, paired on the same backdoored models and clean sets, per clean fraction, with "
+                        "95 %% intervals and a verdict: a defense (nad), a variant (nba/l1_0.05), a teacher (nba@teacher)")
     p.add_argument("--by", default="attack,clean_fraction")
     p.add_argument("--plot", default=None, metavar="FILE.png")
     p.add_argument("--format", default="table", choices=["table", "csv", "json"])
