@@ -103,3 +103,30 @@ def test_results_cli_versus(tmp_path, capsys):
     assert results.main([str(tmp_path / "r"), "--versus", "nba", "fp"]) == 2
     err = capsys.readouterr().err
     assert "no cell" in err and "defenses here: nad, nba" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_table2_report_with_two_clean_sets_has_curves_and_the_teacher_section(tmp_path):
+    """Rows straight to Parquet (no training): a table2 campaign run at two clean sets draws the
+    clean-set curves and compares each teacher-using defense with its teacher, paired."""
+    from nba_scale.sweep.report import write_report
+    from nba_scale.sweep.store import write_row
+
+    root = tmp_path / "results" / "table2"
+    for cf in (0.05, 0.25):
+        for r in grid(offset_asr=0.05, offset_ba=-0.01):
+            r = dict(r, clean_fraction=cf, n_clean=int(cf * 10000), trial_id=f"{r['trial_id']}-{cf}",
+                     dataset="synthetic", ba_before=0.75, wall_s=1.0)
+            if r["defense"] == "nad":  # NAD has the same teacher as NBA in its cell
+                r["artifacts"] = next(x["artifacts"] for x in grid() if x["defense"] == "nba"
+                                      and (x["attack"], x["seed"]) == (r["attack"], r["seed"]))
+            write_row(root, r)
+    (root / "campaign.json").write_text(json.dumps({
+        "campaign": "table2", "file": "table2", "title": "t", "paper": "Table 2", "dataset": "synthetic",
+        "preset": "smoke", "seeds": [0, 1, 2], "set": [], "commands": ["python -m x"]}))
+    text = write_report(tmp_path / "results", tmp_path / "out").read_text()
+    assert (tmp_path / "out" / "table2_curves.png").stat().st_size > 10_000
+    teacher = text[text.index("#### Each defense against its own teacher"):]
+    assert "| nad | nad@teacher | 0.05 (500) |" in teacher and "| nba | nba@teacher | 0.25 (2,500) |" in teacher
+    # NBA is 0.03 under its teacher in every cell; NAD 0.02 above it (0.05 over NBA).
+    assert "| -3.0 [-3.0, -3.0] |" in teacher and "| +2.0 [" in teacher
+    assert "Each variant against" not in text

@@ -149,7 +149,11 @@ def pareto_grid(rows: list[dict], label_axis: str, orders: dict, path: Path) -> 
 
 
 def curves(rows: list[dict], orders: dict, path: Path) -> None:
-    """ASR and BA against the clean fraction, one line per defense, one column per attack."""
+    """ASR and BA against the defender's clean set, one line per defense, one column per attack
+    after a first one for the mean over attacks; x in clean images where every row says how many
+    (`n_clean`), else in % of the attacker's training set; bars: the 95 % t interval over seeds."""
+    import math
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -158,18 +162,36 @@ def curves(rows: list[dict], orders: dict, path: Path) -> None:
     from ..atomic import save_figure
 
     attacks = axis_values(rows, "attack", orders.get("attack"))
-    fig, axes = plt.subplots(2, len(attacks), figsize=(3.6 * len(attacks), 6), squeeze=False)
-    for j, attack in enumerate(attacks):
-        g = [r for r in rows if r["attack"] == attack]
-        for d in axis_values(g, "defense", orders.get("defense")):
-            cfs = axis_values([r for r in g if r["defense"] == d], "clean_fraction")
-            for i, metric in enumerate(("asr", "ba")):
-                ys = [100 * statistics.fmean(r[metric] for r in g if r["defense"] == d and r["clean_fraction"] == c)
-                      for c in cfs]
-                axes[i][j].plot([100 * c for c in cfs], ys, marker="o", label=d)
-        axes[0][j].set_title(attack, fontsize=9)
+    images = all(r.get("n_clean") for r in rows)
+    columns = (["mean over attacks"] if len(attacks) > 1 else []) + attacks
+    fig, axes = plt.subplots(2, len(columns), figsize=(3.6 * len(columns), 6), squeeze=False)
+    for j, col in enumerate(columns):
+        g = rows if j == 0 and len(columns) > len(attacks) else [r for r in rows if r["attack"] == col]
+        defenses = axis_values(g, "defense", orders.get("defense"))
+        for k, d in enumerate(defenses):
+            mine = [r for r in g if r["defense"] == d]
+            dodge = 1 + 0.015 * (k - (len(defenses) - 1) / 2)  # side by side, so the bars do not hide each other
+            xs, ys, errs = [], ([], []), ([], [])
+            for c in axis_values(mine, "clean_fraction"):
+                sel = [r for r in mine if r["clean_fraction"] == c]
+                n_attacks, by_seed = len({r["attack"] for r in sel}), {}
+                for r in sel:
+                    by_seed.setdefault(r["seed"], []).append(r)
+                # The mean over attacks per seed, from the seeds that have every attack at this point.
+                seeds = [v for v in by_seed.values() if len(v) == n_attacks]
+                if not seeds:
+                    continue
+                xs.append(dodge * (statistics.median(r["n_clean"] for r in sel) if images else 100 * c))
+                for i, metric in enumerate(("asr", "ba")):
+                    vals = [100 * statistics.fmean(r[metric] for r in v) for v in seeds]
+                    h = t_halfwidth(vals)
+                    ys[i].append(statistics.fmean(vals))
+                    errs[i].append(0.0 if math.isnan(h) else h)
+            for i in range(2):
+                axes[i][j].errorbar(xs, ys[i], yerr=errs[i], marker="o", capsize=3, label=d)
+        axes[0][j].set_title(col, fontsize=9)
         for i, label in enumerate(("ASR %", "BA %")):
-            axes[i][j].set_xlabel("clean data %")
+            axes[i][j].set_xlabel("clean images" if images else "clean data % of the attacker's set")
             axes[i][j].set_ylabel(label)
             axes[i][j].grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
@@ -247,9 +269,13 @@ def campaign_section(root: Path, out: Path) -> list[str]:
     pareto_grid(rows, label, orders, out / f"{name}_pareto.png")
     lines += [f"Pareto fronts (ASR vs BA) per attack x clean fraction, each point one {label}:", "",
               f"![{name} Pareto fronts]({name}_pareto.png)", ""]
-    if rep.get("curves") == "clean_fraction" and len({r["clean_fraction"] for r in rows}) > 1:
+    # Several clean sets of the same defenses (a clean-fraction grid, or table2 run with
+    # --clean-images 500 2500 5000): how each defense depends on the defender's budget.
+    if (rep.get("curves") == "clean_fraction" or "defense" in (ra, ca)) and len({r["clean_fraction"] for r in rows}) > 1:
         curves(rows, orders, out / f"{name}_curves.png")
-        lines += [f"![{name} clean-fraction curves]({name}_curves.png)", ""]
+        lines += ["ASR and BA against the defender's clean set, per defense (mean over seeds; bars: the 95 % t "
+                  "interval over seeds; the first column: the mean over attacks):", "",
+                  f"![{name} clean-fraction curves]({name}_curves.png)", ""]
     if rep.get("transfer"):
         lines += transfer_lines(rows) + [""]
     from .curves import plot_dir
