@@ -121,7 +121,9 @@ def test_a_table2_report_with_two_clean_sets_has_curves_and_the_teacher_section(
                                       and (x["attack"], x["seed"]) == (r["attack"], r["seed"]))
             write_row(root, r)
     (root / "campaign.json").write_text(json.dumps({
-        "campaign": "table2", "file": "table2", "title": "t", "paper": "Table 2", "dataset": "synthetic",
+        # Run from a worktree that is gone since: the package's campaign of that name gives the
+        # report its orders and claims.
+        "campaign": "table2", "file": str(tmp_path / "gone" / "table2.yaml"), "title": "t", "paper": "Table 2", "dataset": "synthetic",
         "preset": "smoke", "seeds": [0, 1, 2], "set": [], "commands": ["python -m x"]}))
     text = write_report(tmp_path / "results", tmp_path / "out").read_text()
     assert (tmp_path / "out" / "table2_curves.png").stat().st_size > 10_000
@@ -130,3 +132,4 @@ def test_a_table2_report_with_two_clean_sets_has_curves_and_the_teacher_section(
     # NBA is 0.03 under its teacher in every cell; NAD 0.02 above it (0.05 over NBA).
     assert "| -3.0 [-3.0, -3.0] |" in teacher and "| +2.0 [" in teacher
     assert "Each variant against" not in text
+    assert "#### The paper's claims at this budget, clean fraction 0.25" in text

@@ -300,11 +300,18 @@ def claims_section(rows: list[dict], spec: dict) -> list[str]:
 
 def _orders(meta: dict) -> dict[str, list]:
     """Axis orders from the campaign's YAML (and its current published numbers and claims into `meta`)."""
-    try:
-        from .grid import load_campaign
+    from .grid import load_campaign
 
-        c = load_campaign(meta.get("file") or meta["campaign"])
-    except ConfigError:  # the YAML moved: alphabetical order, the published numbers as recorded
+    c = None
+    # The file it ran from, else the package's campaign of that name (a run from a checkout or
+    # worktree that is gone since), else nothing: alphabetical order, the published numbers as recorded.
+    for ref in dict.fromkeys(x for x in (meta.get("file"), meta.get("campaign")) if x):
+        try:
+            c = load_campaign(ref)
+            break
+        except ConfigError:
+            continue
+    if c is None:
         return {}
     meta["published"], meta["claims"] = c.published, c.claims
     return {"attack": c.attacks, "defense": c.defenses, "clean_fraction": c.clean_fractions,
