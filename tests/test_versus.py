@@ -133,3 +133,15 @@ def test_a_table2_report_with_two_clean_sets_has_curves_and_the_teacher_section(
     assert "| -3.0 [-3.0, -3.0] |" in teacher and "| +2.0 [" in teacher
     assert "Each variant against" not in text
     assert "#### The paper's claims at this budget, clean fraction 0.25" in text
+
+
+def test_a_campaign_prefix_picks_one_campaigns_rows():
+    rows = [dict(r, sweep="table2") for r in grid(offset_asr=0.10)]
+    # Another campaign ran nba's default on the same models: `nba` is ambiguous, `table2:nba` is not.
+    rows += [dict(r, sweep="fidelity", asr=r["asr"] + 0.01, trial_id=r["trial_id"] + "-f")
+             for r in rows if r["defense"] == "nba"]
+    with pytest.raises(ConfigError, match=r"its campaign \(fidelity:nba\)"):
+        versus.select(rows, "nba")
+    got = versus.compare(rows, "fidelity:nba", "table2:nba")[0]["paired"]
+    assert got.asr[0] == pytest.approx(0.01) and got.cells == 6
+    assert versus.compare(rows, "fidelity:nba", "nad")[0]["paired"].asr[0] == pytest.approx(-0.09)

@@ -18,7 +18,7 @@ search's front and plot leave the confirmation's rows (`stage = confirm`) out.
 `--versus X Y` compares two kinds of cell over the rows under DIR (campaigns together): X minus Y
 on the same backdoored models and clean sets, per clean fraction, the claims' interval and verdict
 (sweep/versus.py). X and Y: a defense, a defense's variant (`nba/l1_0.05`), or a defense's
-teacher (`nba@teacher`).
+teacher (`nba@teacher`), each optionally from one campaign (`table2:nba`).
 
     python -m nba_scale.results nba_results --versus nba/l1_0.05 nad
 
@@ -226,8 +226,8 @@ def run(args: argparse.Namespace) -> int:
         rows = table.to_pylist()
         if not any(got["paired"] for got in versus.compare(rows, x, y)):
             raise ConfigError(f"--versus {x} {y}: no cell (same backdoored model and clean set, an attack that "
-                              f"implanted) has a row of both; labels: DEFENSE, DEFENSE/VARIANT, DEFENSE@teacher "
-                              f"(defenses here: {', '.join(sorted({str(r.get('defense')) for r in rows}))})")
+                              f"implanted) has a row of both; labels: DEFENSE, DEFENSE/VARIANT, DEFENSE@teacher, "
+                              f"CAMPAIGN:DEFENSE (defenses here: {', '.join(sorted({str(r.get('defense')) for r in rows}))})")
         print("\n".join(versus.table(rows, [(x, y)], x_name=x, y_name=y)))
         return 0
     elif args.confirmed:

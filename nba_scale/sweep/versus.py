@@ -13,6 +13,7 @@ interval over seeds, the "beats" verdict: a lower ASR at a BA loss of at most th
       nad              a defense (all its rows: one variant, or name it)
       nba/l1_0.05      a defense's variant
       nba@teacher      the teacher of a defense's rows (nba/default@teacher: of one variant's)
+      table2:nba       any of these, from one campaign's rows (where two campaigns ran it)
 
 Two rows pair where they repaired the same backdoored model (its cache key, else dataset, attack
 and seed) with the same clean set (clean fraction and seed): the comparison is the defenses', not
@@ -63,13 +64,15 @@ def select(rows: list[dict], label: str) -> dict[tuple, dict]:
     """{cell: row} for a label (module docstring); a teacher row is its student's row with the
     teacher's ASR and BA. A label that matches two rows of one cell (two variants, or a cell run
     twice under different names) is refused: name the variant or narrow the folder."""
-    base, at, what = label.partition("@")
+    campaign, _, rest = label.rpartition(":")
+    base, at, what = rest.partition("@")
     if at and what != TEACHER:
         raise ConfigError(f"--versus {label!r}: after '@' only 'teacher' (e.g. nba@teacher)")
     defense, _, variant = base.partition("/")
     out: dict[tuple, dict] = {}
     for r in rows:
-        if r.get("status", "ok") != "ok" or r.get("defense") != defense or (variant and _variant(r) != variant):
+        if r.get("status", "ok") != "ok" or r.get("defense") != defense or (variant and _variant(r) != variant) \
+                or (campaign and r.get("sweep") != campaign):
             continue
         if at:
             t = teacher_metrics(r)
@@ -79,8 +82,9 @@ def select(rows: list[dict], label: str) -> dict[tuple, dict]:
         cell = _cell(r)
         if cell in out and not (at and out[cell].get("teacher_key") == r.get("teacher_key")):
             raise ConfigError(f"--versus {label!r} matches two rows of {r['attack']} seed {r['seed']} clean fraction "
-                              f"{r['clean_fraction']:g} ({_variant(out[cell])!r}, {_variant(r)!r}): name a variant "
-                              f"({defense}/{_variant(r)}) or pass one campaign's folder")
+                              f"{r['clean_fraction']:g} ({out[cell].get('sweep')}: {_variant(out[cell])!r}, "
+                              f"{r.get('sweep')}: {_variant(r)!r}): name a variant ({defense}/{_variant(r)}) or "
+                              f"its campaign ({r.get('sweep')}:{base})")
         out[cell] = r
     return out
 
