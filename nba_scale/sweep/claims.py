@@ -41,10 +41,13 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..config import ConfigError
 from ..stats import stratified_bootstrap, t_halfwidth
+
+if TYPE_CHECKING:
+    import numpy as np
 
 KEYS = {"subject", "implanted_above", "ba_margin", "asr_margin", "weaker", "beats", "reversed_at"}
 MIN_SEEDS = 3
@@ -113,6 +116,13 @@ class Paired:
     asr: tuple[float, float, float]
     ba: tuple[float, float, float]
 
+    @classmethod
+    def of(cls, x: str, y: str, strata: list["np.ndarray"]) -> "Paired":
+        """From per-attack arrays of (ASR, BA) differences, a row per seed."""
+        point, lo, hi = stratified_bootstrap(strata)
+        return cls(x, y, len(strata), sum(len(s) for s in strata), min(len(s) for s in strata),
+                   (point[0], lo[0], hi[0]), (point[1], lo[1], hi[1]))
+
 
 def paired(rows: list[dict], x: str, y: str, attacks: list[str]) -> Optional[Paired]:
     cells = {(r["defense"], r["attack"], r["seed"]): r for r in rows}
@@ -124,11 +134,7 @@ def paired(rows: list[dict], x: str, y: str, attacks: list[str]) -> Optional[Pai
         if seeds:
             strata.append(np.array([[cells[x, a, s]["asr"] - cells[y, a, s]["asr"],
                                      cells[x, a, s]["ba"] - cells[y, a, s]["ba"]] for s in seeds]))
-    if not strata:
-        return None
-    point, lo, hi = stratified_bootstrap(strata)
-    return Paired(x, y, len(strata), sum(len(s) for s in strata), min(len(s) for s in strata),
-                  (point[0], lo[0], hi[0]), (point[1], lo[1], hi[1]))
+    return Paired.of(x, y, strata) if strata else None
 
 
 def verdict(p: Paired, margin: float, ba_first: bool = False) -> str:

@@ -224,11 +224,12 @@ def run(args: argparse.Namespace) -> int:
 
         x, y = args.versus
         rows = table.to_pylist()
-        if not any(got["paired"] for got in versus.compare(rows, x, y)):
+        got = versus.compare(rows, x, y)
+        if not any(g["paired"] for g in got):
             raise ConfigError(f"--versus {x} {y}: no cell (same backdoored model and clean set, an attack that "
                               f"implanted) has a row of both; labels: DEFENSE, DEFENSE/VARIANT, DEFENSE@teacher, "
                               f"CAMPAIGN:DEFENSE (defenses here: {', '.join(sorted({str(r.get('defense')) for r in rows}))})")
-        print("\n".join(versus.table(rows, [(x, y)], x_name=x, y_name=y)))
+        print("\n".join(versus.table(rows, [(x, y)], x_name=x, y_name=y, compared={(x, y): got})))
         return 0
     elif args.confirmed:
         from .confirm import report

@@ -27,7 +27,6 @@ import statistics
 from typing import Any, Optional
 
 from ..config import ConfigError
-from ..stats import stratified_bootstrap
 from .claims import MIN_SEEDS, Paired, _ci, implanted, verdict
 from .tables import clean_images
 
@@ -118,21 +117,19 @@ def compare(rows: list[dict], x: str, y: str, implanted_above: float = 0.5) -> l
 def _paired(x: str, y: str, strata: list[list[tuple[dict, dict]]]) -> Paired:
     import numpy as np
 
-    arrays = [np.array([[a["asr"] - b["asr"], a["ba"] - b["ba"]] for a, b in s]) for s in strata]
-    point, lo, hi = stratified_bootstrap(arrays)
-    return Paired(x, y, len(arrays), sum(map(len, arrays)), min(map(len, arrays)),
-                  (point[0], lo[0], hi[0]), (point[1], lo[1], hi[1]))
+    return Paired.of(x, y, [np.array([[a["asr"] - b["asr"], a["ba"] - b["ba"]] for a, b in s]) for s in strata])
 
 
 def table(rows: list[dict], pairs: list[tuple[str, str]], margin: float = 0.05, implanted_above: float = 0.5,
-          x_name: str = "first", y_name: str = "second") -> list[str]:
+          x_name: str = "first", y_name: str = "second", compared: Optional[dict] = None) -> list[str]:
     """Markdown: a row per pair and clean fraction (ASR / BA of each, the difference with its
-    interval, the verdict of "x beats y"), then each attack's ASR difference."""
+    interval, the verdict of "x beats y"), then each attack's ASR difference. `compared`: the
+    pairs' `compare` results where the caller has them already ({(x, y): [...]})."""
     lines = [f"| {x_name} | {y_name} | clean fraction | cells | {x_name} ASR / BA | {y_name} ASR / BA | "
              "ASR difference [95 %] | BA difference [95 %] | verdict | per attack: ASR difference [95 %] |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for x, y in pairs:
-        for got in compare(rows, x, y, implanted_above):
+        for got in (compared or {}).get((x, y)) or compare(rows, x, y, implanted_above):
             p = got["paired"]
             images = got["images"].replace(" clean images", "")
             if p is None:
