@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = cli.parser("python -m nba_scale.run", __doc__)
     cli.add_trial_flags(p, dataset="synthetic")
     p.add_argument("--attack", default="badnets")
-    p.add_argument("--defense", default="nba", help="nba | ft | fp | mcr | nad | argd | none")
+    p.add_argument("--defense", default="nba", help="nba | ft | fp | mcr | nad | argd | anp | ibau | sau | none")
     p.add_argument("--clean-fraction", type=float, default=None, help="defender's clean subset (default 0.05)")
     p.add_argument("--clean-images", type=cli.clean_count, default=None, help=cli.CLEAN_IMAGES_HELP)
     p.add_argument("--arch", default=None, help="wrn-DEPTH-WIDTH (default wrn-16-1), preact-resnet18 or vgg16-bn")

@@ -68,7 +68,7 @@ class TrialConfig:
 
 # Budgets, applied under the user's own overrides. `smoke`: seconds, for tests and CI; `quick`:
 # minutes on one GPU (or a CPU subset); `paper`: the defaults above. `defense.` keys apply to the
-# defense in use, when it trains (all but `none`).
+# defense in use, when it trains; a defense may name its own over them (`Defense.presets`).
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {"data.synthetic_train": 1000, "data.synthetic_test": 300, "backdoor.epochs": 4,
               "teacher.epochs": 2, "defense.optim.epochs": 2, "clean_fraction": 0.1},
@@ -132,6 +132,8 @@ def with_preset(config: dict[str, Any], preset: Optional[str]) -> dict[str, Any]
                 continue
             k = defense + k[len("defense"):]
         base[k] = v
+    if preset:  # the defense's own budget, over the preset's `defense.optim.epochs` where it trains
+        base.update({f"{defense}.{k}": v for k, v in get_defense(defense).presets.get(preset, {}).items()})
     return merge(nest(base), cfg)
 
 

@@ -342,6 +342,8 @@ def why_not_stacked(defenses: Sequence, model: nn.Module) -> Optional[str]:
     why = why_not_stackable(model)
     if why:
         return f"the architecture cannot be stacked: {why}"
+    if any(d.cfg.optim.optimizer != "sgd" for d in defenses):
+        return f"the stacked optimiser is SGD ({cls.name}.optim.optimizer is not sgd)"
     for where, fields in (("", cls.stacked_shared), ("optim.", OPTIM_SHARED)):
         for field in fields:
             values = list(dict.fromkeys(repr(getattr(d.cfg.optim if where else d.cfg, field)) for d in defenses))

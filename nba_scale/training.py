@@ -50,6 +50,9 @@ class OptimConfig:
     # under bf16 autocast, e.g. the attacker's model, which the defense only reads; the reverse is
     # refused (Accelerate wraps a bf16 trial's model forward in autocast for the whole process).
     precision: Optional[Literal["no", "bf16"]] = None
+    # SGD (momentum, nesterov as above) or Adam (betas 0.9, 0.999; momentum and nesterov unused):
+    # the unlearning defenses I-BAU and SAU train with Adam in their authors' code.
+    optimizer: Literal["sgd", "adam"] = "sgd"
     added_later: ClassVar[dict] = {"cutout": 0}  # keyed only when set (config.key_fields)
 
     def validate(self) -> None:
@@ -60,6 +63,7 @@ class OptimConfig:
         require(0 <= self.cutout <= 32, f"cutout={self.cutout} must be in 0..32 (0: none)")
         require(self.precision != "fp16", FP16_REFUSED)
         require(self.precision in (None, "no", "bf16"), f"precision={self.precision!r}: use no or bf16")
+        require(self.optimizer in ("sgd", "adam"), f"optimizer={self.optimizer!r}: use sgd or adam")
 
     def lr_at(self, epoch: int) -> float:
         if self.schedule == "cosine":
@@ -190,6 +194,8 @@ def fast_layout(model: torch.nn.Module, device):
 
 
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                            weight_decay=cfg.weight_decay, nesterov=cfg.nesterov and cfg.momentum > 0)
 

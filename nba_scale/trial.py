@@ -67,7 +67,9 @@ def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
 def _recipe(optim: OptimConfig) -> dict[str, Any]:
     """A stage's schedule for its artifact's key; its precision is keyed beside it, resolved, so a
     bf16 stage keys alike whether the trial or the stage asked for bf16."""
-    return key_fields({k: v for k, v in dataclasses.asdict(optim).items() if k != "precision"}, optim.added_later)
+    fields = {k: v for k, v in dataclasses.asdict(optim).items() if k != "precision"}
+    # `optimizer` came after `cutout`: each is left out at its old behaviour, as the keys before it.
+    return key_fields(key_fields(fields, {"optimizer": "sgd"}), optim.added_later)
 
 
 def artifact_specs(cfg: TrialConfig, ds: Dataset, attack: Attack) -> dict[str, dict[str, Any]]:

@@ -44,6 +44,9 @@ class Defense(abc.ABC):
     # The settings the members of a stacked pack share (one network, one loss: nba_scale/stacking.py);
     # None: the defense packs only as a loop.
     stacked_shared: ClassVar[Optional[tuple[str, ...]]] = None
+    # What each preset (spec.PRESETS) sets for this defense over the preset's `defense.optim.epochs`:
+    # a defense without epochs names what it shortens instead (ANP: {"quick": {"iterations": 1000}}).
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, params: dict[str, Any] | None = None):
         self.cfg = build(self.Config, params, self.name)
