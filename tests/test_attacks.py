@@ -78,16 +78,17 @@ def untrained_context():
 
 DATA = make_synthetic(1000, 300, seed=0)
 # BPP: 8 levels are 36.4 apart; error diffusion can move a pixel by up to about one level.
-BOUNDS = {"blend": 0.2 * 255 + 0.5, "sig": 20.5, "bpp": 255 / 7 * 1.5}
+BOUNDS = {"blend": 0.2 * 255 + 0.5, "sig": 20.5, "bpp": 255 / 7 * 1.5, "lf": 0.2 * 255 + 0.5}
 
 
-@pytest.mark.parametrize("name", ["blend", "sig", "refool", "cla", "wanet", "bpp",
+@pytest.mark.parametrize("name", ["blend", "sig", "refool", "cla", "wanet", "bpp", "lf",
                                   pytest.param("trojan", marks=pytest.mark.slow)])
 def test_poisoning_touches_only_the_chosen_images_and_labels_follow_the_attack_kind(name):
     x, y, xt, yt = DATA
     cls = get_attack(name)
     # Trojan's trigger optimisation and Refool's selection rounds are tested on their own.
-    params = {"steps": 20} if name == "trojan" else {"selection_rounds": 0} if name == "refool" else {}
+    params = {"steps": 20} if name == "trojan" else {"selection_rounds": 0} if name == "refool" else \
+        {"passes": 1, "images": 200} if name == "lf" else {}
     atk = cls(params, 10, seed=0)
     p = atk.poison(x, y, xt, yt, untrained_context())
     idx = p.poison_index
@@ -118,10 +119,11 @@ def test_poisoning_touches_only_the_chosen_images_and_labels_follow_the_attack_k
     assert torch.equal(again.x_train, p.x_train) and torch.equal(again.x_test, p.x_test)  # deterministic per seed
 
 
-@pytest.mark.parametrize("name", ["blend", "sig", "bpp"])
+@pytest.mark.parametrize("name", ["blend", "sig", "bpp", "lf"])
 def test_perturbations_stay_within_their_stated_bounds(name):
     x, y, xt, yt = DATA
-    p = get_attack(name)({}, 10, seed=0).poison(x, y, xt, yt)
+    params, ctx = ({"passes": 1, "images": 200}, untrained_context()) if name == "lf" else ({}, None)
+    p = get_attack(name)(params, 10, seed=0).poison(x, y, xt, yt, ctx)
     diff = (p.x_train.int() - x[p.train_index].int()).abs()
     assert diff.max() <= BOUNDS[name] and diff.max() > 0
 
@@ -292,3 +294,28 @@ def test_show_lists_every_attack_and_draws_a_grid(tmp_path):
     out = tmp_path / "grid.png"
     assert main(["--attack", "blend", "sig", "--out", str(out), "--device", "cpu", "--cache-dir", str(tmp_path)]) == 0
     assert out.stat().st_size > 5000
+
+
+def test_lf_trigger_is_smooth_nonnegative_and_scaled_to_its_amplitude():
+    """The low-pass filter removes high frequencies (a checkerboard vanishes, a constant stays
+    constant away from the zero-padded border), and the crafted trigger is >= 0 with its maximum
+    at the amplitude and less high-frequency energy than a random pattern of the same range."""
+    from nba_scale.attacks.lf import craft_trigger, gauss_smooth, rescale
+
+    def high(v):  # share of spectral energy outside the lowest 4x4 frequencies
+        f = torch.fft.fftshift(torch.fft.fft2(v - v.mean()), dim=(-2, -1)).abs() ** 2
+        return 1 - f[:, 14:18, 14:18].sum() / f.sum()
+
+    board = ((torch.arange(32).view(1, -1) + torch.arange(32).view(-1, 1)) % 2).float().expand(3, 32, 32)
+    smooth = gauss_smooth(board, 6.0)
+    assert smooth.shape == board.shape and high(board) > 0.99 and high(smooth) < 0.15  # only the border's falloff is left
+    flat = gauss_smooth(torch.ones(3, 64, 64), 6.0)
+    assert torch.allclose(flat[:, 30:34, 30:34], torch.ones(3, 4, 4), atol=1e-4)
+
+    x, y, _, _ = DATA
+    model = untrained_context().clean_model()
+    p = get_attack("lf")({"passes": 1, "images": 200}, 10).params
+    v, rate = craft_trigger(model, x, 0, p, seed=0, device="cpu")
+    assert v.shape == (3, 32, 32) and v.min() == 0 and abs(float(v.max()) - 0.2) < 1e-6 and 0 <= rate <= 1
+    noise = rescale(torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0)), 0.2)
+    assert high(v) < 0.2 < high(noise)
