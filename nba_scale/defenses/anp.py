@@ -45,6 +45,7 @@ from ..config import ConfigError, require
 from ..data import Batches
 from ..metrics import accuracy
 from .base import Defense, register
+from .fp import largest_within
 
 
 @dataclasses.dataclass
@@ -148,17 +149,16 @@ def prune(model: torch.nn.Module, masks: dict[str, torch.Tensor], threshold: flo
 def choose_threshold(model, masks, x, y, device, cfg: ANPConfig) -> float:
     """The largest threshold of the sweep whose clean-subset accuracy stays within
     `max_acc_drop` of the unpruned model's (0 when even the first step costs more)."""
-    base = accuracy(model, x, y, device)
     steps = int(round(cfg.threshold_max / cfg.threshold_step))
-    best = 0.0
-    for k in range(1, steps + 1):
-        t = k * cfg.threshold_step
-        trial = copy.deepcopy(model)
+    trial = copy.deepcopy(model)  # pruned further at each threshold: a higher one prunes a superset
+
+    def accuracy_at(t: float) -> float:
         prune(trial, masks, t)
-        if accuracy(trial, x, y, device) < (1 - cfg.max_acc_drop) * base:
-            break
-        best = t
-    return best
+        return accuracy(trial, x, y, device)
+
+    best = largest_within([k * cfg.threshold_step for k in range(1, steps + 1)], accuracy_at,
+                          (1 - cfg.max_acc_drop) * accuracy(model, x, y, device))
+    return best or 0.0
 
 
 @register("anp")

@@ -72,14 +72,22 @@ def choose_pruning(model, x, y, device, cfg: FPConfig) -> list[int]:
         a[:, pruned] = 0
         return (head(model)(a).argmax(1) == y).float().mean().item()
 
-    base = accuracy(order[:0])
     step = max(1, math.ceil(cfg.step * c))
-    best = 0
-    for k in range(step, int(cfg.max_ratio * c) + 1, step):
-        if accuracy(order[:k]) < (1 - cfg.max_acc_drop) * base:
+    best = largest_within(range(step, int(cfg.max_ratio * c) + 1, step), lambda k: accuracy(order[:k]),
+                          (1 - cfg.max_acc_drop) * accuracy(order[:0]))
+    return sorted(order[:best or 0].tolist())
+
+
+def largest_within(levels, accuracy_at, floor: float):
+    """The stopping rule of pruning by clean accuracy (FP, ANP's `max_acc_drop`): the last of the
+    increasing `levels` before the first whose `accuracy_at(level)` falls under `floor` (None
+    when the first already does)."""
+    best = None
+    for level in levels:
+        if accuracy_at(level) < floor:
             break
-        best = k
-    return sorted(order[:best].tolist())
+        best = level
+    return best
 
 
 @register("fp")
