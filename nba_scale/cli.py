@@ -107,7 +107,9 @@ def add_trial_flags(p: argparse.ArgumentParser, *, dataset: str, preset: Optiona
                     seeds: bool = False) -> None:
     """The flags of every command that runs trials."""
     p.add_argument("--dataset", default=dataset,
-                   help="synthetic | synthetic-hard | cifar10 | gtsrb | npz:PATH (default %(default)s)")
+                   help="synthetic | synthetic-hard | cifar10 | cifar100 | gtsrb | tiny-imagenet | npz:PATH | folder:PATH "
+                        "(an image folder: train/<class>/ beside test/ or val/, or Tiny-ImageNet's layout); images of "
+                        "any square size, --set data.image_size=S resizes on load (default %(default)s)")
     if seeds:
         p.add_argument("--seeds", nargs="+", type=int, default=[0])
     else:

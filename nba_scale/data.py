@@ -1,11 +1,14 @@
 """Datasets as uint8 tensors, the defender's clean subset, and a device-side batch loader.
 
-Every image set is held as uint8 (N, 3, 32, 32) tensors, loaded once per process (and kept across
-Ray trials by `load_dataset`'s cache). Augmentation (4-pixel-pad random crop, optional horizontal
+Every image set is held as uint8 (N, 3, S, S) tensors of one square size S (32 for CIFAR and GTSRB,
+64 for Tiny-ImageNet, any for an `.npz` or a folder; `data.image_size` resizes on load), loaded once
+per process (and kept across Ray trials by `load_dataset`'s cache). Augmentation (4-pixel-pad random crop, optional horizontal
 flip) runs batched on the training device, as airbench's CifarLoader does: no per-image PIL in any
 training loop.
 
-Dataset names: `synthetic`, `synthetic-hard`, `cifar10`, `gtsrb`, `npz:PATH`.
+Dataset names: `synthetic`, `synthetic-hard`, `cifar10`, `cifar100`, `gtsrb`, `tiny-imagenet`,
+`npz:PATH`, `folder:PATH` (an image folder: `train/<class>/*` beside `test/<class>/*` or
+`val/<class>/*`, or Tiny-ImageNet's own layout; `image_folder` below).
 """
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ from .config import ConfigError, require
 # that PGD budgets and triggers live in [0, 1] pixel space).
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 GTSRB_MEAN, GTSRB_STD = (0.3403, 0.3121, 0.3214), (0.2724, 0.2608, 0.2669)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+REAL = ("cifar10", "cifar100", "gtsrb", "tiny-imagenet")  # named real datasets (and npz:PATH, folder:PATH)
 
 
 @dataclasses.dataclass
@@ -40,9 +45,15 @@ class DataConfig:
     # defender's clean set) and the test split: what a sweep selects on, so that what it reports
     # (on test) was not chosen on the same images. 0: none. Where they come from: `selection_split`.
     val_size: int = 0
+    # Side of the square images in pixels. None: the dataset's own (synthetic data: 32). Real data
+    # of another size is resized once on load (antialiased bilinear), e.g. Tiny-ImageNet to 32 for
+    # a CPU budget; synthetic data is drawn at this size (objects scaled with it).
+    image_size: Optional[int] = None
 
     def validate(self) -> None:
         require(self.val_size >= 0, f"val_size={self.val_size} must be an image count >= 0")
+        require(self.image_size is None or 8 <= self.image_size <= 512,
+                f"image_size={self.image_size} must be a side in pixels, 8..512 (or unset: the dataset's own)")
         for name in ("train_subset", "test_subset"):
             v = getattr(self, name)
             require(v is None or v > 0, f"{name}={v} must be a positive image count")
@@ -53,7 +64,7 @@ class DataConfig:
 @dataclasses.dataclass
 class Dataset:
     name: str
-    x_train: torch.Tensor  # (N, 3, 32, 32) uint8
+    x_train: torch.Tensor  # (N, 3, S, S) uint8
     y_train: torch.Tensor  # (N,) int64
     x_test: torch.Tensor
     y_test: torch.Tensor
@@ -85,7 +96,7 @@ class PoisonedData:
     noise_index: torch.Tensor = dataclasses.field(default_factory=lambda: torch.empty(0, dtype=torch.long))
 
 
-def load_poisoned_test(path: str | os.PathLike, num_classes: int, image_shape: tuple[int, ...] = (3, 32, 32)
+def load_poisoned_test(path: str | os.PathLike, num_classes: int, image_shape: tuple[int, ...]
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """An attacker's own triggered test set (`--poisoned-test`): BackdoorBench's record folder
     (`convert.read_backdoorbench_test`), or an .npz with `x` (uint8 images,
@@ -174,7 +185,7 @@ SYNTHETIC_STYLES = {
 
 
 def make_synthetic(n_train: int, n_test: int, seed: int = 0, num_classes: int = 10,
-                   style: SyntheticStyle = SYNTHETIC_STYLES["synthetic"]):
+                   style: SyntheticStyle = SYNTHETIC_STYLES["synthetic"], size: int = 32):
     """Gabor "objects" on clutter: class = (orientation, spatial frequency), 5 x 2 = 10 classes.
 
     Each image holds one Gabor patch (an oriented grating under a Gaussian envelope) at a random
@@ -185,7 +196,9 @@ def make_synthetic(n_train: int, n_test: int, seed: int = 0, num_classes: int = 
     (A first version with image-wide gratings was so uniformly separable that a 3x3 BadNets patch
     was never learned: global evidence drowned the local trigger, which natural images don't do.)
     Flipping changes orientation (class), so the dataset's default is no horizontal flip.
-    Deterministic per seed; train and test are disjoint draws from one stream.
+    Deterministic per seed; train and test are disjoint draws from one stream. `size` (pixels) draws
+    the same scene at another resolution: positions, envelopes and wavelengths scale with it, so a
+    64-px set is the 32-px one sampled twice as finely (same classes, same difficulty).
     """
     assert num_classes == 10, "the synthetic family has exactly 10 classes"
     g = torch.Generator().manual_seed(10_007 + seed)
@@ -196,18 +209,19 @@ def make_synthetic(n_train: int, n_test: int, seed: int = 0, num_classes: int = 
     between = lambda lo_hi, v: lo_hi[0] + (lo_hi[1] - lo_hi[0]) * v  # noqa: E731
     theta = (y % 5).float() * (math.pi / 5) + (u(n) - 0.5) * style.orientation_jitter
     long_, short = style.wavelengths
-    wavelength = torch.where(y < 5, long_, short) * (1 + (u(n) - 0.5) * style.wavelength_jitter)  # pixels
-    cy, cx = 8 + 16 * u(n), 8 + 16 * u(n)  # patch centre, pixels
-    sigma = between(style.sigma, u(n))
-    r = torch.arange(32).float()
-    dy, dx = r[None, :, None] - cy[:, None, None], r[None, None, :] - cx[:, None, None]  # (n,32,1),(n,1,32)
+    k = size / 32  # the styles' pixel figures are at 32 px
+    wavelength = k * torch.where(y < 5, long_, short) * (1 + (u(n) - 0.5) * style.wavelength_jitter)  # pixels
+    cy, cx = k * (8 + 16 * u(n)), k * (8 + 16 * u(n))  # patch centre, pixels
+    sigma = k * between(style.sigma, u(n))
+    r = torch.arange(size).float() - (k - 1) / 2  # pixel centres, in 32-px coordinates times k
+    dy, dx = r[None, :, None] - cy[:, None, None], r[None, None, :] - cx[:, None, None]  # (n,S,1),(n,1,S)
     proj = dx * torch.cos(theta)[:, None, None] + dy * torch.sin(theta)[:, None, None]
     envelope = torch.exp(-(dx ** 2 + dy ** 2) / (2 * sigma[:, None, None] ** 2))
     gabor = envelope * torch.cos(2 * math.pi * proj / wavelength[:, None, None] + 2 * math.pi * u(n, 1, 1))
-    clutter = torch.nn.functional.interpolate(u(n, 3, 5, 5), size=(32, 32), mode="bicubic", align_corners=False)
+    clutter = torch.nn.functional.interpolate(u(n, 3, 5, 5), size=(size, size), mode="bicubic", align_corners=False)
     img = 0.25 + 0.5 * clutter * (0.3 + 0.4 * u(n, 1, 1, 1))
     img = img + between(style.contrast, u(n, 1, 1, 1)) * (0.5 + 0.5 * u(n, 3, 1, 1)) * gabor[:, None]
-    img = img + style.noise * torch.randn(n, 3, 32, 32, generator=g)
+    img = img + style.noise * torch.randn(n, 3, size, size, generator=g)
     x = (img.clamp(0, 1) * 255).round().to(torch.uint8)
     return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
 
@@ -234,12 +248,16 @@ def _load_npz(path: str):
 
 def check_arrays(where: str, arrays: dict[str, np.ndarray]) -> None:
     """Images and labels of a real dataset, as the loaders need them, or one line naming the fix:
-    uint8 (N,32,32,3) images, one integer class index >= 0 per image, every test class among the
-    training classes (the class count comes from the training labels)."""
+    uint8 (N,S,S,3) images of one square size S for both splits, one integer class index >= 0 per
+    image, every test class among the training classes (the class count comes from the training
+    labels)."""
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], np.asarray(arrays[f"y_{split}"])
-        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
-            raise ConfigError(f"{where}: x_{split} must be uint8 (N,32,32,3), got {x.dtype} {x.shape}")
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != 3:
+            raise ConfigError(f"{where}: x_{split} must be uint8 (N,S,S,3) RGB images, got {x.dtype} {x.shape}")
+        if x.shape[1] != x.shape[2] or x.shape[1] < 8:
+            raise ConfigError(f"{where}: x_{split}'s images are {x.shape[1]}x{x.shape[2]}; they must be square, "
+                              f"8 px or more: set data.image_size=S to resize them on load")
         if len(x) == 0:
             raise ConfigError(f"{where}: x_{split} holds no images")
         if y.ndim != 1:
@@ -254,6 +272,9 @@ def check_arrays(where: str, arrays: dict[str, np.ndarray]) -> None:
             raise ConfigError(f"{where}: y_{split} holds negative labels (min {y.min()}); classes are 0..K-1")
     # The class count is max + 1, so one stray label (1000 among 0..9) would silently build a
     # 1001-class model: every class 0..K-1 must have training images.
+    if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
+        raise ConfigError(f"{where}: training images are {arrays['x_train'].shape[1]} px, test images "
+                          f"{arrays['x_test'].shape[1]} px; give both splits one size (or set data.image_size=S)")
     present = np.unique(arrays["y_train"])
     if len(present) < 2:
         raise ConfigError(f"{where}: y_train holds one class ({present[0]}); a classifier needs two or more")
@@ -291,6 +312,136 @@ def _load_cifar10(root: Path):
     arrays = dict(x_train=tr.data, y_train=np.array(tr.targets), x_test=te.data, y_test=np.array(te.targets))
     check_arrays(str(root), arrays)
     return arrays
+
+
+def _load_cifar100(root: Path):
+    """CIFAR-100 (fine labels) from `root/cifar100.npz` if there is one, else torchvision's
+    `cifar-100-python/` folder (their loader checks each file's MD5 before unpickling it, so only
+    the published files are read). No download is attempted offline: the error says what to put."""
+    if (root / "cifar100.npz").is_file():
+        return _load_npz(str(root / "cifar100.npz"))[0]
+    from torchvision.datasets import CIFAR100
+
+    try:
+        try:
+            tr, te = CIFAR100(str(root), train=True, download=False), CIFAR100(str(root), train=False, download=False)
+        except RuntimeError:
+            tr, te = CIFAR100(str(root), train=True, download=True), CIFAR100(str(root), train=False, download=True)
+    except Exception:
+        raise _torchvision_offline_error(
+            "CIFAR-100", root, "the extracted folder cifar-100-python/ (or cifar100.npz with x_train, y_train, "
+            "x_test, y_test)") from None
+    arrays = dict(x_train=tr.data, y_train=np.array(tr.targets), x_test=te.data, y_test=np.array(te.targets))
+    check_arrays(str(root), arrays)
+    return arrays
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
+
+
+def _images_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def folder_layout(root: Path) -> dict[str, list[tuple[Path, str]]]:
+    """The labelled images of an image folder, {"train": [(file, class name)], "test": [...]}, in
+    one of the two layouts datasets are published in:
+
+    - ImageFolder's (torchvision): `train/<class>/...` and `test/<class>/...` (or `val/<class>/...`),
+      any depth below the class folder;
+    - Tiny-ImageNet's: `wnids.txt`, `train/<wnid>/images/*.JPEG`, and the labelled validation set
+      `val/images/*.JPEG` with `val/val_annotations.txt` (file, wnid, box) as the test split (its
+      `test/` has no labels).
+    Anything else is one line naming the layouts."""
+    layouts = ("train/<class>/* with test/<class>/* or val/<class>/*, or Tiny-ImageNet's "
+               "(wnids.txt, train/<wnid>/images, val/images + val/val_annotations.txt)")
+    require(root.is_dir(), f"image folder {str(root)!r} not found; give a folder laid out as {layouts}")
+    require((root / "train").is_dir(), f"{root} has no train/ folder; lay it out as {layouts}")
+    train = [(f, c.name) for c in sorted(d for d in (root / "train").iterdir() if d.is_dir()) for f in _images_under(c)]
+    annotations = root / "val" / "val_annotations.txt"
+    if annotations.is_file() and (root / "val" / "images").is_dir():
+        test = []
+        for line in annotations.read_text().splitlines():
+            parts = line.split("\t")
+            if len(parts) >= 2:
+                test.append((root / "val" / "images" / parts[0], parts[1]))
+        missing = [f for f, _ in test if not f.is_file()]
+        require(not missing, f"{annotations} names {len(missing)} images not in val/images (first: {missing[:1]})")
+    else:
+        split = next((root / s for s in ("test", "val") if (root / s).is_dir()), None)
+        require(split is not None, f"{root} has train/ but no test/ or val/ folder; lay it out as {layouts}")
+        test = [(f, c.name) for c in sorted(d for d in split.iterdir() if d.is_dir()) for f in _images_under(c)]
+    require(train, f"{root}/train holds no images ({', '.join(IMAGE_SUFFIXES)}) in class folders; "
+                   f"lay it out as {layouts}")
+    require(test, f"{root} holds no labelled test images; lay it out as {layouts}")
+    return {"train": train, "test": test}
+
+
+def _decode(files: list[Path], size: Optional[int], where: str) -> np.ndarray:
+    """uint8 (N,H,W,3); every image at `size` x `size` (PIL bilinear, which filters when it shrinks)
+    if given, else all must share one size."""
+    from PIL import Image
+
+    out, first = [], None
+    for f in files:
+        with Image.open(f) as im:
+            im = im.convert("RGB")
+            if size is not None and im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR)
+            a = np.asarray(im)
+        if first is None:
+            first = a.shape
+        elif a.shape != first:
+            raise ConfigError(f"{where}: images of several sizes ({first[1]}x{first[0]} and {a.shape[1]}x{a.shape[0]}, "
+                              f"{f.name}); set data.image_size=S to resize them to S x S on load")
+        out.append(a)
+    return np.stack(out).astype(np.uint8)
+
+
+def image_folder(root: Path, size: Optional[int] = None, cache: Optional[Path] = None) -> dict[str, np.ndarray]:
+    """An image folder (`folder_layout`) decoded into the arrays an npz holds, classes numbered
+    by their sorted names (ImageFolder's rule) and cached as an npz at `cache` (decoding
+    Tiny-ImageNet's 110,000 JPEGs takes about a minute, once; a cache older than the folder's
+    newest file or of another size is rebuilt)."""
+    files = folder_layout(root)
+    newest = max(f.stat().st_mtime for split in files.values() for f, _ in split)
+    if cache is not None and cache.is_file() and cache.stat().st_mtime >= newest:
+        arrays, _ = _load_npz(str(cache))
+        if size is None or arrays["x_train"].shape[1] == size:
+            return arrays
+    classes = sorted({c for _, c in files["train"]})
+    index = {c: i for i, c in enumerate(classes)}
+    stray = sorted({c for _, c in files["test"]} - set(index))
+    require(not stray, f"{root}: test classes {', '.join(stray[:5])} have no training images; test classes "
+                       f"must be training classes")
+    arrays = {}
+    for split, pairs in files.items():
+        arrays[f"x_{split}"] = _decode([f for f, _ in pairs], size, str(root))
+        arrays[f"y_{split}"] = np.array([index[c] for _, c in pairs], dtype=np.int64)
+    check_arrays(str(root), arrays)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(cache) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+    return arrays
+
+
+def _folder_cache(root: Path, size: Optional[int]) -> Path:
+    import hashlib
+
+    tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+    return Path.home() / ".cache" / "nba_scale" / "folders" / f"{root.name}-{tag}-{size or 'native'}.npz"
+
+
+def resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (N,3,H,W) -> (N,3,size,size), antialiased bilinear (torch's, as PIL's resize filters),
+    in chunks so a 100,000-image set never needs a float copy of itself."""
+    out = torch.empty((len(x), 3, size, size), dtype=torch.uint8)
+    for i in range(0, len(x), 4096):
+        f = torch.nn.functional.interpolate(x[i:i + 4096].float(), size=(size, size), mode="bilinear",
+                                            align_corners=False, antialias=True)
+        out[i:i + 4096] = f.round_().clamp_(0, 255).to(torch.uint8)
+    return out
 
 
 def _load_gtsrb(root: Path):
@@ -367,26 +518,43 @@ def _load_cached(name: str, cfg_key: tuple, seed: int) -> Dataset:
     cfg = DataConfig(**dict(cfg_key))
     root = Path(cfg.data_dir) if cfg.data_dir else default_data_dir()
     if name in SYNTHETIC_STYLES:
-        xtr, ytr, xte, yte = make_synthetic(cfg.synthetic_train, cfg.synthetic_test, seed, style=SYNTHETIC_STYLES[name])
+        xtr, ytr, xte, yte = make_synthetic(cfg.synthetic_train, cfg.synthetic_test, seed, style=SYNTHETIC_STYLES[name],
+                                            size=cfg.image_size or 32)
         ds = Dataset(name, xtr, ytr, xte, yte, 10, (0.5,) * 3, (0.25,) * 3, False)
-    elif name in ("cifar10", "gtsrb") or name.startswith("npz:"):
+    elif name in REAL or name.startswith(("npz:", "folder:")):
+        stats = None  # None: measured on the training images themselves
         if name == "cifar10":
             arrays, flip, stats = _load_cifar10(root), True, (CIFAR10_MEAN, CIFAR10_STD)
+        elif name == "cifar100":
+            arrays, flip, stats = _load_cifar100(root), True, (CIFAR100_MEAN, CIFAR100_STD)
         elif name == "gtsrb":
             arrays, flip, stats = _load_gtsrb(root / "gtsrb"), False, (GTSRB_MEAN, GTSRB_STD)
+        elif name == "tiny-imagenet":
+            folder = root / "tiny-imagenet-200"
+            if not folder.is_dir() and not (root / "tiny-imagenet64.npz").is_file():
+                raise ConfigError(f"Tiny-ImageNet is not in {root}: put the extracted tiny-imagenet-200/ there (or "
+                                  f"point --data-dir / NBA_DATA_DIR at it), or use --dataset npz:PATH / folder:PATH")
+            arrays = (_load_npz(str(root / "tiny-imagenet64.npz"))[0] if not folder.is_dir()
+                      else image_folder(folder, cache=root / "tiny-imagenet64.npz"))
+            flip = True
+        elif name.startswith("folder:"):
+            folder = Path(name[7:]).expanduser()
+            arrays, flip = image_folder(folder, cfg.image_size, _folder_cache(folder, cfg.image_size)), True
         else:
             arrays, flip = _load_npz(name[4:])
-            stats = None
         xtr, xte = _from_hwc(arrays["x_train"]), _from_hwc(arrays["x_test"])
+        if cfg.image_size and cfg.image_size != xtr.shape[-1]:
+            xtr, xte = resize(xtr, cfg.image_size), resize(xte, cfg.image_size)
         ytr = torch.as_tensor(arrays["y_train"], dtype=torch.int64)
         yte = torch.as_tensor(arrays["y_test"], dtype=torch.int64)
-        if stats is None:  # measured on the training images themselves
+        if stats is None:
             f = xtr[:20000].float() / 255
             stats = (tuple(f.mean((0, 2, 3)).tolist()), tuple(f.std((0, 2, 3)).tolist()))
         num_classes = int(ytr.max()) + 1  # check_arrays: every test class is a training class
         ds = Dataset(name, xtr, ytr, xte, yte, num_classes, stats[0], stats[1], flip)
     else:
-        raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(SYNTHETIC_STYLES)}, cifar10, gtsrb, npz:PATH")
+        raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(SYNTHETIC_STYLES)}, {', '.join(REAL)}, "
+                          f"npz:PATH, folder:PATH")
     train_all, test_all = (ds.x_train, ds.y_train), (ds.x_test, ds.y_test)
     ds.n_train_full = len(ds.y_train)
     train_kept = test_kept = None
@@ -417,7 +585,7 @@ def selection_split(ds: Dataset, cfg: DataConfig, seed: int, train_all, train_ke
     Fewer images are taken where a source has fewer than asked."""
     n = cfg.val_size
     if ds.name in SYNTHETIC_STYLES:
-        x, y, _, _ = make_synthetic(n, 0, seed + 1_000_003, style=SYNTHETIC_STYLES[ds.name])
+        x, y, _, _ = make_synthetic(n, 0, seed + 1_000_003, style=SYNTHETIC_STYLES[ds.name], size=ds.x_train.shape[-1])
         ds.x_val, ds.y_val, ds.val_source = x, y, "synthetic-draw"
         return
     for source, (x_all, y_all), kept in (("train-pool", train_all, train_kept), ("test-spare", test_all, test_kept)):

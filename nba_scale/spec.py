@@ -35,7 +35,7 @@ def backdoor_optim() -> OptimConfig:
 
 @dataclasses.dataclass
 class TrialConfig:
-    dataset: str = "synthetic"  # synthetic | cifar10 | gtsrb | npz:PATH
+    dataset: str = "synthetic"  # synthetic | cifar10 | cifar100 | gtsrb | tiny-imagenet | npz:PATH | folder:PATH
     attack: str = "badnets"
     defense: str = "nba"
     clean_fraction: float = 0.05  # the defender's stratified clean subset of the training set

@@ -77,12 +77,14 @@ def artifact_specs(cfg: TrialConfig, ds: Dataset, attack: Attack) -> dict[str, d
     model, the recipe on clean data), `backdoor` (the attacked model) and `teacher` (the backdoored
     model, or the brought `model_path`, fine-tuned on the clean subset). An npz is keyed by its
     content, not its path: the same file elsewhere hits the same artifacts."""
-    data = {"dataset": "npz" if cfg.dataset.startswith("npz:") else cfg.dataset,
+    data = {"dataset": cfg.dataset.split(":")[0] if cfg.dataset.startswith(("npz:", "folder:")) else cfg.dataset,
             "fingerprint": _fingerprint(ds.x_train, ds.y_train),
             "test_fingerprint": _fingerprint(ds.x_test, ds.y_test),
             # val_size is not keyed: a selection split changes no training image, and where it is
             # held out of the test split, test_fingerprint says so.
-            "data": {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in ("data_dir", "val_size")}}
+            # image_size is keyed only when set (artifacts built before it existed keep their keys).
+            "data": key_fields({k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in ("data_dir", "val_size")},
+                               {"image_size": None})}
     clean = {**data, "arch": cfg.arch, "train": _recipe(cfg.backdoor), "seed": cfg.seed,
              "precision": cfg.backdoor.precision or cfg.precision}
     backdoor = {**clean, "attack": attack.describe()}

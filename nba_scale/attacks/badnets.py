@@ -14,13 +14,13 @@ import dataclasses
 import torch
 
 from ..config import require
-from .base import Attack, AttackParams, register
+from .base import Attack, AttackParams, register, scaled, stretch
 
 
 @dataclasses.dataclass
 class BadNetsParams(AttackParams):
-    patch_size: int = 3  # side of the checkerboard, pixels
-    margin: int = 0  # distance from the bottom-right corner, pixels
+    patch_size: int = 3  # side of the checkerboard, pixels at 32 px (base.scaled: 6 on 64-px images)
+    margin: int = 0  # distance from the bottom-right corner, pixels at 32 px
     pattern: str = "checkerboard"  # checkerboard | nad-grid | white (see the module docstring)
 
     def validate(self) -> None:
@@ -57,10 +57,11 @@ class BadNets(Attack):
 
     def apply_trigger(self, x: torch.Tensor) -> torch.Tensor:
         p = self.params
-        s, m = p.patch_size, p.margin
         h, w = x.shape[-2:]
+        s, m = scaled(p.patch_size, h), scaled(p.margin, h)
         out = x.clone()
-        out[..., h - m - s:h - m, w - m - s:w - m] = self.on_device((p.pattern, s), x.device, lambda: patch(p.pattern, s))
+        out[..., h - m - s:h - m, w - m - s:w - m] = self.on_device(
+            (p.pattern, s), x.device, lambda: stretch(patch(p.pattern, p.patch_size), s))
         return out
 
     def describe(self) -> dict:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ..adversarial import pgd_untargeted
 from ..config import require
 from .badnets import checkerboard
-from .base import Attack, AttackParams, register
+from .base import Attack, AttackParams, register, scaled, stretch
 
 
 @dataclasses.dataclass
@@ -30,7 +30,7 @@ class CLAParams(AttackParams):
     eps: float = 16 / 255  # L∞ budget in [0,1] units (Turner et al. use 8/255 and 16/255; 16 is stronger)
     steps: int = 10  # PGD iterations (choice; Turner et al. run PGD to convergence)
     step_size: float = 4 / 255  # PGD step (choice: reaches eps in 4 steps, 10 leave room to move along it)
-    patch_size: int = 3  # checkerboard side in every corner (Turner et al.: 3x3, four corners)
+    patch_size: int = 3  # checkerboard side in every corner (Turner et al.: 3x3, four corners), at 32 px
     amplitude: int = 255  # trigger strength (Turner et al. also try 16-64 for stealth; 255 = full)
     # The surrogate the perturbations are computed against. Turner et al. use adversarially trained
     # models (Madry et al., L∞ 8/255), whose perturbations change what the image looks like rather
@@ -77,9 +77,9 @@ class CLA(Attack):
 
     def apply_trigger(self, x: torch.Tensor) -> torch.Tensor:
         p = self.params
-        s, (h, w) = p.patch_size, x.shape[-2:]
-        board = self.on_device(("board", s), x.device,
-                               lambda: (checkerboard(s).float() * p.amplitude / 255).round().to(torch.uint8))
+        (h, w), s = x.shape[-2:], scaled(p.patch_size, x.shape[-2])
+        board = self.on_device(("board", s), x.device, lambda: stretch(
+            (checkerboard(p.patch_size).float() * p.amplitude / 255).round().to(torch.uint8), s))
         out = x.clone()
         # Mirrored into each corner, as in Turner et al.'s Fig. 4, so a flip keeps it whole.
         out[..., :s, :s] = board

@@ -20,12 +20,12 @@ import torch
 
 from ..config import require
 from ..models import head, last_conv
-from .base import Attack, AttackParams, register
+from .base import Attack, AttackParams, register, scaled
 
 
 @dataclasses.dataclass
 class TrojanParams(AttackParams):
-    patch_size: int = 7  # square mask side: 7x7 = 4.8 % of a 32x32 image (Liu et al.: 4-7 % squares)
+    patch_size: int = 7  # square mask side at 32 px: 7x7 = 4.8 % of a 32x32 image (Liu et al.: 4-7 % squares)
     target_activation: float = 100.0  # value the neuron is driven to (Liu et al.'s cost (t - act)^2; 100 as their code)
     steps: int = 200  # optimisation steps on the trigger pixels (choice; the loss flattens by ~100)
     lr: float = 0.1  # Adam step on the trigger's logits (choice)
@@ -61,7 +61,9 @@ class Trojan(Attack):
 
     def apply_trigger(self, x: torch.Tensor) -> torch.Tensor:
         require(self.trigger is not None, "trojan: the trigger is made by prepare(); call poison() first")
-        s, (h, w) = self.params.patch_size, x.shape[-2:]
+        s, (h, w) = self.trigger.shape[-1], x.shape[-2:]  # optimised at the images' scale (base.scaled)
+        require(s == scaled(self.params.patch_size, h),
+                f"trojan: the trigger is {s} px, made for other images than these {h}-px ones")
         out = x.clone()
         out[..., h - s:, w - s:] = self.on_device(("trigger", id(self.trigger)), x.device, lambda: self.trigger)
         return out
@@ -71,12 +73,12 @@ def optimise_trigger(model, x_train, neuron: int, p: TrojanParams, seed: int, de
     """Gradient descent on (target_activation - mean activation of `neuron`)^2 over clean images
     stamped with the trigger. Returns the uint8 trigger and the activation it reaches."""
     g = torch.Generator().manual_seed(seed + 4242)
-    logits = torch.randn(3, p.patch_size, p.patch_size, generator=g).to(device).requires_grad_(True)
+    s = scaled(p.patch_size, x_train.shape[-1])
+    logits = torch.randn(3, s, s, generator=g).to(device).requires_grad_(True)
     opt = torch.optim.Adam([logits], lr=p.lr)
     acts = {}
     # The neuron's activation as the classifier reads it: its pooled channel.
     hook = head(model, "trojan").register_forward_pre_hook(lambda m, i: acts.__setitem__("o", i[0].flatten(1)))
-    s = p.patch_size
     try:
         for step in range(p.steps):
             idx = torch.randint(0, len(x_train), (p.batch,), generator=g)

@@ -62,10 +62,12 @@ def column_name(key: str) -> str:
 
 
 def partition_value(value: Any) -> str:
-    """Readable, path-safe partition value: `npz:/x/cifar10_jpeg.npz` -> `npz-cifar10_jpeg`."""
+    """Readable, path-safe partition value: `npz:/x/cifar10_jpeg.npz` -> `npz-cifar10_jpeg`,
+    `folder:/data/tiny-imagenet-200` -> `folder-tiny-imagenet-200`."""
     text = str(value)
-    if text.startswith("npz:"):
-        text = "npz-" + Path(text[4:]).stem
+    if text.startswith(("npz:", "folder:")):
+        kind, _, path = text.partition(":")
+        text = f"{kind}-{Path(path.rstrip('/')).stem}"
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", text)
 
 

@@ -64,7 +64,10 @@ TUNE_PRESETS = {
 
 
 def default_name(args: argparse.Namespace) -> str:
-    ds = re.sub(r"[^A-Za-z0-9]+", "-", Path(args.dataset[4:]).stem if args.dataset.startswith("npz:") else args.dataset)
+    ds = args.dataset
+    if ds.startswith(("npz:", "folder:")):
+        ds = Path(ds.partition(":")[2].rstrip("/")).stem
+    ds = re.sub(r"[^A-Za-z0-9]+", "-", ds)
     cfs = "-".join(f"{c:g}" for c in args.clean_fraction)
     worst = "_worst" if args.objective == "worst-case" else ""
     return f"{args.defense}_{ds}_{'-'.join(args.attack)}_cf{cfs}_{args.preset}_s{args.seed}{worst}"
