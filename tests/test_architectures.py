@@ -68,6 +68,7 @@ def tiny(cache_dir, arch, attack, defense):
 
 # Adam's rates (I-BAU, SAU) stay theirs: 0.01 is ten to a hundred times them.
 QUICK = {"trojan": {"trojan.steps": 5}, "cla": {"cla.steps": 2}, "anp": {"anp.iterations": 3}, "lf": {"lf.passes": 1},
+         "iad": {"iad.images": 100, "iad.mask_epochs": 1, "iad.joint_epochs": 1},
          "ibau": {"ibau.optim.lr": 0.001}, "sau": {"sau.optim.lr": 0.0001},
          "refool": {"refool.n_candidates": 20, "refool.n_reflections": 5, "refool.selection_rounds": 1,
                     "refool.selection_epochs": 1}}

@@ -81,14 +81,15 @@ DATA = make_synthetic(1000, 300, seed=0)
 BOUNDS = {"blend": 0.2 * 255 + 0.5, "sig": 20.5, "bpp": 255 / 7 * 1.5, "lf": 0.2 * 255 + 0.5}
 
 
-@pytest.mark.parametrize("name", ["blend", "sig", "refool", "cla", "wanet", "bpp", "lf",
+@pytest.mark.parametrize("name", ["blend", "sig", "refool", "cla", "wanet", "bpp", "lf", "iad",
                                   pytest.param("trojan", marks=pytest.mark.slow)])
 def test_poisoning_touches_only_the_chosen_images_and_labels_follow_the_attack_kind(name):
     x, y, xt, yt = DATA
     cls = get_attack(name)
     # Trojan's trigger optimisation and Refool's selection rounds are tested on their own.
     params = {"steps": 20} if name == "trojan" else {"selection_rounds": 0} if name == "refool" else \
-        {"passes": 1, "images": 200} if name == "lf" else {}
+        {"passes": 1, "images": 200} if name == "lf" else \
+        {"images": 200, "mask_epochs": 0, "joint_epochs": 1} if name == "iad" else {}  # an untrained mask covers half
     atk = cls(params, 10, seed=0)
     p = atk.poison(x, y, xt, yt, untrained_context())
     idx = p.poison_index
@@ -103,7 +104,7 @@ def test_poisoning_touches_only_the_chosen_images_and_labels_follow_the_attack_k
     rest = torch.ones(len(y), dtype=torch.bool)
     rest[idx] = False
     noise = p.noise_index  # WaNet's noise mode, BPP's negatives: perturbed, true labels, never poisoned
-    assert (len(noise) > 0) == (name in ("wanet", "bpp")) and not torch.isin(noise, idx).any()
+    assert (len(noise) > 0) == (name in ("wanet", "bpp", "iad")) and not torch.isin(noise, idx).any()
     assert torch.equal(p.y_train[noise], y[noise]) and (p.x_train[noise] != x[noise]).flatten(1).any(1).all()
     rest[noise] = False
     assert torch.equal(p.x_train[rest], x[rest]) and torch.equal(p.y_train[rest], y[rest])
@@ -111,7 +112,7 @@ def test_poisoning_touches_only_the_chosen_images_and_labels_follow_the_attack_k
     assert changed.float().mean() > 0.95  # (a noise blend can leave a rare image unchanged: it cannot here)
     # ASR set: every non-target test image, triggered.
     assert len(p.x_test) == int((yt != atk.params.target).sum()) and not torch.equal(p.x_test, xt[yt != atk.params.target])
-    if name == "wanet":
+    if name in ("wanet", "iad"):
         assert len(noise) == round(atk.params.cross_ratio * len(idx))
     if name == "bpp":
         assert len(noise) == round(atk.params.neg_ratio * len(y))
@@ -319,3 +320,31 @@ def test_lf_trigger_is_smooth_nonnegative_and_scaled_to_its_amplitude():
     assert v.shape == (3, 32, 32) and v.min() == 0 and abs(float(v.max()) - 0.2) < 1e-6 and 0 <= rate <= 1
     noise = rescale(torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0)), 0.2)
     assert high(v) < 0.2 < high(noise)
+
+
+def test_iad_draws_each_images_trigger_from_the_image_and_its_cross_samples_from_another():
+    """The input-aware part: G and M read the image, so a trigger drawn from image b stamped on
+    image a (a cross sample, kept under a's label) is not a's own trigger; the mask learnt in
+    stage 1 is sparse (an untrained one covers about half the image) and differs per image."""
+    from nba_scale.attacks.iad import Generator, IADParams, threshold, train_generators
+
+    x, y, _, _ = DATA
+    for side in (32, 64):
+        out = Generator(1)(torch.rand(2, 3, side, side))
+        assert out.shape == (2, 1, side, side) and 0 < out.min() and out.max() < 1
+    # 150 steps: the BN running statistics catch up with a mask net that is still moving (after 60,
+    # the eval-mode mask covered 31 % where the train-mode one covered 2 %).
+    p = IADParams(target=0, images=300, mask_epochs=15, joint_epochs=1, batch=32)
+    netG, netM, _ = train_generators(untrained_context().clean_model(), x[:300], y[:300], 0, p, seed=0, device="cpu")
+    masks = threshold(netM(x[300:340].float() / 255)) > 0.5
+    assert masks.float().mean() < 0.25, masks.float().mean()
+    # Per image: most pairs of images get different masks (measured: 17 of 20; a pair that does not
+    # has two masks under threshold everywhere).
+    assert (masks[0::2] != masks[1::2]).flatten(1).any(1).float().mean() >= 0.75
+    atk = get_attack("iad")({"images": 300, "mask_epochs": 0, "joint_epochs": 1}, 10, seed=0)
+    atk.prepare(x[:300], y[:300], untrained_context())
+    a, b = x[300:310], x[310:320]
+    own, cross = atk.apply_trigger(a), atk._triggered(a, b)
+    assert torch.equal(own, atk._triggered(a, a)) and (own != cross).flatten(1).any(1).all()
+    with pytest.raises(ConfigError, match="use a multiple of 8"):
+        atk.prepare(torch.zeros(4, 3, 36, 36, dtype=torch.uint8), y[:4], untrained_context())

@@ -114,7 +114,7 @@ def test_npz_dataset_roundtrip_and_errors(tmp_path):
     assert not load_dataset(f"npz:{tmp_path / 'gtsrb_toy.npz'}").flip  # traffic signs: no flip
     np.savez(tmp_path / "bad.npz", x_train=arrays["x_train"].astype(np.float32), y_train=arrays["y_train"],
              x_test=arrays["x_test"], y_test=arrays["y_test"])
-    with pytest.raises(ConfigError, match=r"x_train must be uint8 \(N,32,32,3\)"):
+    with pytest.raises(ConfigError, match=r"x_train must be uint8 \(N,S,S,3\) RGB images"):
         load_dataset(f"npz:{tmp_path / 'bad.npz'}")
     with pytest.raises(ConfigError, match="not found"):
         load_dataset(f"npz:{tmp_path / 'missing.npz'}")
@@ -132,7 +132,7 @@ def test_real_dataset_offline_says_where_to_put_files(tmp_path, monkeypatch):
         load_dataset("cifar10", DataConfig(data_dir=str(tmp_path)))
     msg = str(e.value)
     assert "cifar-10-batches-py" in msg and str(tmp_path) in msg and "npz:PATH" in msg and "\n" not in msg
-    with pytest.raises(ConfigError, match="unknown dataset 'mnist'; known: synthetic, synthetic-hard, cifar10, gtsrb, npz:PATH"):
+    with pytest.raises(ConfigError, match="unknown dataset 'mnist'; known: synthetic, synthetic-hard, cifar10, cifar100, gtsrb, tiny-imagenet, npz:PATH, folder:PATH"):
         load_dataset("mnist")
 
 

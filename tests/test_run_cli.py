@@ -21,7 +21,7 @@ def cli(*args, cache):
 @pytest.mark.parametrize("args, fragment", [
     (["--attack", "badnet"], "unknown attack 'badnet'; known: badnets"),
     (["--defense", "nda"], "unknown defense 'nda'; known:"),
-    (["--dataset", "imagenet"], "unknown dataset 'imagenet'; known: synthetic, synthetic-hard, cifar10, gtsrb, npz:PATH"),
+    (["--dataset", "imagenet"], "unknown dataset 'imagenet'; known: synthetic, synthetic-hard, cifar10, cifar100, gtsrb, tiny-imagenet, npz:PATH, folder:PATH"),
     (["--set", "nba.gamma=1"], "unknown config key 'nba.gamma'"),
     (["--set", "epochs"], "--set expects key=value"),
 ])

@@ -113,8 +113,9 @@ def train_generators(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, ta
     """Stages 1 and 2 on uint8 images `x` (labels `y`): (G, M) in eval mode, and the classifier's
     accuracy on the triggered images of stage 2's last epoch (its training ASR)."""
     g = torch.Generator().manual_seed(seed + 8191)
-    torch.manual_seed(seed + 8191)  # the generators' initial weights
-    netG, netM = Generator(3).to(device), Generator(1).to(device)
+    with torch.random.fork_rng(devices=[]):  # the generators' initial weights, seeded, the global RNG left as it was
+        torch.manual_seed(seed + 8191)
+        netG, netM = Generator(3).to(device), Generator(1).to(device)
     xs, ys = x.to(device), y.to(device)
     n = len(xs)
 
@@ -218,5 +219,6 @@ class InputAware(Attack):
         idx = self.others(len(y), k, poisoned, salt=6007)
         if not len(idx):
             return None
-        donors = torch.randint(0, len(y), (len(idx),), generator=torch.Generator().manual_seed(self.seed + 6011))
+        shift = torch.randint(1, len(y), (len(idx),), generator=torch.Generator().manual_seed(self.seed + 6011))
+        donors = (idx + shift) % len(y)  # never the image itself
         return idx, self._triggered(x[idx], x[donors])
