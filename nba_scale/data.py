@@ -96,12 +96,13 @@ class PoisonedData:
     noise_index: torch.Tensor = dataclasses.field(default_factory=lambda: torch.empty(0, dtype=torch.long))
 
 
-def load_poisoned_test(path: str | os.PathLike, num_classes: int, image_shape: tuple[int, ...]
+def load_poisoned_test(path: str | os.PathLike, num_classes: int, image_shape: Optional[tuple[int, ...]] = None
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """An attacker's own triggered test set (`--poisoned-test`): BackdoorBench's record folder
     (`convert.read_backdoorbench_test`), or an .npz with `x` (uint8 images,
     N x H x W x 3 or N x 3 x H x W, the dataset's size), `target` (the label ASR counts: one int,
     or one per image) and optionally `y` (the images' true labels, for RA; without it RA is NaN).
+    `image_shape` (C, H, W): the dataset's, which the images must have (None: any).
     Returns (x, y_target, y_true) with y_true -1 where unknown. Anything else is a ConfigError
     naming the fix: a set the model cannot be scored on is never scored."""
     path = Path(path).expanduser()
@@ -126,9 +127,9 @@ def load_poisoned_test(path: str | os.PathLike, num_classes: int, image_shape: t
             f"{where}: x must be uint8 N x H x W x 3 or N x 3 x H x W, got {x.dtype} {x.shape}")
     require(len(x) > 0, f"{where}: x holds no images")
     xt = torch.from_numpy(np.ascontiguousarray(x)) if x.shape[1] == 3 else _from_hwc(x)
-    require(tuple(xt.shape[1:]) == tuple(image_shape),
-            f"{where}: its images are {xt.shape[2]}x{xt.shape[3]}, the dataset's are "
-            f"{image_shape[1]}x{image_shape[2]}; trigger images of the dataset's size")
+    if image_shape is not None and tuple(xt.shape[1:]) != tuple(image_shape):
+        raise ConfigError(f"{where}: its images are {xt.shape[2]}x{xt.shape[3]}, the dataset's are "
+                          f"{image_shape[1]}x{image_shape[2]}; trigger images of the dataset's size")
     labels = {}
     for name in ("target", "y"):
         if name not in arrays:

@@ -18,6 +18,16 @@ def pytest_configure(config):
     DEVICE["name"] = config.getoption("--device")
 
 
+def toy_arrays(side: int = 32) -> dict:
+    """A 4-class real-data set as an npz holds it: 40 training and 12 test random images of
+    `side` px (the same pixels on every call)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return dict(x_train=rng.integers(0, 255, (40, side, side, 3), dtype=np.uint8), y_train=np.arange(40) % 4,
+                x_test=rng.integers(0, 255, (12, side, side, 3), dtype=np.uint8), y_test=np.arange(12) % 4)
+
+
 def small_config(cache_dir, **overrides):
     """A synthetic trial sized for CI (about a minute on 2 cores the first time, cached after).
 

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -346,5 +348,13 @@ def test_iad_draws_each_images_trigger_from_the_image_and_its_cross_samples_from
     a, b = x[300:310], x[310:320]
     own, cross = atk.apply_trigger(a), atk._triggered(a, b)
     assert torch.equal(own, atk._triggered(a, a)) and (own != cross).flatten(1).any(1).all()
+    # `classifier=scratch` trains G with a freshly initialised copy (theirs): another G than the warm start's.
+    q = IADParams(target=0, images=100, mask_epochs=0, joint_epochs=1)
+    gs = [train_generators(untrained_context().clean_model(), x[:100], y[:100], 0, dataclasses.replace(q, classifier=c),
+                           seed=0, device="cpu", progress=lambda line: None)[0] for c in ("clean", "scratch", "clean")]
+    same = [all(torch.equal(u, v) for u, v in zip(gs[0].state_dict().values(), g.state_dict().values())) for g in gs[1:]]
+    assert same == [False, True]
+    with pytest.raises(ConfigError, match="classifier='resnet': use clean or scratch"):
+        get_attack("iad")({"classifier": "resnet"}, 10)
     with pytest.raises(ConfigError, match="use a multiple of 8"):
         atk.prepare(torch.zeros(4, 3, 36, 36, dtype=torch.uint8), y[:4], untrained_context())

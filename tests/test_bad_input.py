@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import toy_arrays
 from nba_scale.config import ConfigError, parse_set
 from nba_scale.data import load_dataset
 
@@ -33,10 +34,7 @@ def one_line_exit_2(r, fragment):
 
 
 def write_npz(path, **change):
-    rng = np.random.default_rng(0)
-    arrays = dict(x_train=rng.integers(0, 255, (40, 32, 32, 3), dtype=np.uint8), y_train=np.arange(40) % 4,
-                  x_test=rng.integers(0, 255, (12, 32, 32, 3), dtype=np.uint8), y_test=np.arange(12) % 4)
-    arrays.update(change)
+    arrays = {**toy_arrays(), **change}
     np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
     return f"npz:{path}"
 

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import toy_arrays
 from nba_scale.config import ConfigError
 from nba_scale.data import Batches, DataConfig, augment, load_dataset, make_synthetic, stratified_indices
 
@@ -103,9 +104,7 @@ def test_batches_shard_disjointly_and_cover_each_epoch():
 
 
 def test_npz_dataset_roundtrip_and_errors(tmp_path):
-    rng = np.random.default_rng(0)
-    arrays = dict(x_train=rng.integers(0, 255, (40, 32, 32, 3), dtype=np.uint8), y_train=np.arange(40) % 4,
-                  x_test=rng.integers(0, 255, (12, 32, 32, 3), dtype=np.uint8), y_test=np.arange(12) % 4)
+    arrays = toy_arrays()
     np.savez(tmp_path / "toy.npz", **arrays)
     ds = load_dataset(f"npz:{tmp_path / 'toy.npz'}")
     assert ds.num_classes == 4 and ds.x_train.shape == (40, 3, 32, 32) and ds.flip

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import small_config
+from conftest import small_config, toy_arrays
 from nba_scale.attacks import ATTACKS
 from nba_scale.attacks.badnets import BadNets
 from nba_scale.config import ConfigError
@@ -31,9 +31,7 @@ def test_64px_synthetic_data_is_the_32px_scene_drawn_finer():
 
 
 def test_a_dataset_of_any_square_size_loads_and_image_size_resizes_it(tmp_path):
-    rng = np.random.default_rng(0)
-    arrays = dict(x_train=rng.integers(0, 255, (40, 64, 64, 3), dtype=np.uint8), y_train=np.arange(40) % 4,
-                  x_test=rng.integers(0, 255, (12, 64, 64, 3), dtype=np.uint8), y_test=np.arange(12) % 4)
+    arrays = toy_arrays(64)
     np.savez(tmp_path / "d64.npz", **arrays)
     ds = load_dataset(f"npz:{tmp_path / 'd64.npz'}")
     assert ds.x_train.shape == (40, 3, 64, 64) and ds.x_test.shape == (12, 3, 64, 64) and ds.num_classes == 4

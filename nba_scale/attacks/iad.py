@@ -21,7 +21,7 @@ tanh output squashed to (0, 1)): G draws a pattern and M a mask from the image i
    and the attacked model is trained on it by the one training loop, as every other attack's.
 
 Choices for cost, stated: the classifier of stage 2 starts from the cached clean model (theirs
-trains one from scratch with G over the whole budget) and trains `joint_epochs` on `images`
+trains one from scratch with G over the whole budget: `classifier=scratch`) and trains `joint_epochs` on `images`
 training images; the victim is then the backdoor recipe on the poisoned set, not that classifier.
 The generators are an artifact in the cache. Images must be a multiple of 8 px (three poolings).
 """
@@ -51,6 +51,9 @@ class IADParams(AttackParams):
     lr_m: float = 0.01
     lr_c: float = 0.01
     cross_ratio: float = 1.0  # cross samples per poisoned image (theirs: as many)
+    # The classifier G trains with: `clean` a copy of the cached clean model (choice for cost),
+    # `scratch` the same architecture freshly initialised, as theirs.
+    classifier: str = "clean"
 
     def validate(self) -> None:
         super().validate()
@@ -58,6 +61,7 @@ class IADParams(AttackParams):
         require(self.mask_epochs >= 0 and self.joint_epochs >= 1, "mask_epochs must be >= 0 and joint_epochs >= 1")
         require(self.images >= 2 and self.batch >= 2, "images and batch must be >= 2")
         require(self.cross_ratio >= 0, f"cross_ratio={self.cross_ratio} must be >= 0")
+        require(self.classifier in ("clean", "scratch"), f"classifier={self.classifier!r}: use clean or scratch")
         for name in ("lambda_norm", "lambda_div", "lr_g", "lr_m", "lr_c"):
             require(getattr(self, name) >= 0, f"{name}={getattr(self, name)} must be >= 0")
 
@@ -143,6 +147,12 @@ def train_generators(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, ta
     netM.eval().requires_grad_(False)
 
     netC = copy.deepcopy(classifier).to(device).train().requires_grad_(True)
+    if p.classifier == "scratch":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 8209)
+            for m in netC.modules():
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
     opt_c = torch.optim.SGD(netC.parameters(), p.lr_c, momentum=0.9, weight_decay=5e-4)
     opt_g = torch.optim.Adam(netG.parameters(), p.lr_g, betas=(0.5, 0.9))
     asr = 0.0
