@@ -297,11 +297,11 @@ def _torchvision_offline_error(name: str, root: Path, expected: str) -> ConfigEr
     )
 
 
-def _load_cifar10(root: Path):
-    from torchvision.datasets import CIFAR10
-
+def _load_torchvision_cifar(cls, name: str, root: Path, expected: str):
+    """A torchvision CIFAR dataset's two splits as arrays: read from `root`, downloaded when it is
+    not there and the network is, else one line saying what to put where."""
     def get(train: bool, download: bool):
-        return CIFAR10(str(root), train=train, download=download)
+        return cls(str(root), train=train, download=download)
 
     try:
         try:
@@ -309,10 +309,16 @@ def _load_cifar10(root: Path):
         except RuntimeError:
             tr, te = get(True, True), get(False, True)
     except Exception:
-        raise _torchvision_offline_error("CIFAR-10", root, "the extracted folder cifar-10-batches-py/") from None
+        raise _torchvision_offline_error(name, root, expected) from None
     arrays = dict(x_train=tr.data, y_train=np.array(tr.targets), x_test=te.data, y_test=np.array(te.targets))
     check_arrays(str(root), arrays)
     return arrays
+
+
+def _load_cifar10(root: Path):
+    from torchvision.datasets import CIFAR10
+
+    return _load_torchvision_cifar(CIFAR10, "CIFAR-10", root, "the extracted folder cifar-10-batches-py/")
 
 
 def _load_cifar100(root: Path):
@@ -323,18 +329,8 @@ def _load_cifar100(root: Path):
         return _load_npz(str(root / "cifar100.npz"))[0]
     from torchvision.datasets import CIFAR100
 
-    try:
-        try:
-            tr, te = CIFAR100(str(root), train=True, download=False), CIFAR100(str(root), train=False, download=False)
-        except RuntimeError:
-            tr, te = CIFAR100(str(root), train=True, download=True), CIFAR100(str(root), train=False, download=True)
-    except Exception:
-        raise _torchvision_offline_error(
-            "CIFAR-100", root, "the extracted folder cifar-100-python/ (or cifar100.npz with x_train, y_train, "
-            "x_test, y_test)") from None
-    arrays = dict(x_train=tr.data, y_train=np.array(tr.targets), x_test=te.data, y_test=np.array(te.targets))
-    check_arrays(str(root), arrays)
-    return arrays
+    return _load_torchvision_cifar(CIFAR100, "CIFAR-100", root, "the extracted folder cifar-100-python/ (or "
+                                   "cifar100.npz with x_train, y_train, x_test, y_test)")
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
